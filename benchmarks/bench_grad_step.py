@@ -1,0 +1,814 @@
+"""Gradient-step time: EauDeQN (K masked members, one shared target) vs K dense DQN steps.
+
+What is timed (batch 32, Adam):
+
+* ``eaudeqn`` (one EauDeQN gradient step): ``loss_td = loss(batch)``,
+  ``loss_td["loss"].backward()``, ``opt.step()``, ``opt.zero_grad()``,
+  ``updater.step(loss_td)`` (masks re-applied, member losses summed). The
+  updater's period is larger than the number of timed steps, so no target
+  update happens while timing; target updates are timed on their own.
+* ``eaudeqn`` without masks: the same step without ``updater.step`` (the
+  ratio of the two is the mask overhead).
+* ``apply_masks``: ``actor.apply_masks_()`` alone.
+* ``dense``: TorchRL's own ``DQNLoss`` (``delay_value=True``, TD(0), gamma
+  0.99, l2) on a ``QValueActor`` over the same network, with a ``HardUpdate``
+  that never fires. K independent dense DQN steps cost K times one step.
+
+Networks: an MLP 8 -> 256 -> 256 -> 4 (float observations) and the Nature
+CNN with a dense layer of width 512 (uint8 frames ``[4, 84, 84]``, 6 actions).
+Members K = 1, 2, 5, each with ``use_vmap=True`` and ``use_vmap=False``.
+
+Method: every variant is warmed up, then timed in blocks of several steps
+(block length calibrated per variant); the variants are visited round-robin,
+in a freshly shuffled order at every repeat, so that machine noise hits them
+alike. Reported: the median over repeats of ms per step. Ratios between two
+variants are medians of the per-repeat ratios (paired, same repeat).
+
+Writes ``benchmarks/results/grad_step_<device>.json`` and refreshes the
+``## Gradient step (<DEVICE>)`` section of ``docs/benchmarks.md`` (only the
+text between its ``<!-- grad_step:<device>:start/end -->`` markers). A
+``--quick`` run writes ``grad_step_<device>_quick.json`` and leaves the docs
+alone unless ``--docs`` is given.
+
+Usage::
+
+    python benchmarks/bench_grad_step.py                 # full run (~5-8 min on 2 CPU cores)
+    python benchmarks/bench_grad_step.py --quick         # < 1 min, noisier
+    python benchmarks/bench_grad_step.py --device cuda   # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+# TorchRL warns on every call of a loss whose target has no updater; silence it.
+os.environ.setdefault("RL_WARNINGS", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+import tensordict  # noqa: E402
+import torch  # noqa: E402
+import torchrl  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torchrl.data import OneHot  # noqa: E402
+from torchrl.modules import QValueActor  # noqa: E402
+from torchrl.objectives import DQNLoss, HardUpdate, ValueEstimators  # noqa: E402
+
+from torchrl_eaudeqn import (  # noqa: E402
+    EauDeQNLoss,
+    LinearSpeedGrid,
+    MaskedEnsembleQValueActor,
+    TargetSelectionUpdater,
+    mlp,
+    nature_cnn,
+)
+
+GAMMA = 0.99
+LR = 6.25e-5  # Atari settings (REFERENCE.md)
+ADAM_EPS = 1.5e-4
+NEVER = 10**9  # a target period no benchmark reaches
+ATARI_PERIOD = 2000  # gradient steps between target updates on Atari
+TARGET_K5_VS_DENSE = 0.85
+TARGET_MASK_OVERHEAD = 1.10
+SECTION_TITLE = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class NetSpec:
+    name: str
+    label: str
+    factory: Callable[[], torch.nn.Module]
+    obs_shape: tuple[int, ...]
+    obs_dtype: torch.dtype
+    n_actions: int
+
+
+NETWORKS = {
+    "mlp": NetSpec("mlp", "MLP 8-256-256-4", lambda: mlp(8, 4, (256, 256)), (8,), torch.float32, 4),
+    "cnn": NetSpec(
+        "cnn",
+        "Nature CNN, width 512",
+        lambda: nature_cnn(6, 512),
+        (4, 84, 84),
+        torch.uint8,
+        6,
+    ),
+}
+
+
+@dataclass
+class Variant:
+    key: str
+    net: str
+    kind: str  # "dense" | "eaudeqn" | "apply_masks"
+    k: int
+    path: str | None  # "vmap" | "loop" | None
+    masks: bool
+    step: Callable[[], None]
+    n_per_block: int = 1
+    warmup_steps: int = 0
+    times_ms: list[float] = field(default_factory=list)
+    foreign_load: list[float | None] = field(default_factory=list)
+    max_foreign: float = math.inf
+
+    def clean_times(self) -> list[float]:
+        """Times of the blocks run while other processes used < ``max_foreign`` cores.
+
+        All blocks when fewer than 3 are clean (the summary then says so).
+        """
+        clean = [
+            t
+            for t, f in zip(self.times_ms, self.foreign_load, strict=True)
+            if f is None or f < self.max_foreign
+        ]
+        return clean if len(clean) >= 3 else list(self.times_ms)
+
+    def median(self) -> float:
+        return statistics.median(self.clean_times())
+
+    def summary(self) -> dict:
+        t = sorted(self.clean_times())
+        return {
+            "net": self.net,
+            "kind": self.kind,
+            "k": self.k,
+            "path": self.path,
+            "masks": self.masks,
+            "steps_per_block": self.n_per_block,
+            "warmup_steps": self.warmup_steps,
+            "median_ms": statistics.median(t),
+            "p25_ms": _quantile(t, 0.25),
+            "p75_ms": _quantile(t, 0.75),
+            "min_ms": t[0],
+            "blocks_used": len(t),
+            "blocks_timed": len(self.times_ms),
+            "median_ms_all_blocks": statistics.median(self.times_ms),
+            "ms_per_step_by_repeat": self.times_ms,
+            "foreign_load_cores_by_repeat": self.foreign_load,
+        }
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=4, method="inclusive")[int(q * 4) - 1]
+
+
+def make_batch(spec: NetSpec, batch_size: int, device: torch.device, seed: int) -> TensorDict:
+    gen = torch.Generator().manual_seed(seed)
+
+    def obs() -> torch.Tensor:
+        shape = (batch_size, *spec.obs_shape)
+        if spec.obs_dtype == torch.uint8:
+            return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+        return torch.randn(shape, generator=gen)
+
+    action = torch.randint(0, spec.n_actions, (batch_size,), generator=gen)
+    terminated = torch.rand(batch_size, 1, generator=gen) < 0.05
+    td = TensorDict(
+        {
+            "observation": obs(),
+            "action": torch.nn.functional.one_hot(action, spec.n_actions),
+            "next": {
+                "observation": obs(),
+                "reward": torch.randn(batch_size, 1, generator=gen).clamp(-1, 1),
+                "done": terminated.clone(),
+                "terminated": terminated,
+            },
+        },
+        batch_size=[batch_size],
+    )
+    return td.to(device)
+
+
+def build_dense(spec: NetSpec, batch: TensorDict, device: torch.device, seed: int):
+    torch.manual_seed(seed)
+    action_spec = OneHot(spec.n_actions, device=device)
+    actor = QValueActor(spec.factory().to(device), spec=action_spec, in_keys=["observation"])
+    loss = DQNLoss(actor, delay_value=True, loss_function="l2", action_space=action_spec)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=GAMMA)
+    updater = HardUpdate(loss, value_network_update_interval=NEVER)
+    opt = torch.optim.Adam(loss.parameters(), lr=LR, eps=ADAM_EPS)
+    data = batch.clone()
+
+    def step() -> None:
+        loss_td = loss(data)
+        loss_td["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        updater.step()
+
+    return loss, step
+
+
+def build_eaudeqn(
+    spec: NetSpec,
+    k: int,
+    use_vmap: bool,
+    batch: TensorDict,
+    device: torch.device,
+    seed: int,
+    period: int = NEVER,
+):
+    torch.manual_seed(seed)
+    actor = MaskedEnsembleQValueActor(
+        spec.factory().to(device),
+        k,
+        action_spec=OneHot(spec.n_actions, device=device),
+        use_vmap=use_vmap,
+    ).to(device)
+    loss = EauDeQNLoss(actor)
+    loss.make_value_estimator(gamma=GAMMA)
+    opt = torch.optim.Adam(loss.parameters(), lr=LR, eps=ADAM_EPS)
+    updater = TargetSelectionUpdater(loss, opt, period=period, speed_policy=LinearSpeedGrid(0.01))
+    data = batch.clone()
+
+    def step_masked() -> None:
+        loss_td = loss(data)
+        loss_td["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        updater.step(loss_td)
+
+    def step_unmasked() -> None:
+        loss_td = loss(data)
+        loss_td["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+    return loss, updater, step_masked, step_unmasked
+
+
+def build_variants(
+    nets: Sequence[str], ks: Sequence[int], batch_size: int, device: torch.device, seed: int
+) -> tuple[list[Variant], dict]:
+    variants: list[Variant] = []
+    sanity: dict = {}
+    for net in nets:
+        spec = NETWORKS[net]
+        batch = make_batch(spec, batch_size, device, seed)
+        dense_loss, dense_step = build_dense(spec, batch, device, seed)
+        variants.append(Variant(f"{net}/dense", net, "dense", 1, None, False, dense_step))
+        with torch.no_grad():
+            dense_value = float(dense_loss(batch.clone())["loss"])
+        sanity[net] = {"dqnloss_initial_loss": dense_value}
+        for k in ks:
+            for path in ("vmap", "loop"):
+                # Separate objects for the masked and unmasked variants: their Adam
+                # states and weights then evolve independently, as in real runs.
+                vmap = path == "vmap"
+                loss, _, masked, _ = build_eaudeqn(spec, k, vmap, batch, device, seed)
+                _, _, _, unmasked = build_eaudeqn(spec, k, vmap, batch, device, seed)
+                base = f"{net}/eaudeqn/K{k}/{path}"
+                variants.append(Variant(f"{base}/masks", net, "eaudeqn", k, path, True, masked))
+                variants.append(
+                    Variant(f"{base}/no_masks", net, "eaudeqn", k, path, False, unmasked)
+                )
+                with torch.no_grad():
+                    per_member = loss(batch.clone())["loss_per_member"].tolist()
+                sanity[net][f"K{k}/{path}/initial_loss_per_member"] = per_member
+            apply = loss.value_network.apply_masks_
+            variants.append(
+                Variant(f"{net}/apply_masks/K{k}", net, "apply_masks", k, None, True, apply)
+            )
+        k1 = sanity[net].get("K1/vmap/initial_loss_per_member")
+        if k1 is not None:
+            # K=1, dense member, same initial weights and batch: both losses must agree.
+            rel = abs(k1[0] - dense_value) / max(abs(dense_value), 1e-12)
+            sanity[net]["K1_vs_dqnloss_rel_diff"] = rel
+            if rel > 1e-4:
+                warnings.warn(
+                    f"{net}: K=1 EauDeQN loss differs from DQNLoss by {rel:.2e}", stacklevel=2
+                )
+    return variants, sanity
+
+
+# ---------------------------------------------------------------------------- timing
+class ForeignLoad:
+    """CPU time used by *other* processes while a block runs, in cores (Linux only).
+
+    Reads the machine's busy jiffies (``/proc/stat``) and this process's own
+    (``/proc/self/stat``): other processes' share is the difference. On a
+    shared machine, blocks timed while others computed are set aside.
+    """
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = self._read() is not None
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                cpu = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(cpu[:8]) - cpu[3] - cpu[4]  # all but idle and iowait (guest is in user)
+        return busy, int(own[11]) + int(own[12])  # utime + stime of every thread
+
+    def start(self) -> tuple[float, tuple[int, int] | None]:
+        return time.perf_counter(), self._read()
+
+    def stop(self, token: tuple[float, tuple[int, int] | None]) -> float | None:
+        t0, before = token
+        after = self._read()
+        if before is None or after is None:
+            return None
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        foreign = (after[0] - before[0]) - (after[1] - before[1])
+        return max(foreign, 0) / self.hz / elapsed
+
+
+def _sync_fn(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def time_block(step: Callable[[], None], n: int, sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def warm_up_and_calibrate(
+    v: Variant, sync: Callable[[], None], min_steps: int, min_s: float, block_ms: float
+) -> None:
+    sync()
+    t0 = time.perf_counter()
+    steps = 0
+    while steps < min_steps or time.perf_counter() - t0 < min_s:
+        v.step()
+        steps += 1
+    sync()
+    v.warmup_steps = steps
+    est = time_block(v.step, max(1, min_steps), sync)
+    v.n_per_block = max(1, min(1000, round(block_ms / max(est, 1e-3))))
+
+
+def time_target_updates(
+    nets: Sequence[str],
+    ks: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    repeats: int,
+    sync: Callable[[], None],
+) -> dict:
+    """Time ``updater.update_target()`` (select, copy, magnitude-prune K-1 members)."""
+    out: dict = {}
+    for net in nets:
+        spec = NETWORKS[net]
+        batch = make_batch(spec, batch_size, device, seed)
+        out[net] = {}
+        for k in ks:
+            _, updater, step, _ = build_eaudeqn(spec, k, True, batch, device, seed)
+            step()
+            times = []
+            for _ in range(repeats):
+                sync()
+                t0 = time.perf_counter()
+                updater.update_target()
+                sync()
+                times.append((time.perf_counter() - t0) * 1e3)
+                step()  # the next period starts with a gradient step
+            med = statistics.median(times)
+            out[net][f"K{k}"] = {
+                "median_ms": med,
+                "times_ms": times,
+                "amortized_ms_per_step_at_period_2000": med / ATARI_PERIOD,
+            }
+            print(f"  target update {net} K={k}: {med:.1f} ms", file=sys.stderr)
+    return out
+
+
+# ---------------------------------------------------------------------------- ratios
+def _paired(a: Variant, b: Variant, scale: float = 1.0) -> float:
+    """Median over repeats of a / (scale * b), both timed in the same repeat.
+
+    Only repeats where both blocks ran on a quiet machine count; with fewer
+    than 3 of those, the ratio of the two variants' (clean) medians.
+    """
+    pairs = [
+        x / (scale * y)
+        for x, fx, y, fy in zip(a.times_ms, a.foreign_load, b.times_ms, b.foreign_load, strict=True)
+        if (fx is None or fx < a.max_foreign) and (fy is None or fy < b.max_foreign)
+    ]
+    if len(pairs) >= 3:
+        return statistics.median(pairs)
+    return a.median() / (scale * b.median())
+
+
+def derive(variants: dict[str, Variant], nets: Sequence[str], ks: Sequence[int]) -> dict:
+    ratios: dict = {}
+    for net in nets:
+        dense = variants[f"{net}/dense"]
+        r_net: dict = {}
+        for k in ks:
+            r_k: dict = {}
+            for path in ("vmap", "loop"):
+                masked = variants[f"{net}/eaudeqn/K{k}/{path}/masks"]
+                unmasked = variants[f"{net}/eaudeqn/K{k}/{path}/no_masks"]
+                r_k[path] = {
+                    "ours_over_k_dense": _paired(masked, dense, scale=k),
+                    "ours_no_masks_over_k_dense": _paired(unmasked, dense, scale=k),
+                    "mask_overhead": _paired(masked, unmasked),
+                }
+            vm = variants[f"{net}/eaudeqn/K{k}/vmap/masks"]
+            lp = variants[f"{net}/eaudeqn/K{k}/loop/masks"]
+            r_k["vmap_over_loop"] = _paired(vm, lp)
+            r_k["faster"] = "vmap" if r_k["vmap_over_loop"] < 1.0 else "loop"
+            am = variants[f"{net}/apply_masks/K{k}"]
+            r_k["apply_masks_share_of_step"] = {
+                path: _paired(am, variants[f"{net}/eaudeqn/K{k}/{path}/masks"])
+                for path in ("vmap", "loop")
+            }
+            r_net[f"K{k}"] = r_k
+        ratios[net] = r_net
+    return ratios
+
+
+def verdicts(ratios: dict, nets: Sequence[str], ks: Sequence[int]) -> dict:
+    out: dict = {"k5_target": TARGET_K5_VS_DENSE, "mask_target": TARGET_MASK_OVERHEAD}
+    if 5 in ks:
+        out["k5_vs_5_dense"] = {
+            net: {
+                path: {
+                    "ratio": ratios[net]["K5"][path]["ours_over_k_dense"],
+                    "met": ratios[net]["K5"][path]["ours_over_k_dense"] <= TARGET_K5_VS_DENSE,
+                }
+                for path in ("vmap", "loop")
+            }
+            for net in nets
+        }
+    out["mask_overhead"] = {
+        net: {
+            f"K{k}/{path}": {
+                "ratio": ratios[net][f"K{k}"][path]["mask_overhead"],
+                "met": ratios[net][f"K{k}"][path]["mask_overhead"] <= TARGET_MASK_OVERHEAD,
+            }
+            for k in ks
+            for path in ("vmap", "loop")
+        }
+        for net in nets
+    }
+    # Default path for this device type: the lower geometric mean of vmap/loop over
+    # the networks and the K > 1 settings (K = 1 has nothing to vectorise).
+    logs = [
+        math.log(ratios[net][f"K{k}"]["vmap_over_loop"]) for net in nets for k in ks if k > 1
+    ] or [math.log(ratios[net][f"K{k}"]["vmap_over_loop"]) for net in nets for k in ks]
+    geo = math.exp(sum(logs) / len(logs))
+    out["vmap_over_loop_geomean"] = geo
+    out["recommended_default_path"] = "vmap" if geo < 1.0 else "loop"
+    return out
+
+
+# --------------------------------------------------------------------------- reports
+def environment(device: torch.device, threads: int) -> dict:
+    cpu_model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    env = {
+        "torch": torch.__version__,
+        "torchrl": torchrl.__version__,
+        "tensordict": tensordict.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "threads_requested": threads,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "device": str(device),
+    }
+    if hasattr(os, "getloadavg"):
+        env["loadavg_at_start"] = list(os.getloadavg())
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def markdown_section(result: dict) -> str:
+    device = result["device"]
+    title = SECTION_TITLE.get(device, device.upper())
+    env = result["environment"]
+    cfg = result["config"]
+    meas = result["measurements"]
+    ratios = result["ratios"]
+    ver = result["verdicts"]
+    ks = cfg["ks"]
+    lines = [
+        f"## Gradient step ({title})",
+        "",
+        f"Written by `benchmarks/bench_grad_step.py` on {result['timestamp'][:10]}: "
+        f"{env.get('gpu', env['cpu_model'])}, {env['cpu_count']} CPU cores, "
+        f"{cfg['threads']} torch threads, torch {env['torch']}, torchrl {env['torchrl']}, "
+        f"batch {cfg['batch_size']}, Adam. Median of {cfg['repeats']} interleaved repeats "
+        "(ms per gradient step; blocks timed while other processes used the CPU are set "
+        "aside); ratios are medians of per-repeat ratios. "
+        f"Raw numbers: `benchmarks/results/{result['json_name']}`. "
+        f"Reproduce: `{result['command']}`.",
+        "",
+        "One EauDeQN step = loss on the batch (one shared target forward, K member "
+        "forwards), backward, Adam step, `zero_grad`, `updater.step` (masks re-applied). "
+        "Dense = TorchRL `DQNLoss` (TD(0), `delay_value=True`) on a `QValueActor`, "
+        "one step; K dense steps cost K times that.",
+        "",
+    ]
+    for net in cfg["nets"]:
+        dense = meas[f"{net}/dense"]["median_ms"]
+        lines += [
+            f"### {NETWORKS[net].label}",
+            "",
+            f"Dense DQN step (TorchRL `DQNLoss`): **{_fmt(dense)} ms**.",
+            "",
+            "| K | path | EauDeQN ms/step | without masks | K x dense ms "
+            "| EauDeQN / (K x dense) | mask overhead |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for k in ks:
+            for path in ("vmap", "loop"):
+                m = meas[f"{net}/eaudeqn/K{k}/{path}/masks"]["median_ms"]
+                nm = meas[f"{net}/eaudeqn/K{k}/{path}/no_masks"]["median_ms"]
+                r = ratios[net][f"K{k}"][path]
+                lines.append(
+                    f"| {k} | {path} | {_fmt(m)} | {_fmt(nm)} | {_fmt(k * dense)} "
+                    f"| {r['ours_over_k_dense']:.2f}x | {(r['mask_overhead'] - 1) * 100:+.1f}% |"
+                )
+        lines.append("")
+    lines += [
+        "### vmap or loop",
+        "",
+        "| network | K | vmap / loop | faster |",
+        "|---|---|---:|---|",
+    ]
+    for net in cfg["nets"]:
+        for k in ks:
+            r = ratios[net][f"K{k}"]
+            lines.append(
+                f"| {NETWORKS[net].label} | {k} | {r['vmap_over_loop']:.2f} | {r['faster']} |"
+            )
+    lines += [
+        "",
+        f"Default path on {title} from these numbers: **{ver['recommended_default_path']}** "
+        f"(geometric mean of vmap/loop over the networks at K > 1: "
+        f"{ver['vmap_over_loop_geomean']:.2f}). `MaskedEnsembleQValueActor(use_vmap=None)` "
+        f"picks vmap on the device types in `VMAP_DEVICE_TYPES` "
+        f"(currently {list(result['library_vmap_device_types'])}).",
+        "",
+        "### Targets",
+        "",
+    ]
+    if "k5_vs_5_dense" in ver:
+        for net in cfg["nets"]:
+            parts = [
+                f"{path} {d['ratio']:.2f}x ({'met' if d['met'] else 'NOT met'})"
+                for path, d in ver["k5_vs_5_dense"][net].items()
+            ]
+            lines.append(
+                f"- K=5 EauDeQN <= {TARGET_K5_VS_DENSE}x five dense DQN steps, "
+                f"{NETWORKS[net].label}: " + "; ".join(parts) + "."
+            )
+    for net in cfg["nets"]:
+        worst_key, worst = max(ver["mask_overhead"][net].items(), key=lambda kv: kv[1]["ratio"])
+        n_met = sum(d["met"] for d in ver["mask_overhead"][net].values())
+        lines.append(
+            f"- Masks add <= {round((TARGET_MASK_OVERHEAD - 1) * 100)}%, "
+            f"{NETWORKS[net].label}: met in {n_met}/{len(ver['mask_overhead'][net])} "
+            f"settings (worst {worst_key}: {(worst['ratio'] - 1) * 100:+.1f}%)."
+        )
+    if result.get("target_update"):
+        lines += ["", "### Target update (select, copy, prune K-1 members)", ""]
+        lines += ["| network | K | ms per update | per gradient step at period 2000 |"]
+        lines += ["|---|---|---:|---:|"]
+        for net, by_k in result["target_update"].items():
+            for key, d in by_k.items():
+                lines.append(
+                    f"| {NETWORKS[net].label} | {key[1:]} | {_fmt(d['median_ms'])} "
+                    f"| {d['amortized_ms_per_step_at_period_2000'] * 1e3:.1f} us |"
+                )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, device: str, body: str) -> None:
+    start = f"<!-- grad_step:{device}:start -->"
+    end = f"<!-- grad_step:{device}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def print_summary(result: dict) -> None:
+    meas, ratios = result["measurements"], result["ratios"]
+    for net in result["config"]["nets"]:
+        dense = meas[f"{net}/dense"]["median_ms"]
+        print(f"\n{NETWORKS[net].label}: dense DQNLoss step {dense:.2f} ms")
+        print(f"{'K':>2} {'path':>5} {'ms':>8} {'no-mask':>8} {'/Kdense':>8} {'mask':>7}")
+        for k in result["config"]["ks"]:
+            for path in ("vmap", "loop"):
+                base = f"{net}/eaudeqn/K{k}/{path}"
+                r = ratios[net][f"K{k}"][path]
+                print(
+                    f"{k:>2} {path:>5} {meas[base + '/masks']['median_ms']:8.2f} "
+                    f"{meas[base + '/no_masks']['median_ms']:8.2f} "
+                    f"{r['ours_over_k_dense']:8.2f} {(r['mask_overhead'] - 1) * 100:+6.1f}%"
+                )
+            r = ratios[net][f"K{k}"]
+            print(f"   vmap/loop {r['vmap_over_loop']:.2f} -> {r['faster']}")
+    v = result["verdicts"]
+    print(f"\nrecommended default path on {result['device']}: {v['recommended_default_path']}")
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device to time on (default: cuda when available)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--quick", action="store_true", help="fast, noisier run (< 1 min on CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
+    p.add_argument("--block-ms", type=float, default=None, help="target length of a timed block")
+    p.add_argument("--nets", default="mlp,cnn", help="comma list from: mlp, cnn")
+    p.add_argument("--ks", default="1,2,5", help="comma list of member counts")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.25,
+        help="set aside blocks during which other processes used this many CPU cores or more",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-target-update", action="store_true", help="skip timing target updates")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--docs-file", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    docs = p.add_mutually_exclusive_group()
+    docs.add_argument("--docs", dest="docs", action="store_true", default=None)
+    docs.add_argument("--no-docs", dest="docs", action="store_false")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    unknown = set(nets) - set(NETWORKS)
+    if unknown:
+        raise SystemExit(f"unknown network(s) {sorted(unknown)}; choose from {sorted(NETWORKS)}")
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    repeats = args.repeats or (5 if args.quick else 31)
+    block_ms = args.block_ms or (25.0 if args.quick else 150.0)
+    warm_steps, warm_s = (2, 0.05) if args.quick else (5, 0.5)
+    write_docs = (not args.quick) if args.docs is None else args.docs
+    sync = _sync_fn(device)
+    env = environment(device, args.threads)
+    t_start = time.perf_counter()
+
+    print(f"building variants on {device} ({args.threads} threads)...", file=sys.stderr)
+    variants, sanity = build_variants(nets, ks, args.batch_size, device, args.seed)
+    print(f"warming up {len(variants)} variants...", file=sys.stderr)
+    for v in variants:
+        warm_up_and_calibrate(v, sync, warm_steps, warm_s, block_ms)
+    monitor = ForeignLoad()
+    for v in variants:
+        v.max_foreign = args.max_foreign_load
+    rng = random.Random(args.seed)
+    order = list(variants)
+    for r in range(repeats):
+        rng.shuffle(order)
+        gc.collect()
+        for v in order:
+            token = monitor.start()
+            v.times_ms.append(time_block(v.step, v.n_per_block, sync))
+            v.foreign_load.append(monitor.stop(token))
+        busy = sum(1 for v in order if (v.foreign_load[-1] or 0.0) >= args.max_foreign_load)
+        print(
+            f"  repeat {r + 1}/{repeats} ({time.perf_counter() - t_start:.0f} s, "
+            f"{busy}/{len(order)} blocks disturbed by other processes)",
+            file=sys.stderr,
+        )
+
+    by_key = {v.key: v for v in variants}
+    ratios = derive(by_key, nets, ks)
+    target_update = {}
+    if not args.no_target_update:
+        print("timing target updates...", file=sys.stderr)
+        target_update = time_target_updates(
+            nets, ks, args.batch_size, device, args.seed, 2 if args.quick else 5, sync
+        )
+    if hasattr(os, "getloadavg"):
+        env["loadavg_at_end"] = list(os.getloadavg())
+
+    suffix = "_quick" if args.quick else ""
+    json_name = f"grad_step_{device.type}{suffix}.json"
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/bench_grad_step.py", *given])
+    result = {
+        "benchmark": "grad_step",
+        "device": device.type,
+        "quick": args.quick,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "json_name": json_name,
+        "wall_s": None,
+        "config": {
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "repeats": repeats,
+            "block_ms": block_ms,
+            "warmup": {"min_steps": warm_steps, "min_s": warm_s},
+            "nets": nets,
+            "ks": ks,
+            "networks": {
+                n: {
+                    "label": NETWORKS[n].label,
+                    "obs_shape": list(NETWORKS[n].obs_shape),
+                    "obs_dtype": str(NETWORKS[n].obs_dtype),
+                    "n_actions": NETWORKS[n].n_actions,
+                }
+                for n in nets
+            },
+            "optimizer": {"name": "Adam", "lr": LR, "eps": ADAM_EPS},
+            "gamma": GAMMA,
+            "updater_period_during_timing": NEVER,
+            "seed": args.seed,
+            "max_foreign_load_cores": args.max_foreign_load,
+            "foreign_load_monitor": monitor.available,
+        },
+        "environment": env,
+        "library_vmap_device_types": list(MaskedEnsembleQValueActor.VMAP_DEVICE_TYPES),
+        "measurements": {v.key: v.summary() for v in variants},
+        "ratios": ratios,
+        "k1_vs_dqnloss": {
+            net: {path: ratios[net]["K1"][path]["ours_over_k_dense"] for path in ("vmap", "loop")}
+            for net in nets
+            if 1 in ks
+        },
+        "verdicts": verdicts(ratios, nets, ks),
+        "target_update": target_update,
+        "sanity": sanity,
+    }
+    result["wall_s"] = time.perf_counter() - t_start
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / json_name
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    if write_docs:
+        update_markdown(args.docs_file, device.type, markdown_section(result))
+        print(f"updated {args.docs_file}", file=sys.stderr)
+    print_summary(result)
+    print(f"\ntotal {result['wall_s']:.0f} s", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

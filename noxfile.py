@@ -1,0 +1,57 @@
+"""Sessions: `nox -s tests` (default test run), `slow`, `lint`, `benchmarks`, `train`.
+
+Every session installs the project with `constraints.txt`, which pins the
+CPU-only torch that the project machines carry (no CUDA downloads).
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+PY = None  # the interpreter nox runs under
+ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "RL_WARNINGS": "False", "PYTHONHASHSEED": "0"}
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install("-c", "constraints.txt", "-e", f".[{extras}]")
+
+
+@nox.session(python=PY)
+def tests(session: nox.Session) -> None:
+    """Fast unit, property and smoke tests (the CI run)."""
+    _install(session, "test")
+    session.run("pytest", *(session.posargs or ["-q"]), env=ENV)
+
+
+@nox.session(python=PY)
+def slow(session: nox.Session) -> None:
+    """Longer tests marked `slow` (real-env training runs)."""
+    _install(session, "test")
+    session.run("pytest", "-m", "slow", *(session.posargs or ["-q"]), env=ENV)
+
+
+@nox.session(python=PY)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PY)
+def benchmarks(session: nox.Session) -> None:
+    """Speed measurements; write JSON to benchmarks/results and tables to docs/benchmarks.md."""
+    _install(session, "test")
+    session.run("python", "benchmarks/bench_grad_step.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PY)
+def train(session: nox.Session) -> None:
+    """The main job: a quick EauDeQN training run (see README)."""
+    _install(session, "recipes")
+    args = session.posargs or []
+    session.run("python", "recipes/cartpole_trainer.py", *args, env={**ENV, **os.environ})

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from torchrl_eaudeqn import (
+    LinearSpeedGrid,
+    NoisySpeedPolicy,
+    apply_masks_,
+    magnitude_masks,
+    make_speed_policy,
+    polynomial_sparsity,
+    prunable_parameter_names,
+    sparsity_stats,
+)
+
+
+def test_prunable_names_are_linear_and_conv_weights_only():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    assert prunable_parameter_names(net) == ["0.weight", "3.weight"]
+
+
+def test_global_masks_keep_largest_magnitudes_across_layers():
+    w = {"a": torch.tensor([0.1, -5.0, 0.2]), "b": torch.tensor([[3.0, -0.05], [0.3, 4.0]])}
+    m = magnitude_masks(w, 4 / 7)  # prune 4 of 7
+    assert m["a"].tolist() == [False, True, False]
+    assert m["b"].tolist() == [[True, False], [False, True]]
+
+
+def test_layer_masks_prune_each_layer_to_its_fraction():
+    w = {"a": torch.arange(1.0, 5.0), "b": torch.arange(1.0, 11.0)}
+    m = magnitude_masks(w, 0.5, scope="layer")
+    assert m["a"].tolist() == [False, False, True, True]
+    assert int(m["b"].sum()) == 5 and m["b"][5:].all()
+
+
+def test_masks_never_regrow_and_lower_target_keeps_current():
+    w = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    current = {"a": torch.tensor([True, True, False, True])}  # 3.0 already pruned
+    m = magnitude_masks(w, 0.5, masks=current)
+    assert m["a"].tolist() == [False, True, False, True]
+    assert magnitude_masks(w, 0.0, masks=current)["a"].tolist() == current["a"].tolist()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_sparsity_is_rejected_with_its_name(bad):
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        magnitude_masks({"a": torch.ones(3)}, bad)
+
+
+def test_apply_masks_zeroes_nan_too():
+    p = {"w": torch.tensor([float("nan"), 1.0, float("inf")])}
+    apply_masks_(p, {"w": torch.tensor([False, True, False])})
+    assert p["w"].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_sparsity_stats_closed_form_ensemble():
+    params = {"w": torch.ones(2, 4), "b": torch.ones(2, 2)}
+    masks = {"w": torch.tensor([[True, True, True, True], [True, False, False, False]])}
+    s = sparsity_stats(params, masks, ensemble_dim=True)
+    assert s["prunable"].tolist() == [0.0, 0.75]
+    assert torch.allclose(s["overall"], torch.tensor([0.0, 0.5], dtype=torch.float64))
+    assert s["per_layer"]["w"].tolist() == [0.0, 0.75]
+    assert s["total_params"] == 6 and s["nonzero_params"].tolist() == [6, 3]
+
+
+def test_polynomial_schedule_closed_form():
+    assert polynomial_sparsity(5, 0.95, 10, 20) == 0.0
+    assert polynomial_sparsity(30, 0.95, 10, 20) == pytest.approx(0.95)
+    for t in range(10, 21):
+        p = (t - 10) / 10
+        assert polynomial_sparsity(t, 0.95, 10, 20) == pytest.approx(0.95 * (1 - (1 - p) ** 3))
+    with pytest.raises(ValueError, match="end"):
+        polynomial_sparsity(0, 0.9, 10, 10)
+
+
+def test_speed_policies():
+    assert LinearSpeedGrid(0.01).speeds(5) == pytest.approx([0, 0.0025, 0.005, 0.0075, 0.01])
+    assert LinearSpeedGrid(0.01).speeds(1) == [0.0]
+    p = NoisySpeedPolicy(0.01, 3.0, seed=1)
+    first = p.speeds(5)
+    assert first[0] == 0.0 and all(0.01 / 9 - 1e-12 <= v <= 0.01 for v in first[1:])
+    state = p.state_dict()
+    a = p.speeds(5, winner=2)
+    p.load_state_dict(state)
+    assert p.speeds(5, winner=2) == a
+    # Around the winner's speed: within [v/3, 3v], capped at max_speed.
+    assert all(first[2] / 3 - 1e-12 <= v <= min(0.01, first[2] * 3) + 1e-12 for v in a[1:])
+    with pytest.raises(ValueError, match="max_speed"):
+        LinearSpeedGrid(-0.1)
+    with pytest.raises(ValueError, match="max_speed"):
+        NoisySpeedPolicy(1.5)
+    with pytest.raises(ValueError, match="speed policy"):
+        make_speed_policy("fast")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    s1=st.floats(0, 0.95),
+    s2=st.floats(0, 0.95),
+    scope=st.sampled_from(["global", "layer"]),
+    seed=st.integers(0, 2**16),
+)
+def test_pruning_is_exact_monotone_and_keeps_largest(sizes, s1, s2, scope, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(sizes)}
+    m1 = magnitude_masks(w, s1, scope=scope)
+    m2 = magnitude_masks(w, s2, scope=scope, masks=m1)
+    for name in w:
+        assert not (m2[name] & ~m1[name]).any()  # never regrows
+    groups = [list(w)] if scope == "global" else [[n] for n in w]
+    for group in groups:
+        total = sum(w[n].numel() for n in group)
+        pruned1 = sum(int((~m1[n]).sum()) for n in group)
+        pruned2 = sum(int((~m2[n]).sum()) for n in group)
+        assert pruned1 == round(s1 * total)
+        assert pruned2 == max(pruned1, round(s2 * total))
+        kept = torch.cat([w[n][m2[n]].abs() for n in group])
+        dropped = torch.cat([w[n][~m2[n] & m1[n]].abs() for n in group])
+        if kept.numel() and dropped.numel():
+            assert kept.min() >= dropped.max()
+    assert not math.isnan(s1)

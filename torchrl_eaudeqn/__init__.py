@@ -1,0 +1,46 @@
+"""torchrl_eaudeqn: adaptive dense-to-sparse deep RL (EauDeQN) as TorchRL components."""
+
+from .modules import (
+    NATURE_CNN_WIDTHS,
+    MaskedEnsembleQValueActor,
+    ScaleObservation,
+    SelectedMemberPolicy,
+    mlp,
+    nature_cnn,
+)
+from .objectives import EauDeQNLoss
+from .sparsity import (
+    LinearSpeedGrid,
+    NoisySpeedPolicy,
+    PruningSpeedPolicy,
+    apply_masks_,
+    magnitude_masks,
+    make_speed_policy,
+    polynomial_sparsity,
+    prunable_parameter_names,
+    sparsity_stats,
+)
+from .updaters import PolyPruneUpdater, TargetSelectionUpdater
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NATURE_CNN_WIDTHS",
+    "EauDeQNLoss",
+    "LinearSpeedGrid",
+    "MaskedEnsembleQValueActor",
+    "NoisySpeedPolicy",
+    "PolyPruneUpdater",
+    "PruningSpeedPolicy",
+    "ScaleObservation",
+    "SelectedMemberPolicy",
+    "TargetSelectionUpdater",
+    "apply_masks_",
+    "magnitude_masks",
+    "make_speed_policy",
+    "mlp",
+    "nature_cnn",
+    "polynomial_sparsity",
+    "prunable_parameter_names",
+    "sparsity_stats",
+]

@@ -1,0 +1,271 @@
+"""EauDeQN loss: K masked online Q-networks regress on one shared target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictParams, dispatch
+from tensordict.utils import NestedKey
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import ValueEstimators, distance_loss
+from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
+from torchrl.objectives.value.advantages import ValueEstimatorBase
+
+from .modules import MaskedEnsembleQValueActor
+
+__all__ = ["EauDeQNLoss"]
+
+_LOSS_FUNCTIONS = ("l2", "l1", "smooth_l1")
+
+
+class EauDeQNLoss(LossModule):
+    """TD loss of every member of a masked ensemble against one target network.
+
+    Per batch the bootstrap target is computed once from the shared target
+    network, ``y = r + gamma * (1 - terminated) * max_a Q_target(s', a)``
+    (TorchRL's TD(0) estimator: ``terminated`` stops bootstrapping,
+    ``truncated`` does not). Every member regresses on the same ``y``; the
+    returned ``loss`` is the *sum* of the member losses, so one backward gives
+    each member the gradient of its own loss only.
+
+    The target network (``target_value_network_params``, one member's
+    structure, no ensemble dim) and its mask (``target_masks``) are buffers
+    of this module. They start as a copy of the selected member and are
+    replaced by :class:`~torchrl_eaudeqn.TargetSelectionUpdater` (or
+    :class:`~torchrl_eaudeqn.PolyPruneUpdater`).
+
+    Args:
+        value_network: the online ensemble.
+
+    Keyword Args:
+        loss_function: ``"l2"`` (default, as TorchRL's ``DQNLoss``),
+            ``"smooth_l1"`` (Huber) or ``"l1"``.
+        reduction: ``"mean"`` (default) or ``"sum"`` over the batch.
+        use_prioritized_weights: ``"auto"`` uses the ``priority_weight`` key
+            of prioritized replay when present.
+
+    Returns (``forward``):
+        A TensorDict with ``loss`` (scalar, sum over members, differentiable)
+        and ``loss_per_member`` (``[K]``, detached). ``td_error`` (the
+        selected member's squared TD error, as ``DQNLoss`` writes it) is set
+        in the input tensordict in place, for prioritized replay.
+
+    .. note:: With TorchRL's ``Trainer``, restrict the optimizer to the
+       ``loss`` key (``TargetSelectionUpdater.register`` does it): the
+       trainer otherwise sums every key that starts with ``"loss"``.
+
+    Example:
+        >>> from torchrl.data import OneHot
+        >>> from torchrl_eaudeqn import MaskedEnsembleQValueActor, mlp
+        >>> actor = MaskedEnsembleQValueActor(mlp(3, 4, hidden=()), 2, action_spec=OneHot(4))
+        >>> loss = EauDeQNLoss(actor)
+        >>> loss.make_value_estimator(gamma=0.9)
+        >>> batch = TensorDict({
+        ...     "observation": torch.randn(2, 3),
+        ...     "action": torch.nn.functional.one_hot(torch.tensor([0, 3]), 4),
+        ...     "next": {"observation": torch.randn(2, 3), "reward": torch.ones(2, 1),
+        ...              "done": torch.zeros(2, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(2, 1, dtype=torch.bool)},
+        ... }, batch_size=[2])
+        >>> out = loss(batch)
+        >>> out["loss"].shape, out["loss_per_member"].shape
+        (torch.Size([]), torch.Size([2]))
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys read and written by the loss; change them with ``set_keys``.
+
+        Attributes:
+            advantage: advantage written by the value estimator.
+            value_target: value target written by the value estimator.
+            value: chosen action value.
+            action_value: the ensemble's ``[..., K, n]`` action values.
+            action: the action taken (one-hot or index).
+            priority: where the TD error is written (prioritized replay).
+            reward, done, terminated: read under ``"next"``.
+            priority_weight: importance weights of prioritized replay.
+        """
+
+        advantage: NestedKey = "advantage"
+        value_target: NestedKey = "value_target"
+        value: NestedKey = "chosen_action_value"
+        action_value: NestedKey = "action_value"
+        action: NestedKey = "action"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    out_keys = ["loss", "loss_per_member"]
+    SUPPORTED_VALUE_ESTIMATORS = {
+        ValueEstimators.TD0: TD0Estimator,
+        ValueEstimators.TD1: TD1Estimator,
+        ValueEstimators.TDLambda: TDLambdaEstimator,
+    }
+
+    value_network: MaskedEnsembleQValueActor
+    target_value_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        value_network: MaskedEnsembleQValueActor,
+        *,
+        loss_function: str = "l2",
+        reduction: str = "mean",
+        use_prioritized_weights: str | bool = "auto",
+    ) -> None:
+        if not isinstance(value_network, MaskedEnsembleQValueActor):
+            raise TypeError(
+                "value_network must be a MaskedEnsembleQValueActor, got "
+                f"{type(value_network).__name__}"
+            )
+        if loss_function not in _LOSS_FUNCTIONS:
+            raise ValueError(
+                f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
+            )
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        super().__init__()
+        self._in_keys = None
+        self.value_network = value_network
+        self.loss_function = loss_function
+        self.reduction = reduction
+        self.use_prioritized_weights = use_prioritized_weights
+        self.action_space = "categorical" if _is_categorical(value_network) else "one-hot"
+        k = value_network.selected
+        self.target_value_network_params = TensorDictParams(
+            value_network.params[k].data.clone(), no_convert=True
+        )
+        self.target_masks = TensorDictParams(value_network.masks[k].clone(), no_convert=True)
+        # LossModule warns when a target is read with no updater attached;
+        # the updaters flip this flag.
+        self._has_update_associated["value_network"] = False
+        self._last_loss_per_member: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- keys
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                advantage=self.tensor_keys.advantage,
+                value_target=self.tensor_keys.value_target,
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.value_network.in_keys,
+            *[("next", key) for key in self.value_network.in_keys],
+        ]
+        self._in_keys = list(dict.fromkeys(keys))
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    def make_value_estimator(
+        self, value_type: ValueEstimators | type[ValueEstimatorBase] | None = None, **hyperparams
+    ) -> None:
+        """Choose how the bootstrap target is computed (TD(0) by default).
+
+        The target network's greedy value ``max_a Q_target(s', a)`` is passed
+        to the estimator as ``next_value``; hyper-parameters (``gamma``,
+        ``lmbda``) go to the TorchRL estimator.
+        """
+        if value_type is None:
+            value_type = self.default_value_estimator
+        if isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase):
+            cls = value_type
+        elif value_type in self.SUPPORTED_VALUE_ESTIMATORS:
+            cls = self.SUPPORTED_VALUE_ESTIMATORS[value_type]
+        else:
+            raise NotImplementedError(
+                f"value_type must be one of {list(self.SUPPORTED_VALUE_ESTIMATORS)}, "
+                f"got {value_type}"
+            )
+        hyperparams.setdefault("gamma", 0.99)
+        self.value_type = value_type
+        self._value_estimator = cls(value_network=None, **hyperparams)
+        self._forward_value_estimator_keys()
+
+    # ------------------------------------------------------------- forward
+    @torch.no_grad()
+    def target_values(self, *next_inputs: torch.Tensor) -> torch.Tensor:
+        """``max_a Q_target(s', a)`` with a trailing singleton dim."""
+        actor = self.value_network
+        q = actor._call(self.target_value_network_params, *next_inputs)
+        return q.max(-1, keepdim=True).values
+
+    def _chosen(self, values: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # values: [B, K, n] -> [B, K]
+        if self.action_space == "categorical":
+            if action.ndim == values.ndim - 2:
+                action = action.unsqueeze(-1)
+            index = action.unsqueeze(-2).expand(*values.shape[:-1], 1)
+            return values.gather(-1, index).squeeze(-1)
+        return (values * action.unsqueeze(-2).to(values.dtype)).sum(-1)
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """Compute the member losses on one batch (see the class docstring)."""
+        actor = self.value_network
+        next_inputs = [tensordict.get(("next", key)) for key in actor.in_keys]
+        td_copy = tensordict.clone(False)
+        target = self.value_estimator.value_estimate(
+            td_copy, next_value=self.target_values(*next_inputs)
+        ).squeeze(-1)
+        target = target.detach()
+
+        inputs = [tensordict.get(key) for key in actor.in_keys]
+        values = actor.ensemble_values(*inputs)
+        pred = self._chosen(values, tensordict.get(self.tensor_keys.action))  # [B, K]
+
+        with torch.no_grad():
+            priority = (pred[..., actor.selected] - target).pow(2).unsqueeze(-1)
+        tensordict.set(self.tensor_keys.priority, priority, inplace=True)
+
+        elementwise = distance_loss(pred, target.unsqueeze(-1).expand_as(pred), self.loss_function)
+        batch_dims = tuple(range(elementwise.ndim - 1))
+        weights = None
+        if self.use_prioritized_weights in (
+            True,
+            "auto",
+        ) and self.tensor_keys.priority_weight in tensordict.keys(True):
+            weights = tensordict.get(self.tensor_keys.priority_weight).reshape(*pred.shape[:-1], 1)
+            elementwise = elementwise * weights
+        per_member = elementwise.sum(batch_dims)
+        if self.reduction == "mean":
+            # Weighted mean with importance weights, as DQNLoss reduces them.
+            per_member = per_member / (
+                weights.sum() if weights is not None else pred[..., 0].numel()
+            )
+        loss = per_member.sum()
+        self._last_loss_per_member = per_member.detach()
+        return TensorDict({"loss": loss, "loss_per_member": per_member.detach()})
+
+    @property
+    def last_loss_per_member(self) -> torch.Tensor | None:
+        """The detached ``[K]`` member losses of the latest forward call."""
+        return self._last_loss_per_member
+
+
+def _is_categorical(actor: MaskedEnsembleQValueActor) -> bool:
+    from torchrl.data import Categorical
+
+    return isinstance(actor.action_spec, Categorical)

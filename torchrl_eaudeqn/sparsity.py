@@ -1,0 +1,383 @@
+"""Masks, magnitude pruning, sparsity statistics, schedules and pruning speeds.
+
+Everything here works on *flat* ``{name: tensor}`` mappings (or TensorDicts
+flattened with ``"."``) so that the same code serves a plain ``nn.Module``,
+one member of an ensemble, or a whole ensemble (leading ``[K]`` dimension).
+
+Conventions (see ``REFERENCE.md``):
+
+* Prunable tensors are the ``weight`` of ``nn.Linear`` and ``nn.Conv*d``
+  layers. Biases and normalisation parameters are never pruned (JaxPruner's
+  choice; the paper does not say).
+* A mask is a ``bool`` tensor of the weight's shape, ``True`` = kept.
+* Sparsity is the fraction of *pruned* entries.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PRUNABLE_LAYER_TYPES",
+    "LinearSpeedGrid",
+    "NoisySpeedPolicy",
+    "PruningSpeedPolicy",
+    "apply_masks_",
+    "magnitude_masks",
+    "make_speed_policy",
+    "polynomial_sparsity",
+    "prunable_parameter_names",
+    "sparsity_stats",
+]
+
+PRUNABLE_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+)
+
+PruningScope = Literal["global", "layer"]
+
+
+def prunable_parameter_names(module: nn.Module) -> list[str]:
+    """Names (as in ``module.named_parameters()``) of the prunable weights.
+
+    Args:
+        module: any network; lazy layers must be materialised first.
+
+    Returns:
+        The ``"<path>.weight"`` names of every Linear / Conv layer, in
+        registration order.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> prunable_parameter_names(net)
+        ['0.weight', '2.weight']
+    """
+    names = []
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, PRUNABLE_LAYER_TYPES) and getattr(mod, "weight", None) is not None:
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def _check_sparsity(value: float, name: str) -> float:
+    value = float(value)
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def magnitude_masks(
+    weights: Mapping[str, torch.Tensor],
+    sparsity: float | Mapping[str, float],
+    *,
+    scope: PruningScope = "global",
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks that keep the largest-magnitude weights.
+
+    Already-pruned entries (``masks[name] == False``) are ranked below every
+    kept entry, so pruning only ever removes weights: the returned masks are a
+    subset of ``masks`` as long as the requested sparsity is not lower than
+    the current one (when it is lower, nothing is regrown and the current
+    masks are returned).
+
+    Args:
+        weights: prunable tensors by name (one network, no ensemble dim).
+        sparsity: target fraction of pruned entries in ``[0, 1)``. With
+            ``scope="global"`` one number for all tensors together; with
+            ``scope="layer"`` either one number applied to every tensor or a
+            mapping name -> sparsity.
+        scope: ``"global"`` ranks all tensors together (layers end with
+            different sparsities); ``"layer"`` prunes each tensor to its own
+            target (uniform sparsity).
+        masks: current masks; ``None`` means all kept.
+
+    Returns:
+        ``{name: bool mask}``; the number of pruned entries is exactly
+        ``round(sparsity * numel)`` over the scope (or the current number, if
+        larger).
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, -3.0, 0.5, 2.0])}
+        >>> magnitude_masks(w, 0.5)["a"]
+        tensor([False,  True, False,  True])
+    """
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if not weights:
+        raise ValueError("weights is empty: the network has no prunable Linear/Conv weight")
+    names = list(weights)
+    current = {
+        n: (masks[n].bool() if masks is not None else torch.ones_like(weights[n], dtype=torch.bool))
+        for n in names
+    }
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise ValueError("sparsity must be a single float when scope='global'")
+        groups = [(names, _check_sparsity(sparsity, "sparsity"))]
+    else:
+        if isinstance(sparsity, Mapping):
+            missing = set(names) - set(sparsity)
+            if missing:
+                raise ValueError(f"sparsity has no entry for layers {sorted(missing)}")
+            groups = [([n], _check_sparsity(sparsity[n], f"sparsity[{n!r}]")) for n in names]
+        else:
+            s = _check_sparsity(sparsity, "sparsity")
+            groups = [([n], s) for n in names]
+
+    out: dict[str, torch.Tensor] = {}
+    for group, target in groups:
+        # Scores: |w| for kept entries, -1 for pruned ones, so topk never
+        # resurrects a pruned weight and the kept count is exact.
+        scores = torch.cat(
+            [
+                torch.where(current[n], weights[n].detach().abs(), -1.0).flatten().float()
+                for n in group
+            ]
+        )
+        total = scores.numel()
+        alive = int(sum(int(current[n].sum()) for n in group))
+        keep = min(alive, total - int(round(target * total)))
+        flat = torch.zeros(total, dtype=torch.bool, device=scores.device)
+        if keep > 0:
+            flat[torch.topk(scores, keep, sorted=False).indices] = True
+        offset = 0
+        for n in group:
+            numel = weights[n].numel()
+            out[n] = flat[offset : offset + numel].view_as(weights[n])
+            offset += numel
+    return out
+
+
+@torch.no_grad()
+def apply_masks_(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the pruned entries in place (``params[name] *= masks[name]``).
+
+    Shapes broadcast, so an ensemble ``[K, ...]`` weight takes ``[K, ...]``
+    masks. ``torch.where`` (not multiplication) keeps NaN/Inf of pruned
+    entries from surviving.
+    """
+    for name, mask in masks.items():
+        p = params[name]
+        p.data.copy_(torch.where(mask, p.data, torch.zeros((), dtype=p.dtype, device=p.device)))
+
+
+def sparsity_stats(
+    params: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    *,
+    ensemble_dim: bool = False,
+) -> dict[str, object]:
+    """Sparsity of a masked network (or of every member of an ensemble).
+
+    Args:
+        params: *all* parameters by name (prunable and not).
+        masks: masks of the prunable ones.
+        ensemble_dim: ``True`` when every tensor has a leading member dim;
+            then each statistic is a tensor ``[K]``.
+
+    Returns:
+        ``{"prunable": s, "overall": s, "per_layer": {name: s},
+        "nonzero_params": n, "total_params": n}`` where ``"prunable"`` is the
+        pruned fraction of prunable weights and ``"overall"`` the pruned
+        fraction of all parameters (biases count as kept).
+
+    Example:
+        >>> p = {"w": torch.ones(4), "b": torch.ones(2)}
+        >>> s = sparsity_stats(p, {"w": torch.tensor([True, False, False, True])})
+        >>> float(s["prunable"]), round(float(s["overall"]), 3)
+        (0.5, 0.333)
+    """
+    lead = 1 if ensemble_dim else 0
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(lead, t.ndim))
+        return t.sum(dims) if dims else t
+
+    def numel(t: torch.Tensor) -> int:
+        return int(math.prod(t.shape[lead:]))
+
+    per_layer = {}
+    kept_prunable = 0
+    total_prunable = 0
+    for name, mask in masks.items():
+        kept = count(mask.long())
+        per_layer[name] = 1.0 - kept.double() / numel(mask)
+        kept_prunable = kept_prunable + kept
+        total_prunable += numel(mask)
+    total = sum(numel(p) for p in params.values())
+    kept_all = kept_prunable + (total - total_prunable)
+    to_t = torch.as_tensor
+    return {
+        "prunable": 1.0 - to_t(kept_prunable).double() / max(total_prunable, 1),
+        "overall": 1.0 - to_t(kept_all).double() / max(total, 1),
+        "per_layer": per_layer,
+        "nonzero_params": to_t(kept_all),
+        "total_params": total,
+    }
+
+
+def polynomial_sparsity(
+    step: int | float,
+    final_sparsity: float,
+    start: int | float,
+    end: int | float,
+    *,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+) -> float:
+    """Polynomial sparsity schedule (Zhu & Gupta 2017, as in JaxPruner).
+
+    ``s(t) = s_f + (s_i - s_f) * (1 - p)^power`` with
+    ``p = clip((t - start) / (end - start), 0, 1)``; with ``s_i = 0`` this is
+    ``s_f * (1 - (1 - p)^3)``.
+
+    Example:
+        >>> polynomial_sparsity(0, 0.95, 10, 20), polynomial_sparsity(20, 0.95, 10, 20)
+        (0.0, 0.95)
+        >>> round(polynomial_sparsity(15, 0.95, 10, 20), 6)
+        0.83125
+    """
+    _check_sparsity(final_sparsity, "final_sparsity")
+    _check_sparsity(initial_sparsity, "initial_sparsity")
+    if end <= start:
+        raise ValueError(f"end ({end}) must be greater than start ({start})")
+    p = min(max((step - start) / (end - start), 0.0), 1.0)
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** power
+
+
+class PruningSpeedPolicy(abc.ABC):
+    """Chooses each member's pruning speed at a target update.
+
+    Member ``k`` becomes a copy of the winner pruned to
+    ``s_k = s_j + v_k * (1 - s_j)``; ``v_0`` is always 0 (the steady member).
+    Subclasses return ``[v_0, ..., v_{K-1}]``.
+    """
+
+    max_speed: float
+
+    @abc.abstractmethod
+    def speeds(self, num_members: int, winner: int | None = None) -> list[float]:
+        """Speeds for the next period; ``winner`` is the last winner's index."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def _check_speed(value: float, name: str) -> float:
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+class LinearSpeedGrid(PruningSpeedPolicy):
+    """Evenly spaced speeds: ``v_k = max_speed * k / (K - 1)`` (this project's default).
+
+    Args:
+        max_speed: speed of the fastest member, a fraction of the remaining
+            weights pruned per target update (released config: 0.01).
+
+    Example:
+        >>> LinearSpeedGrid(0.01).speeds(5)
+        [0.0, 0.0025, 0.005, 0.0075, 0.01]
+    """
+
+    def __init__(self, max_speed: float = 0.01) -> None:
+        self.max_speed = _check_speed(max_speed, "max_speed")
+
+    def speeds(self, num_members: int, winner: int | None = None) -> list[float]:
+        if num_members == 1:
+            return [0.0]
+        return [self.max_speed * k / (num_members - 1) for k in range(num_members)]
+
+    def __repr__(self) -> str:
+        return f"LinearSpeedGrid(max_speed={self.max_speed})"
+
+
+class NoisySpeedPolicy(PruningSpeedPolicy):
+    """Speeds drawn around the last winner's speed.
+
+    ``v_k = min(max_speed, max(base, min_speed) * max_noise ** u_k)`` with
+    ``u_k ~ U[-1, 1]`` and ``base`` the speed the winner was created with
+    (0 for the steady member, hence ``min_speed`` so pruning can restart).
+    The released config's ``max_noise: 3.0`` is read this way; the authors'
+    exact rule is unpublished.
+
+    Args:
+        max_speed: upper cap of every speed.
+        max_noise: multiplicative spread, factor in ``[1/max_noise, max_noise]``.
+        min_speed: floor of the base speed.
+        seed: seed of the policy's own generator (saved in ``state_dict``).
+
+    Example:
+        >>> p = NoisySpeedPolicy(0.01, 3.0, seed=0)
+        >>> v = p.speeds(5, winner=None)
+        >>> v[0], all(0 < x <= 0.01 for x in v[1:])
+        (0.0, True)
+    """
+
+    def __init__(
+        self,
+        max_speed: float = 0.01,
+        max_noise: float = 3.0,
+        min_speed: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.max_speed = _check_speed(max_speed, "max_speed")
+        if not max_noise >= 1.0:
+            raise ValueError(f"max_noise must be >= 1, got {max_noise}")
+        self.max_noise = float(max_noise)
+        self.min_speed = _check_speed(
+            max_speed / max_noise if min_speed is None else min_speed, "min_speed"
+        )
+        self._gen = torch.Generator().manual_seed(seed)
+        self._last: list[float] | None = None
+
+    def speeds(self, num_members: int, winner: int | None = None) -> list[float]:
+        base = 0.0
+        if self._last is not None and winner is not None and winner < len(self._last):
+            base = self._last[winner]
+        base = max(base, self.min_speed)
+        u = torch.rand(num_members - 1, generator=self._gen, dtype=torch.float64) * 2 - 1
+        out = [0.0] + [min(self.max_speed, base * self.max_noise ** float(x)) for x in u]
+        self._last = out
+        return out
+
+    def state_dict(self) -> dict:
+        return {"generator": self._gen.get_state(), "last": self._last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
+        self._last = state["last"]
+
+    def __repr__(self) -> str:
+        return (
+            f"NoisySpeedPolicy(max_speed={self.max_speed}, max_noise={self.max_noise}, "
+            f"min_speed={self.min_speed})"
+        )
+
+
+def make_speed_policy(name: str, **kwargs: float) -> PruningSpeedPolicy:
+    """Build a speed policy by name: ``"grid"`` or ``"noisy"``.
+
+    Example:
+        >>> make_speed_policy("grid", max_speed=0.02).speeds(3)
+        [0.0, 0.01, 0.02]
+    """
+    policies = {"grid": LinearSpeedGrid, "noisy": NoisySpeedPolicy}
+    if name not in policies:
+        raise ValueError(f"speed policy must be one of {sorted(policies)}, got {name!r}")
+    return policies[name](**kwargs)

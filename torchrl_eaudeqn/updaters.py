@@ -1,0 +1,435 @@
+"""Target updaters: EauDeQN's target selection and the polynomial-pruning baseline.
+
+Both keep the masks (pruned weights exactly zero after every optimizer step)
+and replace the target network; they subclass TorchRL's
+:class:`~torchrl.objectives.utils.TargetNetUpdater` so they slot in where a
+``HardUpdate`` would, with the same ``init_``/``step``/``state_dict`` API.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.objectives.utils import TargetNetUpdater
+
+from .objectives import EauDeQNLoss
+from .sparsity import (
+    LinearSpeedGrid,
+    PruningSpeedPolicy,
+    magnitude_masks,
+    polynomial_sparsity,
+)
+
+__all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class _MaskedUpdater(TargetNetUpdater):
+    """Shared plumbing: checks, mask re-application, optimizer reset, Trainer hooks."""
+
+    def __init__(
+        self,
+        loss_module: EauDeQNLoss,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        period: int,
+        scope: Literal["global", "layer"],
+        require_optimizer: bool,
+    ) -> None:
+        # TargetNetUpdater.__init__ assumes source/target parameter pairs of the
+        # same shape; ours are an ensemble [K] and one network, so we do our own.
+        if not isinstance(loss_module, EauDeQNLoss):
+            raise TypeError(f"loss_module must be an EauDeQNLoss, got {type(loss_module).__name__}")
+        self.period = _positive_int(period, "period")
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        self.scope = scope
+        self.loss_module = loss_module
+        self.actor = loss_module.value_network
+        if optimizer is None and require_optimizer:
+            raise ValueError("optimizer is required to reset the members' optimizer state")
+        if optimizer is not None:
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            missing = [n for n, p in self.actor.named_parameters() if id(p) not in held]
+            if missing:
+                raise ValueError(
+                    f"optimizer does not hold the members' parameters (missing {missing[:3]}); "
+                    "build it from loss_module.parameters()"
+                )
+        self.optimizer = optimizer
+        self.num_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self.initialized = False
+
+    # ------------------------------------------------------------ helpers
+    def _copy_member_to_target(self, k: int) -> None:
+        loss = self.loss_module
+        loss.target_value_network_params.data.update_(self.actor.params[k].data)
+        loss.target_masks.update_(self.actor.masks[k])
+
+    def _reset_optimizer(self) -> None:
+        if self.optimizer is not None:
+            for p in self.actor.parameters():
+                self.optimizer.state.pop(p, None)
+
+    def _winner_flat(self, j: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        weights = {n: p[j].detach().clone() for n, p in self.actor.flat_params().items()}
+        masks = {n: m[j].clone() for n, m in self.actor.flat_masks().items()}
+        return weights, masks
+
+    def _write_member(
+        self, k: int, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> None:
+        params, actor_masks = self.actor.flat_params(), self.actor.flat_masks()
+        with torch.no_grad():
+            for name, value in weights.items():
+                if name in masks:
+                    value = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype))
+                params[name].data[k].copy_(value)
+            for name, mask in masks.items():
+                actor_masks[name][k].copy_(mask)
+
+    # -------------------------------------------------------- TorchRL API
+    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    def _post_optim(self) -> None:
+        self.step()
+
+    def register(self, trainer: Any, name: str = "target_net_updater") -> None:
+        """Hook this updater on a :class:`torchrl.trainers.Trainer`.
+
+        Runs :meth:`step` after every optimizer step, checkpoints the updater
+        with the trainer, and restricts the trainer's optimizer hook to the
+        ``loss`` key (the trainer would otherwise also sum the detached
+        ``loss_per_member``).
+
+        Raises:
+            ValueError: if the trainer clips gradients by a joint norm, which
+                would couple the members' updates.
+        """
+        if getattr(trainer, "clip_grad_norm", False) and getattr(trainer, "clip_norm", None):
+            raise ValueError(
+                "trainer clips the gradient norm jointly across members "
+                "(clip_grad_norm=True, clip_norm set): pass clip_norm=None"
+            )
+        for module in getattr(trainer, "_modules", {}).values():
+            if hasattr(module, "loss_components") and module.loss_components is None:
+                module.loss_components = ["loss"]
+        trainer.register_op("post_optim", self._post_optim)
+        trainer.register_module(name, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_steps = int(state_dict["num_steps"])
+        self.history = [dict(h) for h in state_dict["history"]]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(period={self.period}, num_steps={self.num_steps})"
+
+
+class TargetSelectionUpdater(_MaskedUpdater):
+    """EauDeQN's target update: select the best member, copy, prune, reset.
+
+    Call :meth:`step` once after every optimizer step. It re-applies the
+    masks (pruned weights exactly 0), adds the members' detached losses to
+    per-period sums, and every ``period`` calls (exactly) it:
+
+    1. selects ``j = argmin`` of the summed losses (ties: the less sparse
+       member, then the lower index; NaN sums never win);
+    2. copies member ``j`` (weights and mask) into the target network;
+    3. sets member 0 to a copy of ``j`` (the steady member);
+    4. sets member ``k >= 1`` to a copy of ``j`` magnitude-pruned to
+       ``s_k = s_j + v_k * (1 - s_j)``, ``v_k`` from ``speed_policy``;
+    5. resets the sums and (by default) the optimizer state of the members,
+       and makes member 0 the acting member.
+
+    Args:
+        loss_module: the :class:`~torchrl_eaudeqn.EauDeQNLoss` whose actor and
+            target are updated.
+        optimizer: the optimizer over the members' parameters (required when
+            ``reset_optimizer``).
+
+    Keyword Args:
+        period: optimizer steps between target updates (Atari: 2000).
+        speed_policy: pruning speeds; default
+            :class:`~torchrl_eaudeqn.sparsity.LinearSpeedGrid` ``(0.01)``.
+        scope: magnitude ranking ``"global"`` (all layers together) or
+            ``"layer"`` (each layer pruned to the same fraction).
+        reset_optimizer: reset the members' optimizer state at each target
+            update (released config: ``true``).
+        prune_at_init: start the first period with pruned copies (``True``,
+            this project's choice) or with K identical dense members.
+
+    Example:
+        >>> from torchrl.data import OneHot
+        >>> from torchrl_eaudeqn import EauDeQNLoss, MaskedEnsembleQValueActor, mlp
+        >>> actor = MaskedEnsembleQValueActor(mlp(3, 2, hidden=(16,)), 3, action_spec=OneHot(2))
+        >>> loss = EauDeQNLoss(actor)
+        >>> opt = torch.optim.Adam(loss.parameters())
+        >>> updater = TargetSelectionUpdater(loss, opt, period=2,
+        ...     speed_policy=LinearSpeedGrid(0.5))
+        >>> [round(float(s), 3) for s in actor.sparsity()]
+        [0.0, 0.25, 0.5]
+        >>> updater.step(torch.tensor([3.0, 1.0, 2.0])); updater.step(torch.tensor([3.0, 1.0, 2.0]))
+        >>> updater.history[-1]["selected"], [round(float(s), 3) for s in actor.sparsity()]
+        (1, [0.25, 0.438, 0.625])
+    """
+
+    def __init__(
+        self,
+        loss_module: EauDeQNLoss,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        period: int = 2000,
+        speed_policy: PruningSpeedPolicy | None = None,
+        scope: Literal["global", "layer"] = "global",
+        reset_optimizer: bool = True,
+        prune_at_init: bool = True,
+    ) -> None:
+        super().__init__(
+            loss_module, optimizer, period=period, scope=scope, require_optimizer=reset_optimizer
+        )
+        self.speed_policy = LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
+        if not isinstance(self.speed_policy, PruningSpeedPolicy):
+            raise TypeError(
+                f"speed_policy must be a PruningSpeedPolicy, got {type(self.speed_policy).__name__}"
+            )
+        self.reset_optimizer = reset_optimizer
+        self.prune_at_init = prune_at_init
+        self.steps_in_period = 0
+        self.loss_sums = torch.zeros(self.actor.num_members, dtype=torch.float64)
+        self.speeds: list[float] = [0.0] * self.actor.num_members
+        self.init_()
+
+    def init_(self) -> None:
+        """Apply the masks, copy the acting member into the target, build the first members."""
+        self.loss_module._has_update_associated["value_network"] = True
+        self.actor.apply_masks_()
+        j = self.actor.selected
+        self._copy_member_to_target(j)
+        if self.prune_at_init:
+            self._rebuild_members(j)
+        self.initialized = True
+
+    def _rebuild_members(self, j: int) -> None:
+        weights, masks = self._winner_flat(j)
+        prunable = {n: weights[n] for n in masks}
+        self.speeds = list(self.speed_policy.speeds(self.actor.num_members, winner=j))
+        if len(self.speeds) != self.actor.num_members:
+            raise ValueError(
+                f"speed_policy returned {len(self.speeds)} speeds for "
+                f"{self.actor.num_members} members"
+            )
+        numel = {n: m.numel() for n, m in masks.items()}
+        kept = {n: int(m.sum()) for n, m in masks.items()}
+        s_global = 1.0 - sum(kept.values()) / sum(numel.values())
+        for k, v in enumerate(self.speeds):
+            if k == 0 or v == 0.0:
+                new_masks = masks
+            elif self.scope == "global":
+                target = min(s_global + v * (1.0 - s_global), math.nextafter(1.0, 0.0))
+                new_masks = magnitude_masks(prunable, target, scope="global", masks=masks)
+            else:
+                targets = {
+                    n: min((1 - kept[n] / numel[n]) * (1 - v) + v, math.nextafter(1.0, 0.0))
+                    for n in masks
+                }
+                new_masks = magnitude_masks(prunable, targets, scope="layer", masks=masks)
+            self._write_member(k, weights, new_masks)
+        self.actor.selected = 0
+        if self.reset_optimizer:
+            self._reset_optimizer()
+
+    def select(self) -> int:
+        """Index of the member with the smallest summed loss (ties: less sparse, lower index)."""
+        sums = [float(x) for x in self.loss_sums]
+        if all(math.isnan(x) for x in sums):
+            raise FloatingPointError(
+                f"every member's summed loss is NaN at step {self.num_steps}; "
+                "cannot select a target"
+            )
+        sparsity = [float(s) for s in self.actor.sparsity()]
+        key = [(math.inf if math.isnan(x) else x, sparsity[k], k) for k, x in enumerate(sums)]
+        return min(range(len(sums)), key=key.__getitem__)
+
+    def update_target(self) -> int:
+        """Run the selection now (``step`` calls it at the end of each period)."""
+        j = self.select()
+        before = [float(s) for s in self.actor.sparsity()]
+        sums = [float(x) for x in self.loss_sums]
+        speeds = list(self.speeds)
+        self._copy_member_to_target(j)
+        self._rebuild_members(j)
+        self.history.append(
+            {
+                "step": self.num_steps,
+                "selected": j,
+                "selected_sparsity": before[j],
+                "loss_sums": sums,
+                "sparsity_before": before,
+                "speeds_before": speeds,
+                "sparsity": [float(s) for s in self.actor.sparsity()],
+            }
+        )
+        self.loss_sums.zero_()
+        self.steps_in_period = 0
+        return j
+
+    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
+        """Call once after every optimizer step.
+
+        Args:
+            losses: the loss module's output (a TensorDict with
+                ``loss_per_member``) or the ``[K]`` member losses; ``None``
+                reads the loss module's latest forward.
+        """
+        if isinstance(losses, TensorDictBase):
+            losses = losses.get("loss_per_member")
+        elif losses is None:
+            losses = self.loss_module.last_loss_per_member
+            if losses is None:
+                raise RuntimeError("step() needs member losses: call the loss module first")
+        losses = torch.as_tensor(losses).detach()
+        if losses.shape != (self.actor.num_members,):
+            raise ValueError(
+                f"losses must have shape [{self.actor.num_members}], got {tuple(losses.shape)}"
+            )
+        self.actor.apply_masks_()
+        # Sums are kept on CPU in float64: one small copy per step, and no
+        # precision loss over thousands of additions.
+        self.loss_sums += losses.to("cpu", torch.float64)
+        self.num_steps += 1
+        self.steps_in_period += 1
+        if self.steps_in_period >= self.period:
+            self.update_target()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            steps_in_period=self.steps_in_period,
+            loss_sums=self.loss_sums.clone(),
+            speeds=list(self.speeds),
+            speed_policy=self.speed_policy.state_dict(),
+            period=self.period,
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.steps_in_period = int(state_dict["steps_in_period"])
+        self.loss_sums = state_dict["loss_sums"].clone().to(torch.float64)
+        self.speeds = list(state_dict["speeds"])
+        self.speed_policy.load_state_dict(state_dict["speed_policy"])
+
+
+class PolyPruneUpdater(_MaskedUpdater):
+    """PolyPruneQN baseline: one network pruned on a polynomial schedule, hard target updates.
+
+    After every optimizer step the mask is re-applied; every ``prune_every``
+    steps between ``start`` and ``end`` (and at ``end``) the mask is
+    recomputed by magnitude to ``polynomial_sparsity(step, final_sparsity,
+    start, end)``; every ``period`` steps the network (weights and mask) is
+    copied into the target. Steps count optimizer steps.
+
+    Args:
+        loss_module: an :class:`~torchrl_eaudeqn.EauDeQNLoss` over a one-member actor.
+
+    Keyword Args:
+        period: steps between hard target updates.
+        final_sparsity: sparsity reached at ``end`` (paper: 0.95).
+        start, end: schedule bounds, in optimizer steps.
+        prune_every: steps between mask updates.
+        power: exponent of the schedule (3).
+        scope: ``"global"`` or ``"layer"`` magnitude ranking.
+
+    Example:
+        >>> from torchrl.data import OneHot
+        >>> from torchrl_eaudeqn import EauDeQNLoss, MaskedEnsembleQValueActor, mlp
+        >>> actor = MaskedEnsembleQValueActor(mlp(3, 2, hidden=(16,)), 1, action_spec=OneHot(2))
+        >>> up = PolyPruneUpdater(EauDeQNLoss(actor), period=5, final_sparsity=0.5,
+        ...     start=0, end=4, prune_every=2)
+        >>> for _ in range(4): up.step()
+        >>> round(float(actor.sparsity()[0]), 2)
+        0.5
+    """
+
+    def __init__(
+        self,
+        loss_module: EauDeQNLoss,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        period: int = 2000,
+        final_sparsity: float = 0.95,
+        start: int = 500_000,
+        end: int = 2_000_000,
+        prune_every: int = 1000,
+        power: float = 3.0,
+        scope: Literal["global", "layer"] = "global",
+    ) -> None:
+        super().__init__(
+            loss_module, optimizer, period=period, scope=scope, require_optimizer=False
+        )
+        if self.actor.num_members != 1:
+            raise ValueError(
+                f"PolyPruneUpdater trains one network: value_network has {self.actor.num_members} "
+                "members (use num_members=1)"
+            )
+        if not 0.0 <= final_sparsity < 1.0:
+            raise ValueError(f"final_sparsity must be in [0, 1), got {final_sparsity}")
+        if start < 0 or end <= start:
+            raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+        self.final_sparsity = float(final_sparsity)
+        self.start, self.end = int(start), int(end)
+        self.prune_every = _positive_int(prune_every, "prune_every")
+        self.power = float(power)
+        self.init_()
+
+    def init_(self) -> None:
+        self.loss_module._has_update_associated["value_network"] = True
+        self.actor.apply_masks_()
+        self._copy_member_to_target(0)
+        self.initialized = True
+
+    def target_sparsity(self, step: int | None = None) -> float:
+        """The schedule's sparsity at ``step`` (default: now)."""
+        step = self.num_steps if step is None else step
+        return polynomial_sparsity(
+            step, self.final_sparsity, self.start, self.end, power=self.power
+        )
+
+    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
+        """Call once after every optimizer step (``losses`` is accepted and ignored)."""
+        self.num_steps += 1
+        t = self.num_steps
+        if self.start <= t <= self.end and (
+            (t - self.start) % self.prune_every == 0 or t == self.end
+        ):
+            weights, masks = self._winner_flat(0)
+            prunable = {n: weights[n] for n in masks}
+            new = magnitude_masks(prunable, self.target_sparsity(t), scope=self.scope, masks=masks)
+            self._write_member(0, weights, new)
+            self.history.append(
+                {"step": t, "event": "prune", "sparsity": [float(self.actor.sparsity()[0])]}
+            )
+        self.actor.apply_masks_()
+        if t % self.period == 0:
+            self._copy_member_to_target(0)
+            self.history.append(
+                {
+                    "step": t,
+                    "event": "target",
+                    "selected": 0,
+                    "sparsity": [float(self.actor.sparsity()[0])],
+                }
+            )
