@@ -1,5 +1,6 @@
 """torchrl_eaudeqn: adaptive dense-to-sparse deep RL (EauDeQN) as TorchRL components."""
 
+from .envs import atari_game_ids, make_atari_env, make_control_env, resolve_atari_game
 from .modules import (
     NATURE_CNN_WIDTHS,
     MaskedEnsembleQValueActor,
@@ -9,6 +10,7 @@ from .modules import (
     nature_cnn,
 )
 from .objectives import EauDeQNLoss
+from .replay import FrameReplayBuffer
 from .sparsity import (
     LinearSpeedGrid,
     NoisySpeedPolicy,
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "NATURE_CNN_WIDTHS",
     "EauDeQNLoss",
+    "FrameReplayBuffer",
     "LinearSpeedGrid",
     "MaskedEnsembleQValueActor",
     "NoisySpeedPolicy",
@@ -36,6 +39,10 @@ __all__ = [
     "SelectedMemberPolicy",
     "TargetSelectionUpdater",
     "apply_masks_",
+    "atari_game_ids",
+    "make_atari_env",
+    "make_control_env",
+    "resolve_atari_game",
     "magnitude_masks",
     "make_speed_policy",
     "mlp",

@@ -43,7 +43,13 @@ from torchrl.envs import (
     UnsqueezeTransform,
 )
 
-__all__ = ["atari_game_ids", "make_atari_env", "make_control_env"]
+__all__ = [
+    "SCORE_REWARD_KEY",
+    "atari_game_ids",
+    "make_atari_env",
+    "make_control_env",
+    "resolve_atari_game",
+]
 
 #: Key of the raw (unclipped) game reward written by :func:`make_atari_env`.
 SCORE_REWARD_KEY = "score_reward"
@@ -132,6 +138,25 @@ def _resolve_game(game: object) -> tuple[str, str]:
     return games[key]
 
 
+def resolve_atari_game(game: str) -> str:
+    """Check an Atari game name and return its canonical form (no env is built).
+
+    Args:
+        game: ``"Pong"``, ``"pong"``, ``"ms_pacman"`` or ``"ALE/Pong-v5"``.
+
+    Returns:
+        The CamelCase name, as listed by :func:`atari_game_ids`.
+
+    Raises:
+        ValueError: the game is unknown (the message suggests close names).
+
+    Example:
+        >>> resolve_atari_game("ALE/MsPacman-v5"), resolve_atari_game("space_invaders")
+        ('MsPacman', 'SpaceInvaders')
+    """
+    return _resolve_game(game)[0]
+
+
 def _check_rom(name: str, rom: str) -> None:
     from ale_py import roms
 
@@ -188,22 +213,23 @@ def _atari_gym_env(
     return env
 
 
-def _single_atari_env(
+def _atari_base(
     name: str,
     frame_skip: int,
     sticky_actions: float,
-    frame_stack: int,
     max_episode_steps: int | None,
-    clip_rewards: bool,
     noop_max: int,
     categorical_action_encoding: bool,
     device: torch.device,
 ) -> EnvBase:
-    base = GymWrapper(
+    return GymWrapper(
         _atari_gym_env(name, frame_skip, sticky_actions, max_episode_steps, noop_max),
         categorical_action_encoding=categorical_action_encoding,
         device=device,
     )
+
+
+def _atari_transforms(frame_stack: int, clip_rewards: bool) -> Compose:
     transforms = [
         UnsqueezeTransform(-3, in_keys=["observation"]),
         # "constant" = zero padding at episode start, as Dopamine; the replay
@@ -220,23 +246,37 @@ def _single_atari_env(
         ),
         StepCounter(),
     ]
-    return TransformedEnv(base, Compose(*transforms))
+    return Compose(*transforms)
 
 
 def _batched(
-    factory: Callable[[], EnvBase], num_envs: int, parallel: bool | None, device: torch.device
+    base: Callable[..., EnvBase],
+    transforms: Compose,
+    num_envs: int,
+    parallel: bool | None,
+    device: torch.device,
 ) -> EnvBase:
     if num_envs == 1:
-        return factory()
+        return TransformedEnv(base(device), transforms)
+    # Workers step on CPU; the batched env moves their output to `device`.
+    base = functools.partial(base, torch.device("cpu"))
     if parallel is None:
-        # Measured on the 2-core CI machine (Pong, full preprocessing, 2 envs):
-        # SerialEnv ~470 agent steps/s, ParallelEnv ~260 (IPC and process
-        # contention), a gymnasium vector env under GymWrapper < 70 (TorchRL's
-        # partial-reset path). Sub-processes only pay off with spare cores.
+        # Measured on the 2-core CI machine (Pong, 2 envs, shared with other
+        # jobs; best of 5 / median): SerialEnv 368 / 240 agent steps/s,
+        # ParallelEnv 249 / 142 (IPC, and the parent still spends as much CPU
+        # per step), one env 334 / 261; a gymnasium vector env under GymWrapper
+        # < 70 (TorchRL's partial-reset path). Workers pay off with spare cores.
         parallel = (os.cpu_count() or 1) > num_envs
     if parallel:
-        return ParallelEnv(num_envs, factory, device=device, mp_start_method="fork")
-    return SerialEnv(num_envs, factory, device=device)
+        # fork starts workers in ~1 s where spawn re-imports torchrl (~7 s here),
+        # but a forked child cannot use a CUDA context created by the parent.
+        start = "spawn" if torch.cuda.is_initialized() else "fork"
+        batched = ParallelEnv(num_envs, base, device=device, mp_start_method=start)
+    else:
+        batched = SerialEnv(num_envs, base, device=device)
+    # Transforms run once on the batched env rather than in every worker
+    # (inside the workers SerialEnv measured ~60 agent steps/s).
+    return TransformedEnv(batched, transforms)
 
 
 def make_atari_env(
@@ -312,39 +352,35 @@ def make_atari_env(
     dev = _check_device(device)
     _check_rom(name, rom)
 
-    factory = functools.partial(
-        _single_atari_env,
+    base = functools.partial(
+        _atari_base,
         name,
         frame_skip,
         sticky_actions,
-        frame_stack,
         max_episode_steps,
-        clip_rewards,
         noop_max,
         categorical_action_encoding,
-        dev,
     )
-    env = _batched(factory, num_envs, parallel, dev)
+    env = _batched(base, _atari_transforms(frame_stack, clip_rewards), num_envs, parallel, dev)
     if seed is not None:
         env.set_seed(seed)
     return env
 
 
 # --------------------------------------------------------------------------- control
-def _single_control_env(
+def _control_base(
     env_id: str,
     max_episode_steps: int | None,
     categorical_action_encoding: bool,
     device: torch.device,
 ) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    base = GymEnv(
+    return GymEnv(
         env_id,
         categorical_action_encoding=categorical_action_encoding,
         device=device,
         **kwargs,
     )
-    return TransformedEnv(base, Compose(RewardSum(), StepCounter()))
 
 
 def _check_control_id(env_id: object) -> None:
@@ -419,10 +455,8 @@ def make_control_env(
             "space (gymnasium.spaces.Discrete) is required"
         )
 
-    factory = functools.partial(
-        _single_control_env, env_id, max_episode_steps, categorical_action_encoding, dev
-    )
-    env = _batched(factory, num_envs, parallel, dev)
+    base = functools.partial(_control_base, env_id, max_episode_steps, categorical_action_encoding)
+    env = _batched(base, Compose(RewardSum(), StepCounter()), num_envs, parallel, dev)
     if seed is not None:
         env.set_seed(seed)
     return env

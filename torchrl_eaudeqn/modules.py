@@ -97,7 +97,7 @@ def nature_cnn(
         nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1),
         nn.ReLU(),
-        nn.Flatten(),
+        nn.Flatten(-3),  # also for unbatched [C, H, W] input (single env step)
         nn.Linear(64 * side * side, int(width)),
         nn.ReLU(),
         nn.Linear(int(width), int(n_actions)),

@@ -1,0 +1,351 @@
+"""Play a registered agent on an Atari game and report its raw game score.
+
+Loads a Q-network from the MLflow model registry (``models:/NAME@ALIAS``), builds
+the game with the training preprocessing (Dopamine style: sticky actions 0.25,
+frame skip 4 with max-pool, 84x84 grayscale, 4 stacked frames, zero padding at
+the episode start), and plays epsilon-greedy episodes (epsilon 0.01, as in the
+paper's evaluation). Prints the mean and std of the raw (unclipped) episode
+scores and the sparsity tags of the model version.
+
+    python recipes/evaluate.py --model models:/Pong-eaudeqn-small@latest --game Pong \\
+        --episodes 5 --video pong.gif
+
+Two env backends give the same observations: ``torchrl`` (default,
+``torchrl_eaudeqn.envs.make_atari_env``, the training env) and ``gymnasium``
+(plain Gymnasium wrappers with the same settings, no TorchRL). The video shows
+the emulator's RGB screen of the first episode.
+
+Exit status: 0 on success, 2 on a usage error (bad arguments, unknown game,
+unreachable store, missing model or alias), each reported on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RL_WARNINGS", "False")
+
+PROG = "evaluate.py"
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+class UsageError(Exception):
+    """A user error: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="registered model: models:/NAME@ALIAS")
+    p.add_argument("--game", required=True, help="Atari game, e.g. Pong or ALE/Pong-v5")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to play (>= 1)")
+    p.add_argument("--epsilon", type=float, default=0.01, help="random-action probability")
+    p.add_argument("--seed", type=int, default=0, help="seed of the env and of epsilon")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLflow's)")
+    p.add_argument("--max-steps", type=int, default=27_000, help="agent-step cap per episode")
+    p.add_argument("--video", default=None, help="save the first episode to PATH.gif or .mp4")
+    p.add_argument("--video-frames", type=int, default=1000, help="most frames in the video")
+    p.add_argument("--fps", type=int, default=15, help="video frame rate (15 = real time)")
+    p.add_argument("--backend", choices=("torchrl", "gymnasium"), default="torchrl")
+    args = p.parse_args(argv)
+    # Checked before the slow imports, so that a typo fails in well under a second.
+    if args.episodes < 1:
+        p.error(f"--episodes must be >= 1, got {args.episodes}")
+    if not 0.0 <= args.epsilon <= 1.0 or math.isnan(args.epsilon):
+        p.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
+    if args.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.video_frames < 1 or args.fps < 1:
+        p.error("--video-frames and --fps must be >= 1")
+    if args.video is not None:
+        video = Path(args.video)
+        if video.suffix.lower() not in VIDEO_SUFFIXES:
+            p.error(f"--video must end with .gif or .mp4, got {args.video!r}")
+        if not video.resolve().parent.is_dir():
+            p.error(f"--video: directory {video.resolve().parent} does not exist")
+    if not args.model.startswith("models:/"):
+        p.error(f"--model must be a registry URI models:/NAME@ALIAS, got {args.model!r}")
+    return args
+
+
+# --------------------------------------------------------------------------- game
+def resolve_game(game: str) -> str:
+    """'pong', 'Pong' or 'ALE/Pong-v5' -> 'Pong' (UsageError for an unknown game)."""
+    import difflib
+
+    from torchrl_eaudeqn.envs import atari_game_ids
+
+    name = game.removeprefix("ALE/").removesuffix("-v5")
+    games = {g.lower(): g for g in atari_game_ids()}
+    if name.lower() in games:
+        return games[name.lower()]
+    close = difflib.get_close_matches(name, list(games.values()), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"unknown Atari game {game!r}{hint}")
+
+
+class TorchRLGame:
+    """The training env (``make_atari_env``) behind a small reset/step interface."""
+
+    backend = "torchrl"
+
+    def __init__(self, game: str, seed: int, max_steps: int, record: bool) -> None:
+        from torchrl.envs.utils import step_mdp
+
+        from torchrl_eaudeqn import envs
+
+        self._step_mdp = step_mdp
+        self.env = envs.make_atari_env(
+            game, seed=seed, max_episode_steps=max_steps, categorical_action_encoding=True
+        )
+        self.score_key = getattr(envs, "SCORE_REWARD_KEY", "score_reward")
+        self.n_actions = int(self.env.action_spec.space.n)
+        # The TorchRL env exposes no renderer; the ALE inside it can still give its
+        # RGB screen. Without it, the video falls back to the observation frames.
+        self._ale = None
+        if record:
+            try:
+                self._ale = self.env.base_env._env.unwrapped.ale
+            except AttributeError:
+                self._ale = None
+        self.video_source = (
+            "the emulator's RGB screen"
+            if self._ale is not None
+            else "the last 84x84 frame of each observation (the env exposes no RGB renderer)"
+        )
+        self._td = None
+
+    def reset(self):
+        self._td = self.env.reset()
+        return self._td["observation"]
+
+    def step(self, action: int):
+        import torch
+
+        self._td["action"] = torch.tensor(action)
+        td = self.env.step(self._td)
+        nxt = td["next"]
+        out = (
+            nxt["observation"],
+            float(nxt[self.score_key]),
+            bool(nxt["terminated"]),
+            bool(nxt["truncated"]),
+        )
+        self._td = self._step_mdp(td)
+        return out
+
+    def frame(self, observation):
+        import numpy as np
+
+        if self._ale is not None:
+            return self._ale.getScreenRGB()
+        gray = observation[-1].numpy()
+        return np.repeat(gray[..., None], 3, axis=-1)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class GymnasiumGame:
+    """Plain Gymnasium with the same preprocessing as ``make_atari_env``."""
+
+    backend = "gymnasium"
+
+    def __init__(self, game: str, seed: int, max_steps: int, record: bool) -> None:
+        import ale_py
+        import gymnasium as gym
+        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
+
+        gym.register_envs(ale_py)
+        env = gym.make(
+            f"ALE/{game}-v5",
+            frameskip=1,  # AtariPreprocessing skips (with the max-pool) itself
+            repeat_action_probability=0.25,
+            full_action_space=False,
+            max_num_frames_per_episode=0,  # the cap below counts agent steps
+            max_episode_steps=None,
+            render_mode="rgb_array" if record else None,
+        )
+        env = AtariPreprocessing(
+            env,
+            noop_max=0,
+            frame_skip=4,
+            screen_size=84,
+            terminal_on_life_loss=False,
+            grayscale_obs=True,
+            scale_obs=False,
+        )
+        env = TimeLimit(env, max_episode_steps=max_steps)
+        # Zero padding at the episode start, as TorchRL's CatFrames and Dopamine.
+        self.env = FrameStackObservation(env, stack_size=4, padding_type="zero")
+        self.n_actions = int(self.env.action_space.n)
+        self.video_source = "the emulator's RGB screen (render_mode='rgb_array')"
+        self._seed: int | None = seed
+
+    def reset(self):
+        import torch
+
+        # Seeded once, like TorchRL's set_seed: later episodes continue the RNG.
+        obs, _ = self.env.reset(seed=self._seed)
+        self._seed = None
+        return torch.as_tensor(obs)
+
+    def step(self, action: int):
+        import torch
+
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return torch.as_tensor(obs), float(reward), bool(terminated), bool(truncated)
+
+    def frame(self, observation):
+        return self.env.render()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# --------------------------------------------------------------------------- main
+def play(model, game, episodes: int, epsilon: float, seed: int, video_frames: int):
+    """Epsilon-greedy episodes: (scores, steps, truncated flags, frames of episode 1)."""
+    import torch
+
+    rng = torch.Generator().manual_seed(seed)
+    scores, steps, truncs, frames = [], [], [], []
+    for episode in range(episodes):
+        obs = game.reset()
+        record = episode == 0 and video_frames > 0
+        score, n, done, truncated = 0.0, 0, False, False
+        if record:
+            frames.append(game.frame(obs))
+        while not done:
+            if float(torch.rand((), generator=rng)) < epsilon:
+                action = int(torch.randint(game.n_actions, (), generator=rng))
+            else:
+                with torch.no_grad():
+                    action = int(model(obs.unsqueeze(0)).argmax(-1))
+            obs, reward, terminated, truncated = game.step(action)
+            score += reward
+            n += 1
+            done = terminated or truncated
+            if record and len(frames) < video_frames:
+                frames.append(game.frame(obs))
+        scores.append(score)
+        steps.append(n)
+        truncs.append(truncated and not terminated)
+        end = "step cap" if truncs[-1] else "game over"
+        print(f"episode {episode + 1}/{episodes}: score {score:g} in {n} steps ({end})")
+    return scores, steps, truncs, frames
+
+
+def save_video(path: Path, frames: list, fps: int) -> None:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
+    else:
+        # macro_block_size=1 keeps the 210x160 ALE screen unpadded.
+        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+
+
+def describe_tags(tags: dict[str, str]) -> list[str]:
+    def num(key: str) -> str:
+        try:
+            return f"{float(tags[key]):.4f}"
+        except (KeyError, ValueError):
+            return "n/a"
+
+    lines = [f"sparsity: overall {num('sparsity_overall')}, prunable {num('sparsity_prunable')}"]
+    lines.append(
+        f"params: {tags.get('nonzero_params', 'n/a')} nonzero / "
+        f"{tags.get('total_params', 'n/a')} total"
+    )
+    layers = [k for k in tags if k.startswith("sparsity.")]
+    if layers:
+        per_layer = ", ".join(f"{k.removeprefix('sparsity.')} {num(k)}" for k in layers)
+        lines.append(f"per-layer sparsity: {per_layer}")
+    skip = {"sparsity_overall", "sparsity_prunable", "nonzero_params", "total_params"}
+    skip |= {"version", "run_id"}  # already on the "model:" line
+    others = [f"{k}={v}" for k, v in tags.items() if k not in skip and k not in layers]
+    if others:
+        lines.append("tags: " + ", ".join(others))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        game_name = resolve_game(args.game)
+        import torch
+
+        from torchrl_eaudeqn.registry import (
+            KIND_TAG,
+            get_version_tags,
+            load_registered,
+            resolve_tracking_uri,
+        )
+
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        tags = get_version_tags(args.model, tracking_uri=tracking_uri)
+        kind = tags.get(KIND_TAG, "q_network")
+        if kind != "q_network":
+            raise UsageError(f"{args.model} is a {kind!r} model; evaluate.py plays Q-networks")
+        model = load_registered(args.model, tracking_uri=tracking_uri)
+        backend = TorchRLGame if args.backend == "torchrl" else GymnasiumGame
+        game = backend(game_name, args.seed, args.max_steps, record=args.video is not None)
+        # A blank observation: resetting the game here would shift the seeded episodes.
+        with torch.no_grad():
+            out = model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+        if out.shape != (1, game.n_actions):
+            raise UsageError(
+                f"{args.model} outputs shape {tuple(out.shape)} for one observation, but "
+                f"{game_name} has {game.n_actions} actions"
+            )
+    except (UsageError, ValueError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+    print(
+        f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "
+        f"store {tracking_uri})"
+    )
+    print(
+        f"env: ALE/{game_name}-v5 via {game.backend}, sticky actions 0.25, frame skip 4, "
+        f"4 x 84x84 frames, cap {args.max_steps} steps; epsilon {args.epsilon:g}, seed {args.seed}"
+    )
+    video_frames = args.video_frames if args.video else 0
+    try:
+        scores, steps, _, frames = play(
+            model, game, args.episodes, args.epsilon, args.seed, video_frames
+        )
+    finally:
+        game.close()
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    print(f"score: mean {mean:.2f} std {std:.2f} over {len(scores)} episodes (raw game score)")
+    print(f"steps: {sum(steps)} in total, {sum(steps) / len(steps):.1f} per episode")
+    for line in describe_tags(tags):
+        print(line)
+    if args.video:
+        path = Path(args.video)
+        save_video(path, frames, args.fps)
+        print(f"video: {path} ({len(frames)} frames of episode 1 from {game.video_source})")
+    print(f"time: {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Smoke test of recipes/atari_dqn.py on a real ALE game: MLflow, checkpoints, resume, registry."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPE = [sys.executable, str(ROOT / "recipes" / "atari_dqn.py")]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RL_WARNINGS": "False"}
+
+
+def _run(args, cwd, timeout=600):
+    return subprocess.run(
+        [*RECIPE, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _tiny(tmp_path, steps):
+    return [
+        "--config", str(ROOT / "configs" / "atari" / "quick.yaml"),
+        f"env_steps={steps}", "learning_starts=100", "target_period=40", "buffer_size=2000",
+        "eval_episodes=1", "eval_max_steps=100", "checkpoint_every=80", "log_every=50",
+        f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint_dir={tmp_path}/ckpt",
+        "progress_bar=false", "register_name=smoke-breakout", "threads=2",
+    ]  # fmt: skip
+
+
+def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
+    from mlflow import MlflowClient
+
+    first = _run(_tiny(tmp_path, 300), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("eaudeqn-atari").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["game"] == "Breakout" and run.data.params["num_members"] == "3"
+    for key in (
+        "td_loss/member_0",
+        "sparsity/member_2",
+        "selected_member",
+        "steps_per_sec",
+        "eval/score_mean",
+        "epsilon",
+        "sparsity/target",
+    ):
+        assert key in run.data.metrics, key
+    assert "score_sparsity.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    ckpt_dir = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0"
+    assert (ckpt_dir / "last.ckpt").is_file()
+
+    version = client.get_model_version_by_alias("smoke-breakout", "latest")
+    tags = version.tags
+    assert tags["method"] == "eaudeqn" and tags["game"] == "Breakout" and tags["seed"] == "0"
+    assert 0.0 < float(tags["sparsity_prunable"]) < 1.0 and int(tags["env_steps"]) == 300
+
+    # Resume from the last checkpoint with a larger budget: same MLflow run, more steps.
+    second = _run([*_tiny(tmp_path, 400), "--resume", "last"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = client.search_runs([run.info.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "sparsity/member_0")]
+    assert max(steps) >= 350 and len(steps) == len(set(steps))
+    v2 = client.get_model_version_by_alias("smoke-breakout", "latest")
+    assert int(v2.version) == int(version.version) + 1 and v2.tags["env_steps"] == "400"
+
+    # The registered agent loads and plays without the training code.
+    play = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model",
+         "models:/smoke-breakout@latest", "--game", "Breakout", "--episodes", "1",
+         "--max-steps", "100", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert play.returncode == 0, play.stderr[-3000:]
+    assert "score" in play.stdout.lower()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("game=Pongg", "Pongg"),
+        ("width=huge", "width: expected small"),
+        ("env_steps=-1", "env_steps: must be >= 1"),
+        ("tracking_uri=http://127.0.0.1:1", "127.0.0.1:1"),
+    ],
+)
+def test_bad_input_stops_before_work(tmp_path, override, message):
+    out = _run([*_tiny(tmp_path, 100), override], tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_rejects_checkpoint_of_another_config(tmp_path):
+    first = _run(_tiny(tmp_path, 120), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0" / "last.ckpt"
+    before = ckpt.read_bytes()
+    out = _run([*_tiny(tmp_path, 200), "lr=0.001", "--resume", str(ckpt)], tmp_path, timeout=120)
+    assert out.returncode == 2 and "another config (lr" in out.stderr
+    missing = _run([*_tiny(tmp_path, 200), "--resume", str(tmp_path / "nope.ckpt")], tmp_path)
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+    assert ckpt.read_bytes() == before

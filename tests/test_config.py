@@ -1,0 +1,77 @@
+import pathlib
+
+import pytest
+
+from torchrl_eaudeqn.config import AtariConfig, ConfigError, config_diff, load_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "atari"
+
+
+@pytest.mark.parametrize("name", ["eaudeqn", "polyprune", "dqn", "quick"])
+def test_shipped_configs_load(name):
+    cfg = load_config(AtariConfig, CONFIGS / f"{name}.yaml")
+    assert cfg.method in ("eaudeqn", "polyprune", "dqn")
+    assert cfg.members == (cfg.num_members if cfg.method == "eaudeqn" else 1)
+
+
+def test_paper_settings_are_the_defaults_of_the_eaudeqn_config():
+    cfg = load_config(AtariConfig, CONFIGS / "eaudeqn.yaml")
+    assert (cfg.lr, cfg.adam_eps, cfg.batch_size, cfg.buffer_size) == (6.25e-5, 1.5e-4, 32, 10**6)
+    assert (cfg.learning_starts, cfg.train_freq, cfg.target_period) == (20_000, 4, 8000)
+    assert (cfg.sticky_actions, cfg.frame_skip, cfg.max_episode_steps) == (0.25, 4, 27_000)
+    assert (cfg.num_members, cfg.max_speed, cfg.eps_decay_steps) == (5, 0.01, 250_000)
+
+
+def test_extends_and_overrides():
+    cfg = load_config(AtariConfig, CONFIGS / "polyprune.yaml", ["game=Breakout", "width=2048"])
+    assert cfg.method == "polyprune" and cfg.lr == 6.25e-5 and cfg.width == "2048"
+    assert cfg.model_name == "eaudeqn-Breakout-polyprune-2048"
+    assert config_diff(cfg, load_config(AtariConfig, CONFIGS / "polyprune.yaml")) == {
+        "game": ("Breakout", "Pong"),
+        "width": ("2048", "medium"),
+    }
+
+
+BAD = [
+    (["widht=small"], "widht: unknown config key.*did you mean 'width'"),
+    (["width=huge"], "width: expected small"),
+    (["width=0"], "width: expected"),
+    (["method=sac"], "method: expected one of eaudeqn"),
+    (["env_steps=-5"], "env_steps: must be >= 1"),
+    (["env_steps=1.5"], "env_steps: expected an integer"),
+    (["lr=fast"], "lr: expected a number"),
+    (["gamma=1.5"], "gamma: must be <= 1"),
+    (["max_speed=2"], "max_speed: must be <= 1"),
+    (["num_members=0"], "num_members: must be >= 1"),
+    (["reset_optimizer=maybe"], "reset_optimizer: expected true or false"),
+    (["prune_end=10", "prune_start=20"], "prune_end: must be greater than prune_start"),
+    (["target_period=8001"], "target_period: must be a multiple of train_freq"),
+    (["speed_policy=fast"], "speed_policy: expected one of grid"),
+    (["sticky_actions=-0.1"], "sticky_actions: must be >= 0"),
+    (["use_vmap=sometimes"], "use_vmap: expected one of auto"),
+    (["novalue"], "override 'novalue': expected key=value"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_values_give_one_line_errors_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(AtariConfig, CONFIGS / "eaudeqn.yaml", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(AtariConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("game: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(AtariConfig, bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(AtariConfig, listing)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(AtariConfig, loop)

@@ -1,0 +1,231 @@
+"""Validated recipe configs: YAML files plus ``key=value`` overrides.
+
+A config is a dataclass; every field has a one-line doc (the ``doc``
+metadata). Loading checks every key and value *before* anything is built and
+raises :class:`ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+__all__ = ["AtariConfig", "ConfigError", "config_diff", "load_config"]
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong (the message names it)."""
+
+
+def _f(default: Any, doc: str, **checks: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **checks})
+
+
+@dataclass
+class AtariConfig:
+    """EauDeQN / PolyPruneQN / DQN on Atari; defaults are the paper's settings.
+
+    Example:
+        >>> cfg = load_config(AtariConfig, overrides=["game=Breakout", "width=small"])
+        >>> cfg.game, cfg.width, cfg.target_period
+        ('Breakout', 'small', 8000)
+    """
+
+    method: str = _f(
+        "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
+    )
+    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5")
+    width: str = _f("medium", "hidden width: small (32) | medium (512) | large (2048) | an int")
+    seed: int = _f(0, "random seed (torch, numpy, env)", min=0)
+    env_steps: int = _f(10_000_000, "agent steps in total (frames = 4x)", min=1)
+    # EauDeQN
+    num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
+    max_speed: float = _f(0.01, "fastest pruning speed per target update", min=0.0, max=1.0)
+    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
+    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
+    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
+    reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
+    # PolyPruneQN
+    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
+    prune_start: int = _f(2_000_000, "polyprune schedule start (env steps)", min=0)
+    prune_end: int = _f(8_000_000, "polyprune schedule end (env steps)", min=1)
+    prune_every: int = _f(4000, "polyprune mask update interval (env steps)", min=1)
+    # DQN
+    lr: float = _f(6.25e-5, "Adam learning rate", min=0.0)
+    adam_eps: float = _f(1.5e-4, "Adam epsilon", min=0.0)
+    batch_size: int = _f(32, "replay batch size", min=1)
+    buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
+    learning_starts: int = _f(20_000, "random env steps before learning", min=0)
+    train_freq: int = _f(4, "env steps per gradient step", min=1)
+    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
+    loss_function: str = _f("l2", "l2 | smooth_l1", choices=("l2", "smooth_l1", "l1"))
+    eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
+    eps_end: float = _f(0.01, "final epsilon", min=0.0, max=1.0)
+    eps_decay_steps: int = _f(250_000, "env steps of linear epsilon decay", min=1)
+    target_period: int = _f(8000, "env steps between target updates", min=1)
+    # environment
+    sticky_actions: float = _f(0.25, "repeat-action probability", min=0.0, max=1.0)
+    frame_skip: int = _f(4, "frames per agent step (max-pooled)", min=1)
+    max_episode_steps: int = _f(27_000, "agent-step cap per episode", min=1)
+    num_envs: int = _f(1, "envs stepped together (for fast learners)", min=1)
+    # evaluation
+    eval_every: int = _f(250_000, "env steps between evaluations (0: only at the end)", min=0)
+    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
+    eval_epsilon: float = _f(0.01, "epsilon during evaluation", min=0.0, max=1.0)
+    eval_max_steps: int = _f(27_000, "agent-step cap per evaluation episode", min=1)
+    # tracking, checkpoints, registry
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
+    experiment: str = _f("eaudeqn-atari", "MLflow experiment name")
+    run_name: str = _f("", "MLflow run name (empty: generated)")
+    log_every: int = _f(1000, "env steps between metric logs", min=1)
+    register_name: str = _f("", "registered model name (empty: eaudeqn-<game>-<method>-<width>)")
+    register_alias: str = _f("latest", "alias set on the new model version")
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
+    checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
+    # compute
+    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
+    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
+    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    progress_bar: bool = _f(True, "show the progress bar")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        w = str(self.width)
+        if w not in ("small", "medium", "large") and not (w.isdigit() and int(w) > 0):
+            raise ConfigError(
+                f"width: expected small | medium | large or a positive int, got {w!r}"
+            )
+        if self.prune_end <= self.prune_start:
+            raise ConfigError(
+                f"prune_end: must be greater than prune_start ({self.prune_start}), "
+                f"got {self.prune_end}"
+            )
+        if self.target_period % self.train_freq:
+            raise ConfigError(
+                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
+                f"got {self.target_period}"
+            )
+
+    @property
+    def members(self) -> int:
+        """Online networks actually used: K for eaudeqn, 1 for the baselines."""
+        return self.num_members if self.method == "eaudeqn" else 1
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name."""
+        game = self.game.split("/")[-1].split("-")[0]
+        return self.register_name or f"eaudeqn-{game}-{self.method}-{self.width}"
+
+
+def _validate(cfg: Any) -> None:
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        typ = hints[f.name]
+        if typ is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name}: expected true or false, got {value!r}")
+        elif typ is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{f.name}: expected an integer, got {value!r}")
+        elif typ is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{f.name}: expected a number, got {value!r}")
+            value = float(value)
+            setattr(cfg, f.name, value)
+        elif typ is str:
+            if isinstance(value, bool):  # YAML reads true/yes/on as booleans
+                value = str(value).lower()
+                setattr(cfg, f.name, value)
+            if isinstance(value, (int, float)):
+                value = str(value)
+                setattr(cfg, f.name, value)
+            if not isinstance(value, str):
+                raise ConfigError(f"{f.name}: expected a string, got {value!r}")
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(
+                f"{f.name}: expected one of {' | '.join(meta['choices'])}, got {value!r}"
+            )
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{f.name}: must be >= {meta['min']}, got {value!r}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{f.name}: must be <= {meta['max']}, got {value!r}")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _read_yaml(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    if path in seen:
+        raise ConfigError(f"config file {path}: circular 'extends'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"config file {path}: not valid YAML ({str(err).splitlines()[0]})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys to values")
+    base = data.pop("extends", None)
+    if base is not None:
+        parent = _read_yaml((path.parent / str(base)).resolve(), (*seen, path))
+        parent.update(data)
+        data = parent
+    return data
+
+
+def load_config(
+    cls: type[C],
+    path: str | pathlib.Path | None = None,
+    overrides: list[str] | None = None,
+) -> C:
+    """Read a YAML config (``extends: other.yaml`` allowed), apply overrides, validate.
+
+    Args:
+        cls: the config dataclass.
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: ``"key=value"`` strings (values parsed as YAML scalars).
+
+    Raises:
+        ConfigError: unknown key, bad value or unreadable file; the message
+            names the key (and suggests close matches for typos).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        data.update(_read_yaml(pathlib.Path(path).resolve()))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        data[key.strip()] = _parse_value(value)
+        source = f"{source} + overrides"
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: unknown config key in {source}{hint}")
+    return cls(**data)
+
+
+def config_diff(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two configs: ``{name: (a, b)}``."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return {k: (da[k], db.get(k)) for k in da if k not in ignore and da[k] != db.get(k)}

@@ -1,0 +1,691 @@
+"""MLflow model registry helpers: register a trained network, load it back anywhere.
+
+A registered network is stored with ``torch.export`` (MLflow's ``"pt2"``
+serialization): a traced graph plus weights, with no pickled Python classes.
+Loading it therefore needs only ``mlflow`` and ``torch``, not this package::
+
+    import mlflow, torch
+    q_net = mlflow.pytorch.load_model("models:/Pong-eaudeqn@latest")
+    q_values = q_net(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+
+Every model version carries tags computed from the weights themselves
+(:func:`network_sparsity_tags`) beside the caller's tags (method, game, seed,
+...); the registered model carries ``torchrl_eaudeqn.kind`` so that a Q-network
+and, say, a SAC actor never share one registry name.
+
+``mlflow`` is imported lazily: :func:`network_sparsity_tags` works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .sparsity import prunable_parameter_names
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+__all__ = [
+    "KIND_TAG",
+    "check_tracking_uri",
+    "get_version_tags",
+    "load_registered",
+    "network_sparsity_tags",
+    "register_network",
+    "resolve_tracking_uri",
+]
+
+#: Registered-model (and model-version) tag holding the kind of network.
+KIND_TAG = "torchrl_eaudeqn.kind"
+
+#: Seconds allowed to reach a remote tracking server before giving up.
+REACHABILITY_TIMEOUT_S = 3.0
+
+# MLflow's alias rules (``mlflow.utils.validation``), checked here so that a bad
+# alias fails before anything is logged rather than after the version exists.
+_ALIAS_RE = re.compile(r"^[\w\-]+$")
+_VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
+# Aliases MLflow resolves itself and refuses to set ("@latest" is the highest version).
+_BUILTIN_ALIASES = ("latest",)
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "torchrl_eaudeqn.registry needs mlflow: pip install 'torchrl_eaudeqn[recipes]'"
+        ) from err
+    return mlflow
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- sparsity tags
+def network_sparsity_tags(net: nn.Module) -> dict[str, float | int]:
+    """Sparsity statistics of a network, read from its weights (zeros count as pruned).
+
+    Keys:
+
+    * ``sparsity_overall``: fraction of zero entries over *all* parameters;
+    * ``sparsity_prunable``: fraction of zero entries over Linear/Conv weights;
+    * ``sparsity.<param>``: the same per prunable weight (e.g. ``sparsity.1.weight``);
+    * ``nonzero_params`` / ``total_params``: counts over all parameters.
+
+    The masks are not needed: a registered network has its masks applied, so
+    its zeros *are* its pruned weights (a weight that trained to exactly 0.0
+    counts too, which is what a sparse export can drop). Unlike
+    :func:`~torchrl_eaudeqn.sparsity.sparsity_stats`, a zero bias counts as a zero.
+
+    Args:
+        net: any ``nn.Module``.
+
+    Returns:
+        ``{tag: value}`` with float fractions and int counts.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
+        ...     _ = net[2].weight.fill_(1.0)
+        >>> tags = network_sparsity_tags(net)
+        >>> tags["sparsity_prunable"], tags["sparsity.0.weight"], tags["nonzero_params"]
+        (0.3333333333333333, 0.5, 7)
+    """
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    if not params:
+        raise ValueError("net has no parameters")
+    # zeros / numel (not 1 - kept / numel): exact fractions for round counts.
+    zeros = {name: p.numel() - int(torch.count_nonzero(p)) for name, p in params.items()}
+    total = sum(p.numel() for p in params.values())
+    prunable = prunable_parameter_names(net)
+    prunable_total = sum(params[n].numel() for n in prunable)
+    tags: dict[str, float | int] = {
+        "sparsity_overall": sum(zeros.values()) / total,
+        "sparsity_prunable": sum(zeros[n] for n in prunable) / max(prunable_total, 1),
+    }
+    for name in prunable:
+        tags[f"sparsity.{name}"] = zeros[name] / params[name].numel()
+    tags["nonzero_params"] = total - sum(zeros.values())
+    tags["total_params"] = total
+    return tags
+
+
+# --------------------------------------------------------------------------- tracking URI
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, or MLflow's current one (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
+
+    Example:
+        >>> resolve_tracking_uri("sqlite:///runs.db")
+        'sqlite:///runs.db'
+    """
+    if tracking_uri is not None:
+        if not isinstance(tracking_uri, str) or not tracking_uri.strip():
+            raise ValueError(f"tracking_uri must be a non-empty str, got {tracking_uri!r}")
+        return tracking_uri
+    return _mlflow().get_tracking_uri()
+
+
+def _check_local_dir(uri: str, path: Path, what: str, must_exist: bool) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"MLflow tracking URI {uri!r}: {what} {path} is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"MLflow tracking URI {uri!r}: {what} {path} is not writable")
+        return
+    if must_exist:
+        raise ValueError(f"MLflow tracking URI {uri!r}: no MLflow store at {path}")
+    # MLflow creates the store directory (and its parents) itself: the nearest
+    # existing ancestor is what must be writable.
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"MLflow tracking URI {uri!r}: cannot create {path} ({parent} is not writable)"
+        )
+
+
+def _check_socket(uri: str, host: str, port: int, timeout: float) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"MLflow tracking URI {uri!r} is not reachable ({host}:{port}: "
+            f"{err.strerror or type(err).__name__}, timeout {timeout:g} s)"
+        ) from None
+
+
+def check_tracking_uri(
+    uri: str, *, must_exist: bool = False, timeout: float = REACHABILITY_TIMEOUT_S
+) -> None:
+    """Fail fast, with a one-line ``ValueError``, when a tracking URI cannot work.
+
+    MLflow itself retries an unreachable server for minutes; this check takes
+    at most ``timeout`` seconds, so call it before training or logging.
+
+    * ``sqlite:///path``: the database's directory must exist and be writable
+      (with ``must_exist``, the database file must exist);
+    * ``file:`` URIs and plain paths: the directory, or its nearest existing
+      ancestor, must be writable;
+    * ``http(s)://``: a GET of ``<uri>/health`` must get an HTTP answer (any
+      status: a 401 or 404 still proves a server is there);
+    * other database URIs (``postgresql://``, ``mysql://``, ...): a TCP
+      connection to the host and port must open;
+    * anything else (``databricks``, ...) is left to MLflow.
+
+    Args:
+        uri: an MLflow tracking URI.
+        must_exist: require an existing local store (for loading: do not
+            create an empty ``mlflow.db`` by looking up a model).
+        timeout: seconds for network checks.
+
+    Raises:
+        ValueError: the URI is malformed, unreachable or not writable.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        >>> try:
+        ...     check_tracking_uri("sqlite:////no/such/dir/x.db")
+        ... except ValueError as err:
+        ...     print(err)
+        MLflow tracking URI 'sqlite:////no/such/dir/x.db': directory /no/such/dir does not exist
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"MLflow tracking URI must be a non-empty str, got {uri!r}")
+    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):
+        return  # profile-based: MLflow resolves and authenticates these itself
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "sqlite":
+        if uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in uri:
+            return  # in-memory database
+        if not uri.startswith("sqlite:///"):
+            raise ValueError(f"MLflow tracking URI {uri!r}: expected sqlite:///<path to .db file>")
+        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        directory = db.parent if str(db.parent) else Path(".")
+        if not directory.is_dir():
+            raise ValueError(f"MLflow tracking URI {uri!r}: directory {directory} does not exist")
+        if db.exists():
+            if not db.is_file() or not os.access(db, os.R_OK | os.W_OK):
+                raise ValueError(f"MLflow tracking URI {uri!r}: {db} is not a writable file")
+        elif must_exist:
+            raise ValueError(f"MLflow tracking URI {uri!r}: no MLflow database at {db}")
+        # SQLite writes a journal beside the database: the directory must be writable.
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            raise ValueError(f"MLflow tracking URI {uri!r}: directory {directory} is not writable")
+        return
+    if scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        path = Path(urllib.request.url2pathname(parsed.path) if scheme == "file" else uri)
+        _check_local_dir(uri, path, "directory", must_exist)
+        return
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ValueError(f"MLflow tracking URI {uri!r} has no host")
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - http(s) only
+                pass
+        except urllib.error.HTTPError:
+            return  # an HTTP status, even an error one, means a server answered
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            reason = getattr(reason, "strerror", None) or str(reason) or type(err).__name__
+            raise ValueError(
+                f"MLflow tracking URI {uri!r} is not reachable ({reason}; "
+                f"GET {url} failed within {timeout:g} s)"
+            ) from None
+        return
+    db_ports = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+    base = scheme.split("+", 1)[0]
+    if base in db_ports:
+        if not parsed.hostname:
+            raise ValueError(f"MLflow tracking URI {uri!r} has no host")
+        _check_socket(uri, parsed.hostname, parsed.port or db_ports[base], timeout)
+
+
+@contextlib.contextmanager
+def _use_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking and registry URIs at ``uri`` for a block.
+
+    The fluent logging API (``mlflow.pytorch.log_model``, ``load_model`` of a
+    ``models:/`` URI) reads the global URIs only. MLflow's own private
+    ``_use_tracking_uri`` would unset a ``MLFLOW_TRACKING_URI`` variable the
+    caller had set, so the exact previous state (module globals and the
+    environment variables ``set_tracking_uri`` writes) is restored here.
+    """
+    mlflow = _mlflow()
+    if mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri:
+        yield
+        return
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in env_names}
+    saved_tracking = tracking_utils._tracking_uri
+    saved_registry = registry_utils._registry_uri
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)
+        registry_utils._registry_uri = saved_registry
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _client(uri: str) -> MlflowClient:
+    return _mlflow().MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# --------------------------------------------------------------------------- registration
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip() or "/" in name or "@" in name:
+        raise ValueError(
+            f"name must be a non-empty registered-model name without '/' or '@', got {name!r}"
+        )
+    return name
+
+
+def _check_alias(alias: object) -> str:
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or len(alias) > 255:
+        raise ValueError(f"alias must be letters, digits, '_' or '-' (at most 255), got {alias!r}")
+    if _VERSION_ALIAS_RE.match(alias):
+        raise ValueError(f"alias {alias!r} is reserved by MLflow for version numbers")
+    return alias
+
+
+def _tag_str(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)  # shortest string that round-trips
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return _tag_str(value.item())
+    return str(value)
+
+
+def _merge_tags(
+    computed: Mapping[str, object], user: Mapping[str, object] | None, kind: str
+) -> dict[str, str]:
+    tags = {k: _tag_str(v) for k, v in computed.items()}
+    tags[KIND_TAG] = kind
+    for key, value in (user or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"tag names must be non-empty str, got {key!r}")
+        text = _tag_str(value)
+        # The computed sparsity tags describe the weights actually registered;
+        # a caller may repeat them (e.g. from network_sparsity_tags) but not contradict them.
+        if key in tags and tags[key] != text:
+            raise ValueError(
+                f"tag {key!r}={text!r} contradicts the value computed from the network "
+                f"({tags[key]!r})"
+            )
+        tags[key] = text
+    return tags
+
+
+def _existing_kind(client: MlflowClient, name: str) -> tuple[bool, str | None, int]:
+    """(exists, kind tag or None, number of versions) of registered model ``name``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False, None, 0
+        raise
+    # latest_versions avoids a filter string (a quote in the name would break it).
+    return True, model.tags.get(KIND_TAG), len(model.latest_versions or [])
+
+
+def _signature(example: torch.Tensor, output: object):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(t: torch.Tensor) -> TensorSpec:
+        # -1 marks the batch dimension as dynamic: MLflow exports it with Dim.AUTO.
+        return TensorSpec(np.dtype(str(t.dtype).removeprefix("torch.")), (-1, *t.shape[1:]))
+
+    outputs = [output] if isinstance(output, torch.Tensor) else list(output)
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        raise ValueError("the network must return a tensor or a tuple of tensors")
+    return ModelSignature(
+        inputs=Schema([spec(example)]), outputs=Schema([spec(o) for o in outputs])
+    )
+
+
+def _same_outputs(a: object, b: object) -> bool:
+    a = [a] if isinstance(a, torch.Tensor) else list(a)
+    b = [b] if isinstance(b, torch.Tensor) else list(b)
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _export_check(module: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> object:
+    """Export once before logging: an unexportable network fails before any write."""
+    dynamic = [{0: torch.export.Dim.AUTO}] if dynamic_batch else None
+    with torch.no_grad():
+        eager = module(example)
+        try:
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+        except Exception as err:  # noqa: BLE001 - torch.export raises many types
+            raise ValueError(
+                f"torch.export cannot trace this network ({type(err).__name__}: "
+                f"{_first_line(err)}); a registered network must be exportable"
+            ) from err
+        exported = program.module()(example)
+    if not _same_outputs(eager, exported):
+        raise ValueError("the exported network's outputs differ from the eager network's")
+    return eager
+
+
+def _resolve_run(
+    client: MlflowClient, uri: str, run_id: str | None, experiment_name: str | None, name: str
+) -> tuple[Any, bool]:
+    """(run, created) -- the run to log into, creating one when none is given or active."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        active = mlflow.active_run()
+        # An active run lives in the global store; use it only when that is the target.
+        if active is not None and mlflow.get_tracking_uri() == uri and experiment_name is None:
+            run_id = active.info.run_id
+    if run_id is not None:
+        try:
+            return client.get_run(run_id), False
+        except MlflowException as err:
+            raise ValueError(
+                f"run_id {run_id!r} not found at tracking URI {uri!r}: {_first_line(err)}"
+            ) from None
+    if experiment_name is not None:
+        exp = client.get_experiment_by_name(experiment_name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    elif mlflow.get_tracking_uri() == uri:
+        # Honours mlflow.set_experiment and MLFLOW_EXPERIMENT_NAME / _ID.
+        from mlflow.tracking.fluent import _get_experiment_id
+
+        exp_id = _get_experiment_id() or "0"
+    else:
+        exp_id = "0"  # the default experiment every store has
+    run = client.create_run(
+        exp_id, run_name=f"register-{name}", tags={"torchrl_eaudeqn.purpose": "registration"}
+    )
+    return run, True
+
+
+def register_network(
+    net: nn.Module,
+    *,
+    name: str,
+    example_input: torch.Tensor,
+    tags: Mapping[str, str | float | int] | None = None,
+    alias: str = "latest",
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    kind: str = "q_network",
+    experiment_name: str | None = None,
+    dynamic_batch: bool = True,
+) -> ModelVersion:
+    """Log ``net`` as an MLflow model and register it as a new version of ``name``.
+
+    The network is serialized with ``torch.export`` (``"pt2"``): it loads with
+    ``mlflow.pytorch.load_model("models:/<name>@<alias>")`` in any process that
+    has ``mlflow`` and ``torch``, without this package, and no pickle is
+    involved (MLflow 3 refuses to unpickle models by default). The model
+    version gets the tags of :func:`network_sparsity_tags`, ``tags`` and
+    ``torchrl_eaudeqn.kind``; the registered model gets ``torchrl_eaudeqn.kind``.
+    Existing runs, versions and models are never modified, except that
+    ``alias`` moves to the new version.
+
+    Args:
+        net: the network (e.g. ``actor.member_network()``); it is copied, put
+            in eval mode and exported, never modified.
+        name: registered model name (created if missing).
+        example_input: one input batch; dim 0 is the batch dimension. It traces
+            the graph and is stored as the input example.
+        tags: extra model-version tags (method, game, seed, scores, ...).
+        alias: alias of the new version. ``"latest"`` is MLflow's built-in alias
+            for the highest version: it cannot be set, and needs not be, since
+            the new version is the highest.
+        tracking_uri: MLflow tracking (and registry) URI; ``None`` uses
+            MLflow's current one (``sqlite:///mlflow.db`` by default).
+        run_id: run to log the model under. ``None`` uses the active run if
+            it belongs to ``tracking_uri``, else starts and ends a run of its own.
+        kind: what the network is (``"q_network"``, ``"actor"``, ...). A
+            registered model keeps one kind for all its versions.
+        experiment_name: experiment of the run created when there is no run
+            (created if missing); ``None`` uses the current/default experiment.
+        dynamic_batch: export the batch dimension as dynamic (a batch-1
+            example is repeated to batch 2 so that the exporter keeps it dynamic).
+
+    Returns:
+        The new ``ModelVersion``.
+
+    Raises:
+        ValueError: bad arguments, ``name`` registered with another kind, an
+            unreachable tracking URI, or a network ``torch.export`` cannot trace
+            -- all before anything is logged.
+
+    Example:
+        >>> import tempfile  # doctest: +SKIP
+        >>> from torchrl_eaudeqn.modules import nature_cnn  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        ...     store = f"sqlite:///{tmp}/mlflow.db"
+        ...     mv = register_network(
+        ...         nature_cnn(6, "small"), name="pong-q", alias="champion",
+        ...         example_input=torch.zeros(1, 4, 84, 84, dtype=torch.uint8),
+        ...         tags={"game": "Pong"}, tracking_uri=store)
+        ...     q_net = load_registered("models:/pong-q@champion", tracking_uri=store)
+    """
+    # ---- validate everything before touching the store
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be an nn.Module, got {type(net).__name__}")
+    _check_name(name)
+    _check_alias(alias)
+    if not isinstance(kind, str) or not kind.strip():
+        raise ValueError(f"kind must be a non-empty str, got {kind!r}")
+    if not isinstance(example_input, torch.Tensor) or example_input.ndim < 1:
+        raise ValueError("example_input must be a tensor with a leading batch dimension")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise ValueError(f"tags must be a mapping, got {type(tags).__name__}")
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+
+    module = copy.deepcopy(net).cpu().eval().requires_grad_(False)
+    example = example_input.detach().cpu()
+    if dynamic_batch and example.shape[0] == 1:
+        # torch.export specialises size-1 dims to constants: batch 2 keeps it dynamic.
+        example = example.expand(2, *example.shape[1:])
+    example = example.contiguous()
+    version_tags = _merge_tags(network_sparsity_tags(module), tags, kind)
+
+    client = _client(uri)
+    exists, existing_kind, n_versions = _existing_kind(client, name)
+    if exists and existing_kind != kind and (existing_kind is not None or n_versions > 0):
+        raise ValueError(
+            f"registered model {name!r} holds kind {existing_kind or '<untagged>'!r}, "
+            f"not {kind!r}: choose another name"
+        )
+    output = _export_check(module, example, dynamic_batch)
+    signature = _signature(example, output)
+
+    # ---- log and register
+    mlflow = _mlflow()
+    from mlflow.entities import LoggedModelStatus
+
+    run, own_run = _resolve_run(client, uri, run_id, experiment_name, name)
+    run_id = run.info.run_id
+    # Created here (not by log_model) so that it lands in the run's experiment:
+    # MLflow would otherwise use the *current* experiment, whatever the run.
+    logged = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=name,
+        source_run_id=run_id,
+        tags={KIND_TAG: kind},
+        model_type=kind,
+    )
+    status = "FAILED"
+    try:
+        # Both steps read the global URIs: log_model to store the model, and the
+        # registry to look the logged model up when creating the version.
+        with _use_uri(uri):
+            info = mlflow.pytorch.log_model(
+                module,
+                name=name,
+                input_example=example.numpy(),
+                signature=signature,
+                serialization_format="pt2",
+                # Explicit requirements skip MLflow's slow inference subprocess.
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                ],
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
+            if client.get_logged_model(logged.model_id).status != LoggedModelStatus.READY:
+                client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+            if not exists:
+                client.create_registered_model(name, tags={KIND_TAG: kind})
+            elif existing_kind is None:
+                client.set_registered_model_tag(name, KIND_TAG, kind)
+            version = client.create_model_version(
+                name,
+                source=info.model_uri,
+                run_id=run_id,
+                tags=version_tags,
+                model_id=info.model_id,
+            )
+            if alias.lower() not in _BUILTIN_ALIASES:
+                client.set_registered_model_alias(name, alias, version.version)
+        status = "FINISHED"
+    finally:
+        if status == "FAILED":
+            with contextlib.suppress(Exception):  # keep the original error
+                client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        if own_run:
+            client.set_terminated(run_id, status)
+    return client.get_model_version(name, version.version)
+
+
+# --------------------------------------------------------------------------- loading
+_MODELS_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+def _model_version(uri: str, tracking_uri: str | None) -> tuple[str, ModelVersion]:
+    """(tracking URI, model version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(uri, str):
+        raise ValueError(f"model URI must be a str, got {uri!r}")
+    match = _MODELS_URI_RE.match(uri)
+    if match is None:
+        raise ValueError(
+            f"model URI {uri!r} is not of the form models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    turi = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(turi, must_exist=True)
+    client = _client(turi)
+    name, alias, version = match["name"], match["alias"], match["version"]
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise ValueError(f"cannot read {uri!r} from {turi!r}: {_first_line(err)}") from err
+        raise ValueError(
+            f"no registered model {name!r} at tracking URI {turi!r} (model URI {uri!r})"
+        ) from None
+    try:
+        if version is not None:
+            return turi, client.get_model_version(name, version)
+        return turi, client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        aliases = sorted(model.aliases) if isinstance(model.aliases, dict) else []
+        what = f"version {version}" if version is not None else f"alias {alias!r}"
+        raise ValueError(
+            f"model URI {uri!r}: registered model {name!r} has no {what} at tracking URI "
+            f"{turi!r} (aliases: {', '.join(aliases) or 'none'}; 'latest' works once a "
+            "version exists)"
+        ) from None
+
+
+def load_registered(uri: str, *, tracking_uri: str | None = None) -> nn.Module:
+    """Load a registered network: ``mlflow.pytorch.load_model`` with clear errors.
+
+    Args:
+        uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        tracking_uri: store to read; ``None`` uses MLflow's current one.
+
+    Returns:
+        The exported network (a ``torch.fx.GraphModule``): call it on a batch.
+
+    Raises:
+        ValueError: malformed URI, missing store, model, alias or version
+            (one line, naming the URI).
+
+    Example:
+        >>> q_net = load_registered("models:/pong-q@champion")  # doctest: +SKIP
+        >>> q_net(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape  # doctest: +SKIP
+        torch.Size([1, 6])
+    """
+    from mlflow.exceptions import MlflowException
+
+    turi, version = _model_version(uri, tracking_uri)
+    source = f"models:/{version.name}/{version.version}"
+    try:
+        with _use_uri(turi):
+            return _mlflow().pytorch.load_model(source)
+    except MlflowException as err:
+        raise ValueError(f"cannot load {uri!r} from {turi!r}: {_first_line(err)}") from err
+
+
+def get_version_tags(uri: str, *, tracking_uri: str | None = None) -> dict[str, str]:
+    """Tags of the model version ``uri`` points to (plus ``version`` and ``run_id``).
+
+    Args:
+        uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        tracking_uri: store to read; ``None`` uses MLflow's current one.
+
+    Returns:
+        ``{tag: value}`` as stored (strings), with ``"version"`` and
+        ``"run_id"`` added unless a tag of that name exists.
+
+    Example:
+        >>> get_version_tags("models:/pong-q@champion")["sparsity_prunable"]  # doctest: +SKIP
+        '0.0'
+    """
+    _, version = _model_version(uri, tracking_uri)
+    tags = dict(version.tags)
+    tags.setdefault("version", str(version.version))
+    tags.setdefault("run_id", str(version.run_id))
+    return tags
