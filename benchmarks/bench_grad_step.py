@@ -9,7 +9,9 @@ What is timed (batch 32, Adam):
   update happens while timing; target updates are timed on their own.
 * ``eaudeqn`` without masks: the same step without ``updater.step`` (the
   ratio of the two is the mask overhead).
-* ``apply_masks``: ``actor.apply_masks_()`` alone.
+* ``updater_step``: ``updater.step(loss_td)`` alone (mask re-application and
+  loss sums), a steadier measure of what the masks add than the difference
+  of two whole steps.
 * ``dense``: TorchRL's own ``DQNLoss`` (``delay_value=True``, TD(0), gamma
   0.99, l2) on a ``QValueActor`` over the same network, with a ``HardUpdate``
   that never fires. K independent dense DQN steps cost K times one step.
@@ -20,9 +22,13 @@ Members K = 1, 2, 5, each with ``use_vmap=True`` and ``use_vmap=False``.
 
 Method: every variant is warmed up, then timed in blocks of several steps
 (block length calibrated per variant); the variants are visited round-robin,
-in a freshly shuffled order at every repeat, so that machine noise hits them
-alike. Reported: the median over repeats of ms per step. Ratios between two
-variants are medians of the per-repeat ratios (paired, same repeat).
+in a freshly shuffled order at every repeat (a step with masks and the same
+step without run back to back), so that machine noise hits them alike.
+Reported: the median over repeats of ms per step. Ratios between two
+variants are medians of the per-repeat ratios (paired, same repeat). The
+project machines are shared: the run first waits (up to 120 s) for other
+processes to go idle, and a block during which this process's threads waited
+for a CPU (run-queue delay, ``--max-wait``) is re-run, then set aside.
 
 Writes ``benchmarks/results/grad_step_<device>.json`` and refreshes the
 ``## Gradient step (<DEVICE>)`` section of ``docs/benchmarks.md`` (only the
@@ -32,7 +38,7 @@ alone unless ``--docs`` is given.
 
 Usage::
 
-    python benchmarks/bench_grad_step.py                 # full run (~5-8 min on 2 CPU cores)
+    python benchmarks/bench_grad_step.py                 # full run (~4-5 min on 2 CPU cores)
     python benchmarks/bench_grad_step.py --quick         # < 1 min, noisier
     python benchmarks/bench_grad_step.py --device cuda   # on a GPU machine
 """
@@ -90,6 +96,17 @@ SECTION_TITLE = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 # ----------------------------------------------------------------------------- setup
+ADAM_IMPLS = ("default", "foreach", "fused")
+_ADAM_IMPL = {"impl": "default"}
+
+
+def make_adam(params) -> torch.optim.Adam:
+    """Adam with the Atari settings; ``--adam`` picks torch's implementation (same for all)."""
+    impl = _ADAM_IMPL["impl"]
+    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+    return torch.optim.Adam(params, lr=LR, eps=ADAM_EPS, **kwargs)
+
+
 @dataclass(frozen=True)
 class NetSpec:
     name: str
@@ -117,7 +134,7 @@ NETWORKS = {
 class Variant:
     key: str
     net: str
-    kind: str  # "dense" | "eaudeqn" | "apply_masks"
+    kind: str  # "dense" | "eaudeqn" | "updater_step"
     k: int
     path: str | None  # "vmap" | "loop" | None
     masks: bool
@@ -207,7 +224,7 @@ def build_dense(spec: NetSpec, batch: TensorDict, device: torch.device, seed: in
     loss = DQNLoss(actor, delay_value=True, loss_function="l2", action_space=action_spec)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=GAMMA)
     updater = HardUpdate(loss, value_network_update_interval=NEVER)
-    opt = torch.optim.Adam(loss.parameters(), lr=LR, eps=ADAM_EPS)
+    opt = make_adam(loss.parameters())
     data = batch.clone()
 
     def step() -> None:
@@ -238,7 +255,7 @@ def build_eaudeqn(
     ).to(device)
     loss = EauDeQNLoss(actor)
     loss.make_value_estimator(gamma=GAMMA)
-    opt = torch.optim.Adam(loss.parameters(), lr=LR, eps=ADAM_EPS)
+    opt = make_adam(loss.parameters())
     updater = TargetSelectionUpdater(loss, opt, period=period, speed_policy=LinearSpeedGrid(0.01))
     data = batch.clone()
 
@@ -255,7 +272,13 @@ def build_eaudeqn(
         opt.step()
         opt.zero_grad()
 
-    return loss, updater, step_masked, step_unmasked
+    with torch.no_grad():
+        fixed_td = loss(data.clone())
+
+    def updater_only() -> None:
+        updater.step(fixed_td)
+
+    return loss, updater, step_masked, step_unmasked, updater_only
 
 
 def build_variants(
@@ -274,7 +297,7 @@ def build_variants(
         for k in ks:
             for path in ("vmap", "loop"):
                 # One ensemble for both: the two variants differ only in `updater.step`.
-                loss, _, masked, unmasked = build_eaudeqn(
+                loss, _, masked, unmasked, updater_only = build_eaudeqn(
                     spec, k, path == "vmap", batch, device, seed
                 )
                 base = f"{net}/eaudeqn/K{k}/{path}"
@@ -285,9 +308,11 @@ def build_variants(
                 with torch.no_grad():
                     per_member = loss(batch.clone())["loss_per_member"].tolist()
                 sanity[net][f"K{k}/{path}/initial_loss_per_member"] = per_member
-            apply = loss.value_network.apply_masks_
+            # `updater.step` costs the same for both paths: time it once per K.
             variants.append(
-                Variant(f"{net}/apply_masks/K{k}", net, "apply_masks", k, None, True, apply)
+                Variant(
+                    f"{net}/updater_step/K{k}", net, "updater_step", k, None, True, updater_only
+                )
             )
         k1 = sanity[net].get("K1/vmap/initial_loss_per_member")
         if k1 is not None:
@@ -448,7 +473,7 @@ def time_target_updates(
         batch = make_batch(spec, batch_size, device, seed)
         out[net] = {}
         for k in ks:
-            _, updater, step, _ = build_eaudeqn(spec, k, True, batch, device, seed)
+            _, updater, step, _, _ = build_eaudeqn(spec, k, True, batch, device, seed)
             step()
             times, waits = [], []
             for _ in range(repeats):
@@ -497,20 +522,20 @@ def derive(variants: dict[str, Variant], nets: Sequence[str], ks: Sequence[int])
             for path in ("vmap", "loop"):
                 masked = variants[f"{net}/eaudeqn/K{k}/{path}/masks"]
                 unmasked = variants[f"{net}/eaudeqn/K{k}/{path}/no_masks"]
+                upd = variants[f"{net}/updater_step/K{k}"]
                 r_k[path] = {
                     "ours_over_k_dense": _paired(masked, dense, scale=k),
                     "ours_no_masks_over_k_dense": _paired(unmasked, dense, scale=k),
+                    # Whole step with `updater.step` / the same step without it.
                     "mask_overhead": _paired(masked, unmasked),
+                    # (no-mask step + updater.step timed alone) / no-mask step: steadier,
+                    # but a lower bound (in the step, the mask pass also slows what follows).
+                    "mask_overhead_direct": 1.0 + _paired(upd, unmasked),
                 }
             vm = variants[f"{net}/eaudeqn/K{k}/vmap/masks"]
             lp = variants[f"{net}/eaudeqn/K{k}/loop/masks"]
             r_k["vmap_over_loop"] = _paired(vm, lp)
             r_k["faster"] = "vmap" if r_k["vmap_over_loop"] < 1.0 else "loop"
-            am = variants[f"{net}/apply_masks/K{k}"]
-            r_k["apply_masks_share_of_step"] = {
-                path: _paired(am, variants[f"{net}/eaudeqn/K{k}/{path}/masks"])
-                for path in ("vmap", "loop")
-            }
             r_net[f"K{k}"] = r_k
         ratios[net] = r_net
     return ratios
@@ -591,6 +616,8 @@ def _fmt(x: float) -> str:
 def markdown_section(result: dict) -> str:
     device = result["device"]
     title = SECTION_TITLE.get(device, device.upper())
+    if result["config"]["optimizer"]["impl"] != "default":
+        title += f", {result['config']['optimizer']['impl']} Adam"
     env = result["environment"]
     cfg = result["config"]
     meas = result["measurements"]
@@ -603,7 +630,8 @@ def markdown_section(result: dict) -> str:
         f"Written by `benchmarks/bench_grad_step.py` on {result['timestamp'][:10]}: "
         f"{env.get('gpu', env['cpu_model'])}, {env['cpu_count']} CPU cores, "
         f"{cfg['threads']} torch threads, torch {env['torch']}, torchrl {env['torchrl']}, "
-        f"batch {cfg['batch_size']}, Adam. Median of {cfg['repeats']} interleaved repeats "
+        f"batch {cfg['batch_size']}, Adam ({cfg['optimizer']['impl']} implementation, "
+        f"the same for both). Median of {cfg['repeats']} interleaved repeats "
         "(ms per gradient step); blocks during which other processes kept this one waiting "
         f"for a CPU (>= {cfg['max_run_queue_wait']:.0%} of the time) were re-run or set aside "
         f"({result['blocks_set_aside']} of {result['blocks_timed']} set aside); ratios are "
@@ -624,20 +652,28 @@ def markdown_section(result: dict) -> str:
             "",
             f"Dense DQN step (TorchRL `DQNLoss`): **{_fmt(dense)} ms**.",
             "",
-            "| K | path | EauDeQN ms/step | without masks | K x dense ms "
-            "| EauDeQN / (K x dense) | mask overhead |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| K | path | EauDeQN ms/step | without masks | `updater.step` ms | K x dense ms "
+            "| EauDeQN / (K x dense) | mask overhead | (`updater.step` alone) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for k in ks:
+            upd = meas[f"{net}/updater_step/K{k}"]["median_ms"]
             for path in ("vmap", "loop"):
                 m = meas[f"{net}/eaudeqn/K{k}/{path}/masks"]["median_ms"]
                 nm = meas[f"{net}/eaudeqn/K{k}/{path}/no_masks"]["median_ms"]
                 r = ratios[net][f"K{k}"][path]
                 lines.append(
-                    f"| {k} | {path} | {_fmt(m)} | {_fmt(nm)} | {_fmt(k * dense)} "
-                    f"| {r['ours_over_k_dense']:.2f}x | {(r['mask_overhead'] - 1) * 100:+.1f}% |"
+                    f"| {k} | {path} | {_fmt(m)} | {_fmt(nm)} | {_fmt(upd)} | {_fmt(k * dense)} "
+                    f"| {r['ours_over_k_dense']:.2f}x | {(r['mask_overhead'] - 1) * 100:+.1f}% "
+                    f"| {(r['mask_overhead_direct'] - 1) * 100:+.1f}% |"
                 )
-        lines.append("")
+        lines += [
+            "",
+            "Mask overhead = step with `updater.step` / the same step without it (timed back "
+            "to back). The last column adds `updater.step` timed alone to the step without "
+            "it: steadier, but a lower bound (inside a step it also slows what follows).",
+            "",
+        ]
     lines += [
         "### vmap or loop",
         "",
@@ -655,8 +691,7 @@ def markdown_section(result: dict) -> str:
         f"Default path on {title} from these numbers: **{ver['recommended_default_path']}** "
         f"(geometric mean of vmap/loop over the networks at K > 1: "
         f"{ver['vmap_over_loop_geomean']:.2f}). `MaskedEnsembleQValueActor(use_vmap=None)` "
-        f"picks vmap on the device types in `VMAP_DEVICE_TYPES` "
-        f"(currently {list(result['library_vmap_device_types'])}).",
+        f"picks: {result['library_auto_rule']}.",
         "",
         "### Targets",
         "",
@@ -693,9 +728,10 @@ def markdown_section(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, device: str, body: str) -> None:
-    start = f"<!-- grad_step:{device}:start -->"
-    end = f"<!-- grad_step:{device}:end -->"
+def update_markdown(path: Path, tag: str, body: str) -> None:
+    """Replace the text between the ``grad_step:<tag>`` markers (append it if absent)."""
+    start = f"<!-- grad_step:{tag}:start -->"
+    end = f"<!-- grad_step:{tag}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text and text.index(start) < text.index(end):
@@ -739,6 +775,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="device to time on (default: cuda when available)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument(
+        "--adam",
+        choices=ADAM_IMPLS,
+        default="fused",
+        help="torch Adam implementation for every variant (default: fused, as the recipes "
+        "use; results of the others go to their own JSON and docs section)",
+    )
     p.add_argument("--quick", action="store_true", help="fast, noisier run (< 1 min on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     p.add_argument("--block-ms", type=float, default=None, help="target length of a timed block")
@@ -774,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("--device cuda: CUDA is not available")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    _ADAM_IMPL["impl"] = args.adam
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     unknown = set(nets) - set(NETWORKS)
     if unknown:
@@ -802,9 +846,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for v in variants:
         v.max_wait = args.max_wait
     rng = random.Random(args.seed)
-    order = list(variants)
+    # A step with masks and the same step without run back to back (in random
+    # order), so that their ratio, the mask overhead, sees the same machine state.
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.key.rsplit("/", 1)[0] if v.kind == "eaudeqn" else v.key, []).append(v)
     for r in range(repeats):
-        rng.shuffle(order)
+        blocks = list(groups.values())
+        rng.shuffle(blocks)
+        order = []
+        for group in blocks:
+            rng.shuffle(group)
+            order += group
         gc.collect()
         for v in order:
             ms, wait, attempt = measure(
@@ -841,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         env["loadavg_at_end"] = list(os.getloadavg())
 
     suffix = "_quick" if args.quick else ""
-    json_name = f"grad_step_{device.type}{suffix}.json"
+    tag = device.type if args.adam == "fused" else f"{device.type}-{args.adam}-adam"
+    json_name = f"grad_step_{tag}{suffix}.json"
     given = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python benchmarks/bench_grad_step.py", *given])
     result = {
@@ -870,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 }
                 for n in nets
             },
-            "optimizer": {"name": "Adam", "lr": LR, "eps": ADAM_EPS},
+            "optimizer": {"name": "Adam", "lr": LR, "eps": ADAM_EPS, "impl": args.adam},
             "gamma": GAMMA,
             "updater_period_during_timing": NEVER,
             "seed": args.seed,
@@ -878,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "run_queue_wait_monitor": monitor.available,
         },
         "environment": env,
-        "library_vmap_device_types": list(MaskedEnsembleQValueActor.VMAP_DEVICE_TYPES),
+        "library_auto_rule": "vmap when K > 1, loop when K = 1",
         "measurements": {v.key: v.summary() for v in variants},
         "ratios": ratios,
         "k1_vs_dqnloss": {
@@ -902,7 +956,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     if write_docs:
-        update_markdown(args.docs_file, device.type, markdown_section(result))
+        update_markdown(args.docs_file, tag, markdown_section(result))
         print(f"updated {args.docs_file}", file=sys.stderr)
     print_summary(result)
     print(f"\ntotal {result['wall_s']:.0f} s", file=sys.stderr)

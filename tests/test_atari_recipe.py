@@ -53,7 +53,7 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     ckpt_dir = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0"
     assert (ckpt_dir / "last.ckpt").is_file()
 
-    version = client.get_model_version_by_alias("smoke-breakout", "latest")
+    version = client.get_model_version_by_alias("smoke-breakout", "final")
     tags = version.tags
     assert tags["method"] == "eaudeqn" and tags["game"] == "Breakout" and tags["seed"] == "0"
     assert 0.0 < float(tags["sparsity_prunable"]) < 1.0 and int(tags["env_steps"]) == 300
@@ -65,13 +65,13 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "sparsity/member_0")]
     assert max(steps) >= 350 and len(steps) == len(set(steps))
-    v2 = client.get_model_version_by_alias("smoke-breakout", "latest")
+    v2 = client.get_model_version_by_alias("smoke-breakout", "final")
     assert int(v2.version) == int(version.version) + 1 and v2.tags["env_steps"] == "400"
 
     # The registered agent loads and plays without the training code.
     play = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model",
-         "models:/smoke-breakout@latest", "--game", "Breakout", "--episodes", "1",
+         "models:/smoke-breakout@final", "--game", "Breakout", "--episodes", "1",
          "--max-steps", "100", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

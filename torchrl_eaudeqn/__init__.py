@@ -11,6 +11,15 @@ from .modules import (
 )
 from .objectives import EauDeQNLoss
 from .replay import FrameReplayBuffer
+from .sac import (
+    EauDeSACLoss,
+    MaskedEnsembleTanhGaussianActor,
+    MaskedEnsembleTwinQ,
+    PolyPruneSACUpdater,
+    SACTargetSelectionUpdater,
+    TanhDeterministicPolicy,
+    TwinQNetwork,
+)
 from .sparsity import (
     LinearSpeedGrid,
     NoisySpeedPolicy,
@@ -29,15 +38,22 @@ __version__ = "0.1.0"
 __all__ = [
     "NATURE_CNN_WIDTHS",
     "EauDeQNLoss",
+    "EauDeSACLoss",
     "FrameReplayBuffer",
     "LinearSpeedGrid",
     "MaskedEnsembleQValueActor",
+    "MaskedEnsembleTanhGaussianActor",
+    "MaskedEnsembleTwinQ",
     "NoisySpeedPolicy",
+    "PolyPruneSACUpdater",
     "PolyPruneUpdater",
     "PruningSpeedPolicy",
     "ScaleObservation",
+    "SACTargetSelectionUpdater",
     "SelectedMemberPolicy",
+    "TanhDeterministicPolicy",
     "TargetSelectionUpdater",
+    "TwinQNetwork",
     "apply_masks_",
     "atari_game_ids",
     "make_atari_env",

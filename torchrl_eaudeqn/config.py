@@ -80,13 +80,14 @@ class AtariConfig:
     eval_episodes: int = _f(10, "episodes per evaluation", min=1)
     eval_epsilon: float = _f(0.01, "epsilon during evaluation", min=0.0, max=1.0)
     eval_max_steps: int = _f(27_000, "agent-step cap per evaluation episode", min=1)
+    eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
     tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-atari", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
     log_every: int = _f(1000, "env steps between metric logs", min=1)
     register_name: str = _f("", "registered model name (empty: eaudeqn-<game>-<method>-<width>)")
-    register_alias: str = _f("latest", "alias set on the new model version")
+    register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
     checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
     # compute

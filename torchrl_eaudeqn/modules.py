@@ -9,18 +9,17 @@ a Python loop or under :func:`torch.vmap`; both produce the same numbers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModuleBase, TensorDictParams
+from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.data import TensorSpec
 from torchrl.modules.tensordict_module.actors import QValueModule
 
-from .sparsity import apply_masks_, prunable_parameter_names, sparsity_stats
+from ._ensemble import MaskedEnsemble, check_num_members
 
 __all__ = [
     "NATURE_CNN_WIDTHS",
@@ -144,17 +143,15 @@ def _last_out_features(network: nn.Module) -> int | None:
     return last
 
 
-def _key(name: str) -> tuple[str, ...]:
-    return tuple(name.split("."))
-
-
-class MaskedEnsembleQValueActor(TensorDictModuleBase):
+class MaskedEnsembleQValueActor(MaskedEnsemble):
     """K masked Q-networks with one architecture, evaluated together.
 
     All members start from the *same* weights (copies of ``network``, not
     re-sampled). Each member has a boolean mask over its prunable weights
     (Linear/Conv ``weight``); pruned entries are kept at exactly zero by
     :meth:`apply_masks_` (the updaters call it after every optimizer step).
+    The parameters are ``params`` (a TensorDict with batch ``[K]``), the masks
+    ``masks`` (same structure, bool), both saved in ``state_dict``.
 
     Writes, for a batch ``[...]``:
 
@@ -174,10 +171,11 @@ class MaskedEnsembleQValueActor(TensorDictModuleBase):
         action_spec: the environment's discrete action spec.
         in_keys: observation keys passed positionally to ``network``.
         use_vmap: ``True`` evaluates members under ``torch.vmap``, ``False``
-            in a loop; ``None`` picks per device type from the measurements in
-            ``docs/benchmarks.md`` (loop on CPU, vmap on CUDA).
+            in a loop; ``None`` picks from the measurements in
+            ``docs/benchmarks.md``: vmap when K > 1, the loop when K = 1.
         action_mask_key: optional key of a boolean action mask.
         selected: index of the member that acts.
+        action_value_key: where the ``[..., K, n]`` values are written.
 
     Example:
         >>> from torchrl.data import OneHot
@@ -189,9 +187,6 @@ class MaskedEnsembleQValueActor(TensorDictModuleBase):
         >>> actor.sparsity()
         tensor([0., 0., 0.])
     """
-
-    #: Device types on which ``use_vmap=None`` chooses vmap (see docs/benchmarks.md).
-    VMAP_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
     def __init__(
         self,
@@ -205,55 +200,20 @@ class MaskedEnsembleQValueActor(TensorDictModuleBase):
         selected: int = 0,
         action_value_key: NestedKey = "action_value",
     ) -> None:
-        super().__init__()
-        if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
-            raise ValueError(f"num_members must be an int >= 1, got {num_members!r}")
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+        check_num_members(num_members)
         n_actions = _n_actions(action_spec)
-        out = _last_out_features(network)
-        if out is not None and out != n_actions:
-            raise ValueError(
-                f"network outputs {out} action values but action_spec has {n_actions} actions"
-            )
-        if any(True for _ in network.buffers()):
-            raise ValueError(
-                "network has buffers (e.g. BatchNorm running stats); the ensemble supports "
-                "parameter-only networks"
-            )
-        prunable = prunable_parameter_names(network)
-        if not prunable:
-            raise ValueError("network has no prunable Linear/Conv weight")
-        if not 0 <= selected < num_members:
-            raise ValueError(f"selected must be in [0, {num_members}), got {selected}")
-
-        self.num_members = num_members
+        if isinstance(network, nn.Module):
+            out = _last_out_features(network)
+            if out is not None and out != n_actions:
+                raise ValueError(
+                    f"network outputs {out} action values but action_spec has {n_actions} actions"
+                )
+        super().__init__(network, num_members, use_vmap=use_vmap, selected=selected)
         self.n_actions = n_actions
         self.action_spec = action_spec
         self.in_keys = list(in_keys)
         self.action_value_key = action_value_key
         self.out_keys = [action_value_key, "action", "chosen_action_value"]
-        self.use_vmap = use_vmap
-        self.prunable_names = prunable
-
-        params = TensorDict.from_module(network).data
-        # Identical copies: expand + clone (not K independent initialisations).
-        self.params = TensorDictParams(params.expand(num_members).clone())
-        masks = (
-            TensorDict(
-                {_key(n): torch.ones_like(params.get(_key(n)), dtype=torch.bool) for n in prunable}
-            )
-            .expand(num_members)
-            .clone()
-        )
-        self.masks = TensorDictParams(masks, no_convert=True)
-        self.register_buffer("_selected", torch.tensor(int(selected)))
-
-        template = copy.deepcopy(network)
-        TensorDict.from_module(template).data.to("meta").to_module(template)
-        # Kept out of the module tree: it holds no state, only the structure.
-        self.__dict__["_template"] = template
-
         self._qvalue = QValueModule(
             spec=action_spec,
             action_mask_key=action_mask_key,
@@ -261,88 +221,24 @@ class MaskedEnsembleQValueActor(TensorDictModuleBase):
         )
         self._checked_output = False
 
-    # ------------------------------------------------------------------ state
-    @property
-    def template(self) -> nn.Module:
-        """The network structure on the ``meta`` device (no state of its own)."""
-        return self.__dict__["_template"]
-
-    @property
-    def selected(self) -> int:
-        """Index of the member that acts (member 0 after each target update)."""
-        return int(self._selected)
-
-    @selected.setter
-    def selected(self, value: int) -> None:
-        if not 0 <= int(value) < self.num_members:
-            raise ValueError(f"selected must be in [0, {self.num_members}), got {value}")
-        self._selected.fill_(int(value))
-
-    def flat_params(self) -> dict[str, torch.Tensor]:
-        """All member parameters by dotted name, each ``[K, ...]``."""
-        return dict(self.params.flatten_keys(".").items())
-
-    def flat_masks(self) -> dict[str, torch.Tensor]:
-        """Masks of the prunable weights by dotted name, each ``[K, ...]``."""
-        return dict(self.masks.flatten_keys(".").items())
-
-    @torch.no_grad()
-    def apply_masks_(self) -> None:
-        """Set every pruned weight of every member to exactly 0."""
-        apply_masks_(self.flat_params(), self.flat_masks())
-
-    def sparsity(self) -> torch.Tensor:
-        """Pruned fraction of the prunable weights, per member: ``[K]``."""
-        stats = sparsity_stats(self.flat_params(), self.flat_masks(), ensemble_dim=True)
-        return stats["prunable"].float()
-
-    def sparsity_stats(self) -> dict[str, object]:
-        """Per-member statistics; see :func:`~torchrl_eaudeqn.sparsity.sparsity_stats`."""
-        return sparsity_stats(self.flat_params(), self.flat_masks(), ensemble_dim=True)
-
     def member_network(self, k: int | None = None) -> nn.Module:
         """A plain, independent ``nn.Module`` holding member ``k`` (masks applied).
 
         Args:
             k: member index; defaults to the selected member.
         """
-        k = self.selected if k is None else int(k)
-        net = copy.deepcopy(self.template).to_empty(device=self.params.device or "cpu")
-        masks = self.flat_masks()
-        state = {}
-        for name, p in self.flat_params().items():
-            value = p[k].detach().clone()
-            if name in masks:
-                value = torch.where(masks[name][k], value, torch.zeros((), dtype=value.dtype))
-            state[name] = value
-        net.load_state_dict(state)
-        return net.requires_grad_(False)
+        return self.member_module(k)
 
     # ------------------------------------------------------------ evaluation
-    def _call(self, params: TensorDictBase, *inputs: torch.Tensor) -> torch.Tensor:
-        with params.to_module(self.template):
-            return self.template(*inputs)
-
-    def _resolve_vmap(self) -> bool:
-        if self.use_vmap is not None:
-            return bool(self.use_vmap)
-        device = self.params.device
-        return device is not None and device.type in self.VMAP_DEVICE_TYPES
-
     def ensemble_values(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Q-values of every member: ``[..., K, n_actions]``."""
-        if self._resolve_vmap():
-            q = torch.vmap(self._call, (0,) + (None,) * len(inputs), randomness="same")(
-                self.params, *inputs
-            )
-        else:
-            q = torch.stack([self._call(self.params[k], *inputs) for k in range(self.num_members)])
+        q = self.ensemble_call(*inputs)
         self._check_output(q)
         return q.movedim(0, -2)
 
     def member_values(self, k: int, *inputs: torch.Tensor) -> torch.Tensor:
         """Q-values of member ``k`` alone: ``[..., n_actions]``."""
-        q = self._call(self.params[k], *inputs)
+        q = self.member_call(k, *inputs)
         self._check_output(q.unsqueeze(0))
         return q
 

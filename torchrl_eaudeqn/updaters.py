@@ -8,20 +8,15 @@ and replace the target network; they subclass TorchRL's
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.objectives.utils import TargetNetUpdater
 
+from ._ensemble import TrainerHooks, prune_member_to, rebuild_members, select_member
 from .objectives import EauDeQNLoss
-from .sparsity import (
-    LinearSpeedGrid,
-    PruningSpeedPolicy,
-    magnitude_masks,
-    polynomial_sparsity,
-)
+from .sparsity import LinearSpeedGrid, PruningSpeedPolicy, polynomial_sparsity
 
 __all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
 
@@ -32,7 +27,7 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-class _MaskedUpdater(TargetNetUpdater):
+class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
     """Shared plumbing: checks, mask re-application, optimizer reset, Trainer hooks."""
 
     def __init__(
@@ -80,59 +75,9 @@ class _MaskedUpdater(TargetNetUpdater):
             for p in self.actor.parameters():
                 self.optimizer.state.pop(p, None)
 
-    def _winner_flat(self, j: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        weights = {n: p[j].detach().clone() for n, p in self.actor.flat_params().items()}
-        masks = {n: m[j].clone() for n, m in self.actor.flat_masks().items()}
-        return weights, masks
-
-    def _write_member(
-        self, k: int, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
-    ) -> None:
-        params, actor_masks = self.actor.flat_params(), self.actor.flat_masks()
-        with torch.no_grad():
-            for name, value in weights.items():
-                if name in masks:
-                    value = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype))
-                params[name].data[k].copy_(value)
-            for name, mask in masks.items():
-                actor_masks[name][k].copy_(mask)
-
     # -------------------------------------------------------- TorchRL API
     def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
         raise NotImplementedError
-
-    def _post_optim(self) -> None:
-        self.step()
-
-    def register(self, trainer: Any, name: str = "target_net_updater") -> None:
-        """Hook this updater on a :class:`torchrl.trainers.Trainer`.
-
-        Runs :meth:`step` after every optimizer step, checkpoints the updater
-        with the trainer, and restricts the trainer's optimizer hook to the
-        ``loss`` key (the trainer would otherwise also sum the detached
-        ``loss_per_member``).
-
-        Raises:
-            ValueError: if the trainer clips gradients by a joint norm, which
-                would couple the members' updates.
-        """
-        if getattr(trainer, "clip_grad_norm", False) and getattr(trainer, "clip_norm", None):
-            raise ValueError(
-                "trainer clips the gradient norm jointly across members "
-                "(clip_grad_norm=True, clip_norm set): pass clip_norm=None"
-            )
-        for module in getattr(trainer, "_modules", {}).values():
-            if hasattr(module, "loss_components") and module.loss_components is None:
-                module.loss_components = ["loss"]
-        trainer.register_op("post_optim", self._post_optim)
-        trainer.register_module(name, self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"num_steps": self.num_steps, "history": [dict(h) for h in self.history]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.num_steps = int(state_dict["num_steps"])
-        self.history = [dict(h) for h in state_dict["history"]]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(period={self.period}, num_steps={self.num_steps})"
@@ -208,7 +153,8 @@ class TargetSelectionUpdater(_MaskedUpdater):
         self.reset_optimizer = reset_optimizer
         self.prune_at_init = prune_at_init
         self.steps_in_period = 0
-        self.loss_sums = torch.zeros(self.actor.num_members, dtype=torch.float64)
+        self._device_sums: torch.Tensor | None = None
+        self.loss_sums = torch.zeros(self.actor.num_members)
         self.speeds: list[float] = [0.0] * self.actor.num_members
         self.init_()
 
@@ -223,45 +169,22 @@ class TargetSelectionUpdater(_MaskedUpdater):
         self.initialized = True
 
     def _rebuild_members(self, j: int) -> None:
-        weights, masks = self._winner_flat(j)
-        prunable = {n: weights[n] for n in masks}
-        self.speeds = list(self.speed_policy.speeds(self.actor.num_members, winner=j))
-        if len(self.speeds) != self.actor.num_members:
+        speeds = list(self.speed_policy.speeds(self.actor.num_members, winner=j))
+        if len(speeds) != self.actor.num_members:
             raise ValueError(
-                f"speed_policy returned {len(self.speeds)} speeds for "
-                f"{self.actor.num_members} members"
+                f"speed_policy returned {len(speeds)} speeds for {self.actor.num_members} members"
             )
-        numel = {n: m.numel() for n, m in masks.items()}
-        kept = {n: int(m.sum()) for n, m in masks.items()}
-        s_global = 1.0 - sum(kept.values()) / sum(numel.values())
-        for k, v in enumerate(self.speeds):
-            if k == 0 or v == 0.0:
-                new_masks = masks
-            elif self.scope == "global":
-                target = min(s_global + v * (1.0 - s_global), math.nextafter(1.0, 0.0))
-                new_masks = magnitude_masks(prunable, target, scope="global", masks=masks)
-            else:
-                targets = {
-                    n: min((1 - kept[n] / numel[n]) * (1 - v) + v, math.nextafter(1.0, 0.0))
-                    for n in masks
-                }
-                new_masks = magnitude_masks(prunable, targets, scope="layer", masks=masks)
-            self._write_member(k, weights, new_masks)
-        self.actor.selected = 0
+        self.speeds = speeds
+        rebuild_members(self.actor, j, speeds, scope=self.scope)
         if self.reset_optimizer:
             self._reset_optimizer()
 
     def select(self) -> int:
         """Index of the member with the smallest summed loss (ties: less sparse, lower index)."""
-        sums = [float(x) for x in self.loss_sums]
-        if all(math.isnan(x) for x in sums):
-            raise FloatingPointError(
-                f"every member's summed loss is NaN at step {self.num_steps}; "
-                "cannot select a target"
-            )
-        sparsity = [float(s) for s in self.actor.sparsity()]
-        key = [(math.inf if math.isnan(x) else x, sparsity[k], k) for k, x in enumerate(sums)]
-        return min(range(len(sums)), key=key.__getitem__)
+        try:
+            return select_member(self.loss_sums, self.actor.sparsity().tolist())
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err} (step {self.num_steps})") from None
 
     def update_target(self) -> int:
         """Run the selection now (``step`` calls it at the end of each period)."""
@@ -282,7 +205,7 @@ class TargetSelectionUpdater(_MaskedUpdater):
                 "sparsity": [float(s) for s in self.actor.sparsity()],
             }
         )
-        self.loss_sums.zero_()
+        self.loss_sums = torch.zeros(self.actor.num_members)
         self.steps_in_period = 0
         return j
 
@@ -306,13 +229,28 @@ class TargetSelectionUpdater(_MaskedUpdater):
                 f"losses must have shape [{self.actor.num_members}], got {tuple(losses.shape)}"
             )
         self.actor.apply_masks_()
-        # Sums are kept on CPU in float64: one small copy per step, and no
-        # precision loss over thousands of additions.
-        self.loss_sums += losses.to("cpu", torch.float64)
+        # Sums stay on the losses' device (no per-step host sync on CUDA), in
+        # float64 where the device has it; they reach the CPU once a period.
+        if self._device_sums is None or self._device_sums.device != losses.device:
+            dtype = torch.float32 if losses.device.type == "mps" else torch.float64
+            self._device_sums = self.loss_sums.to(losses.device, dtype)
+        self._device_sums += losses
         self.num_steps += 1
         self.steps_in_period += 1
         if self.steps_in_period >= self.period:
             self.update_target()
+
+    @property
+    def loss_sums(self) -> torch.Tensor:
+        """Summed member losses of the current period (CPU, float64)."""
+        if self._device_sums is None:
+            return self._cpu_sums
+        return self._device_sums.to("cpu", torch.float64)
+
+    @loss_sums.setter
+    def loss_sums(self, value: torch.Tensor) -> None:
+        self._cpu_sums = torch.as_tensor(value, dtype=torch.float64).cpu().clone()
+        self._device_sums = None
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -328,7 +266,7 @@ class TargetSelectionUpdater(_MaskedUpdater):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.steps_in_period = int(state_dict["steps_in_period"])
-        self.loss_sums = state_dict["loss_sums"].clone().to(torch.float64)
+        self.loss_sums = state_dict["loss_sums"]
         self.speeds = list(state_dict["speeds"])
         self.speed_policy.load_state_dict(state_dict["speed_policy"])
 
@@ -415,10 +353,7 @@ class PolyPruneUpdater(_MaskedUpdater):
         if self.start <= t <= self.end and (
             (t - self.start) % self.prune_every == 0 or t == self.end
         ):
-            weights, masks = self._winner_flat(0)
-            prunable = {n: weights[n] for n in masks}
-            new = magnitude_masks(prunable, self.target_sparsity(t), scope=self.scope, masks=masks)
-            self._write_member(0, weights, new)
+            prune_member_to(self.actor, 0, self.target_sparsity(t), scope=self.scope)
             self.history.append(
                 {"step": t, "event": "prune", "sparsity": [float(self.actor.sparsity()[0])]}
             )

@@ -1,0 +1,322 @@
+"""Shared plumbing of masked ensembles: stacked member parameters, masks, rebuilds.
+
+:class:`MaskedEnsemble` holds K members of one architecture the way
+:class:`~torchrl_eaudeqn.MaskedEnsembleQValueActor` does (a ``meta``-device
+template, the real parameters stacked in a :class:`~tensordict.nn.TensorDictParams`
+``[K]``, a bool mask per prunable weight), without committing to what the
+network computes. The SAC actor and critic build on it; the functions below
+(:func:`select_member`, :func:`rebuild_members`, ...) implement the
+select / copy / prune step of REFERENCE.md on any such ensemble.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase, TensorDictParams
+from torch import nn
+
+from .sparsity import magnitude_masks, prunable_parameter_names, sparsity_stats
+
+__all__ = ["MaskedEnsemble", "TrainerHooks", "rebuild_members", "select_member"]
+
+
+def _key(name: str) -> tuple[str, ...]:
+    return tuple(name.split("."))
+
+
+def check_num_members(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"num_members must be an int >= 1, got {value!r}")
+    return value
+
+
+class MaskedEnsemble(TensorDictModuleBase):
+    """K masked copies of one network, evaluated together (vmap or a loop).
+
+    Subclasses set ``in_keys``/``out_keys`` and ``forward``.
+
+    Args:
+        network: the member architecture and initial weights (copied, not modified).
+        num_members: K >= 1; every member starts from the same weights.
+        use_vmap: ``True``: :func:`torch.vmap` over members; ``False``: a loop;
+            ``None``: vmap when K > 1.
+        selected: index of the acting member.
+
+    Example:
+        >>> ens = MaskedEnsemble(nn.Linear(3, 2), 2)
+        >>> ens.ensemble_call(torch.zeros(4, 3)).shape, ens.sparsity()
+        (torch.Size([2, 4, 2]), tensor([0., 0.]))
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        num_members: int,
+        *,
+        use_vmap: bool | None = None,
+        selected: int = 0,
+    ) -> None:
+        super().__init__()
+        check_num_members(num_members)
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+        if any(True for _ in network.buffers()):
+            raise ValueError(
+                "network has buffers (e.g. BatchNorm running stats); the ensemble supports "
+                "parameter-only networks"
+            )
+        prunable = prunable_parameter_names(network)
+        if not prunable:
+            raise ValueError("network has no prunable Linear/Conv weight")
+        if not 0 <= selected < num_members:
+            raise ValueError(f"selected must be in [0, {num_members}), got {selected}")
+        self.num_members = num_members
+        self.use_vmap = use_vmap
+        self.prunable_names = prunable
+        params = TensorDict.from_module(network).data
+        # Identical copies (expand + clone), not K independent initialisations.
+        self.params = TensorDictParams(params.expand(num_members).clone())
+        masks = TensorDict(
+            {_key(n): torch.ones_like(params.get(_key(n)), dtype=torch.bool) for n in prunable}
+        )
+        self.masks = TensorDictParams(masks.expand(num_members).clone(), no_convert=True)
+        self.register_buffer("_selected", torch.tensor(int(selected)))
+        # Python mirror: int() on a CUDA buffer would synchronise every forward.
+        self._selected_int = int(selected)
+        self.register_load_state_dict_post_hook(_sync_selected)
+        template = copy.deepcopy(network)
+        TensorDict.from_module(template).data.to("meta").to_module(template)
+        # Outside the module tree: it only carries the structure.
+        self.__dict__["_template"] = template
+
+    # ---------------------------------------------------------------- state
+    @property
+    def template(self) -> nn.Module:
+        """The member structure on the ``meta`` device."""
+        return self.__dict__["_template"]
+
+    @property
+    def selected(self) -> int:
+        """Index of the acting member (member 0 after each selection)."""
+        return self._selected_int
+
+    @selected.setter
+    def selected(self, value: int) -> None:
+        if not 0 <= int(value) < self.num_members:
+            raise ValueError(f"selected must be in [0, {self.num_members}), got {value}")
+        self._selected.fill_(int(value))
+        self._selected_int = int(value)
+
+    def flat_params(self) -> dict[str, torch.Tensor]:
+        """All member parameters by dotted name, each ``[K, ...]``."""
+        return dict(self.params.flatten_keys(".").items())
+
+    def flat_masks(self) -> dict[str, torch.Tensor]:
+        """Masks of the prunable weights by dotted name, each ``[K, ...]``."""
+        return dict(self.masks.flatten_keys(".").items())
+
+    @torch.no_grad()
+    def apply_masks_(self) -> None:
+        """Set every pruned weight of every member to exactly 0."""
+        for key, mask in self.masks.items(True, True):
+            p = self.params.get(key).data
+            torch.where(mask, p, torch.zeros((), dtype=p.dtype, device=p.device), out=p)
+
+    def sparsity(self) -> torch.Tensor:
+        """Pruned fraction of the prunable weights, per member: ``[K]``."""
+        stats = sparsity_stats(self.flat_params(), self.flat_masks(), ensemble_dim=True)
+        return stats["prunable"].float()
+
+    def sparsity_stats(self) -> dict[str, object]:
+        """Per-member statistics; see :func:`~torchrl_eaudeqn.sparsity.sparsity_stats`."""
+        return sparsity_stats(self.flat_params(), self.flat_masks(), ensemble_dim=True)
+
+    def member_module(self, k: int | None = None) -> nn.Module:
+        """An independent copy of the template holding member ``k`` (masks applied)."""
+        k = self.selected if k is None else int(k)
+        if not 0 <= k < self.num_members:
+            raise ValueError(f"member index must be in [0, {self.num_members}), got {k}")
+        net = copy.deepcopy(self.template).to_empty(device=self.params.device or "cpu")
+        masks = self.flat_masks()
+        state = {}
+        for name, p in self.flat_params().items():
+            value = p[k].detach().clone()
+            if name in masks:
+                value = torch.where(masks[name][k], value, torch.zeros((), dtype=value.dtype))
+            state[name] = value
+        net.load_state_dict(state)
+        return net.requires_grad_(False)
+
+    # ----------------------------------------------------------- evaluation
+    def _call(self, params: TensorDictBase, *inputs: torch.Tensor) -> Any:
+        with params.to_module(self.template):
+            return self.template(*inputs)
+
+    def resolve_vmap(self) -> bool:
+        return bool(self.use_vmap) if self.use_vmap is not None else self.num_members > 1
+
+    def ensemble_call(self, *inputs: torch.Tensor) -> Any:
+        """Every member on the same inputs; outputs get a leading ``[K]`` dim."""
+        if self.resolve_vmap():
+            return torch.vmap(self._call, (0,) + (None,) * len(inputs), randomness="same")(
+                self.params, *inputs
+            )
+        # unbind, not params[k]: indexing makes backward build a full-size zero
+        # gradient per member.
+        outs = [self._call(p, *inputs) for p in self.params.unbind(0)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(o) for o in zip(*outs, strict=True))
+        return torch.stack(outs)
+
+    def member_call(self, k: int, *inputs: torch.Tensor, detach: bool = False) -> Any:
+        """Member ``k`` alone; ``detach=True`` blocks gradients to its parameters."""
+        params = self.params.unbind(0)[k]
+        return self._call(params.detach() if detach else params, *inputs)
+
+
+def _sync_selected(module: MaskedEnsemble, incompatible_keys: object) -> None:
+    module._selected_int = int(module._selected)
+
+
+# ------------------------------------------------------------ select / rebuild
+def select_member(loss_sums: Sequence[float] | torch.Tensor, sparsity: Sequence[float]) -> int:
+    """``argmin`` of the summed losses; ties: the less sparse, then the lower index.
+
+    NaN sums never win; all-NaN raises :class:`FloatingPointError`.
+
+    Example:
+        >>> select_member([2.0, 1.0, 1.0], [0.0, 0.5, 0.2])
+        2
+    """
+    sums = [float(x) for x in loss_sums]
+    if all(math.isnan(x) for x in sums):
+        raise FloatingPointError("every member's summed loss is NaN: cannot select a member")
+    key = [(math.inf if math.isnan(x) else x, float(sparsity[k]), k) for k, x in enumerate(sums)]
+    return min(range(len(sums)), key=key.__getitem__)
+
+
+def write_member(
+    ens: MaskedEnsemble, k: int, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+) -> None:
+    """Overwrite member ``k``'s weights and masks (weights are masked on the way)."""
+    params, ens_masks = ens.flat_params(), ens.flat_masks()
+    with torch.no_grad():
+        for name, value in weights.items():
+            if name in masks:
+                value = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype))
+            params[name].data[k].copy_(value)
+        for name, mask in masks.items():
+            ens_masks[name][k].copy_(mask)
+
+
+def rebuild_members(
+    ens: MaskedEnsemble,
+    j: int,
+    speeds: Sequence[float],
+    scope: Literal["global", "layer"] = "global",
+) -> None:
+    """Member 0 <- member ``j``; member ``k >= 1`` <- ``j`` pruned to ``s_j + v_k (1 - s_j)``.
+
+    Member 0 becomes the selected member. Already-pruned weights are never regrown.
+
+    Example:
+        >>> ens = MaskedEnsemble(nn.Linear(4, 4), 3)
+        >>> rebuild_members(ens, 0, [0.0, 0.25, 0.5])
+        >>> ens.sparsity().tolist()
+        [0.0, 0.25, 0.5]
+    """
+    if len(speeds) != ens.num_members:
+        raise ValueError(f"got {len(speeds)} speeds for {ens.num_members} members")
+    weights = {n: p[j].detach().clone() for n, p in ens.flat_params().items()}
+    masks = {n: m[j].clone() for n, m in ens.flat_masks().items()}
+    prunable = {n: weights[n] for n in masks}
+    numel = {n: m.numel() for n, m in masks.items()}
+    kept = {n: int(m.sum()) for n, m in masks.items()}
+    s_global = 1.0 - sum(kept.values()) / sum(numel.values())
+    below_one = math.nextafter(1.0, 0.0)
+    for k, v in enumerate(speeds):
+        if k == 0 or v == 0.0:
+            new_masks = masks
+        elif scope == "global":
+            target = min(s_global + v * (1.0 - s_global), below_one)
+            new_masks = magnitude_masks(prunable, target, scope="global", masks=masks)
+        else:
+            targets = {n: min((1 - kept[n] / numel[n]) * (1 - v) + v, below_one) for n in masks}
+            new_masks = magnitude_masks(prunable, targets, scope="layer", masks=masks)
+        write_member(ens, k, weights, new_masks)
+    ens.selected = 0
+
+
+def prune_member_to(
+    ens: MaskedEnsemble, k: int, sparsity: float, scope: Literal["global", "layer"] = "global"
+) -> None:
+    """Magnitude-prune member ``k`` to ``sparsity`` (never regrowing)."""
+    weights = {n: p[k].detach().clone() for n, p in ens.flat_params().items()}
+    masks = {n: m[k].clone() for n, m in ens.flat_masks().items()}
+    new = magnitude_masks({n: weights[n] for n in masks}, sparsity, scope=scope, masks=masks)
+    write_member(ens, k, weights, new)
+
+
+def optimizer_list(
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None,
+) -> list[torch.optim.Optimizer]:
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    out = list(optimizer)
+    for opt in out:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch Optimizer, got {type(opt).__name__}")
+    return out
+
+
+class TrainerHooks:
+    """Mixin of the updaters: TorchRL ``Trainer`` registration and the common state.
+
+    Subclasses define ``step()``, ``num_steps``, ``history`` and
+    ``optimized_loss_keys`` (the loss keys the trainer's optimizer may sum).
+    """
+
+    optimized_loss_keys: tuple[str, ...] = ("loss",)
+    num_steps: int
+    history: list[dict[str, Any]]
+
+    def _post_optim(self) -> None:
+        self.step()
+
+    def register(self, trainer: Any, name: str = "target_net_updater") -> None:
+        """Hook this updater on a :class:`torchrl.trainers.Trainer`.
+
+        Runs ``step`` after every optimizer step, checkpoints the updater with
+        the trainer, and restricts the trainer's optimizer hook to
+        ``optimized_loss_keys`` (the trainer would otherwise also sum the
+        detached per-member losses, whose keys start with ``"loss"`` too).
+
+        Raises:
+            ValueError: if the trainer clips gradients by a joint norm, which
+                would couple the members' updates.
+        """
+        if getattr(trainer, "clip_grad_norm", False) and getattr(trainer, "clip_norm", None):
+            raise ValueError(
+                "trainer clips the gradient norm jointly across members "
+                "(clip_grad_norm=True, clip_norm set): pass clip_norm=None"
+            )
+        for module in getattr(trainer, "_modules", {}).values():
+            if hasattr(module, "loss_components") and module.loss_components is None:
+                module.loss_components = list(self.optimized_loss_keys)
+        trainer.register_op("post_optim", self._post_optim)
+        trainer.register_module(name, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_steps = int(state_dict["num_steps"])
+        self.history = [dict(h) for h in state_dict["history"]]
