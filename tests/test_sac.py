@@ -179,7 +179,11 @@ def test_register_on_trainer_restricts_loss_keys():
 
     trainer = FakeTrainer()
     up.register(trainer)
-    assert trainer._modules["optim"].loss_components == {"loss_actor", "loss_qvalue", "loss_alpha"}
+    assert set(trainer._modules["optim"].loss_components) == {
+        "loss_actor",
+        "loss_qvalue",
+        "loss_alpha",
+    }
     assert trainer.ops[0][0] == "post_optim" and trainer.registered["target_net_updater"] is up
     trainer.clip_grad_norm, trainer.clip_norm = True, 1.0
     with pytest.raises(ValueError, match="jointly"):

@@ -250,7 +250,9 @@ class DQNLightningModule(L.LightningModule):
         self._clock = (time.perf_counter(), 0)
         self._last_log = 0
         self._last_eval = 0
-        self._eval_env: EnvBase | None = None
+        # A dict, not an attribute: an env is an nn.Module and would otherwise
+        # put its transform buffers into the checkpoint's state_dict.
+        self._envs: dict[str, EnvBase] = {}
         self.eval_results: list[dict[str, float]] = []
 
     # ------------------------------------------------------------ plumbing
@@ -393,9 +395,9 @@ class DQNLightningModule(L.LightningModule):
         """
         cfg = self.cfg
         eps = cfg.eval_epsilon if epsilon is None else epsilon
-        if self._eval_env is None:
-            self._eval_env = self.env_fn(seed=cfg.seed + 10_000, num_envs=1, eval=True)
-        env = self._eval_env
+        if "eval" not in self._envs:
+            self._envs["eval"] = self.env_fn(seed=cfg.seed + 10_000, num_envs=1, eval=True)
+        env = self._envs["eval"]
         greedy = EGreedyModule(self.explore.spec, eps_init=eps, eps_end=eps).to(self.device)
         policy = TensorDictSequential(self.actor.policy, greedy)
         scores = []
