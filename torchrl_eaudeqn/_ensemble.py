@@ -30,6 +30,12 @@ def _key(name: str) -> tuple[str, ...]:
     return tuple(name.split("."))
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
 def check_num_members(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"num_members must be an int >= 1, got {value!r}")

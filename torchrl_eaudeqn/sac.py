@@ -47,13 +47,14 @@ from torchrl.objectives.value.advantages import ValueEstimatorBase
 from ._ensemble import (
     MaskedEnsemble,
     TrainerHooks,
+    _positive_int,
     optimizer_list,
     prune_member_to,
     rebuild_members,
     select_member,
 )
 from .modules import mlp
-from .sparsity import LinearSpeedGrid, PruningSpeedPolicy, polynomial_sparsity
+from .sparsity import LinearSpeedGrid, PolynomialSchedule, PruningSpeedPolicy
 
 __all__ = [
     "EauDeSACLoss",
@@ -731,10 +732,6 @@ class EauDeSACLoss(LossModule):
 
 
 # ------------------------------------------------------------------- updaters
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
@@ -1053,14 +1050,7 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
                     f"PolyPruneSACUpdater trains one network each: the {name} has "
                     f"{ens.num_members} members (use num_members=1)"
                 )
-        if not 0.0 <= final_sparsity < 1.0:
-            raise ValueError(f"final_sparsity must be in [0, 1), got {final_sparsity}")
-        if start < 0 or end <= start:
-            raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
-        self.final_sparsity = float(final_sparsity)
-        self.start, self.end = int(start), int(end)
-        self.prune_every = _positive_int(prune_every, "prune_every")
-        self.power = float(power)
+        self.schedule = PolynomialSchedule(final_sparsity, start, end, prune_every, power)
         self.init_()
 
     def init_(self) -> None:
@@ -1072,17 +1062,13 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
     def target_sparsity(self, step: int | None = None) -> float:
         """The schedule's sparsity at ``step`` (default: now)."""
         step = self.num_steps if step is None else step
-        return polynomial_sparsity(
-            step, self.final_sparsity, self.start, self.end, power=self.power
-        )
+        return self.schedule.sparsity(step)
 
     def step(self, losses: TensorDictBase | None = None) -> None:
         """Call once after every optimizer step (``losses`` is accepted and ignored)."""
         self.num_steps += 1
         t = self.num_steps
-        if self.start <= t <= self.end and (
-            (t - self.start) % self.prune_every == 0 or t == self.end
-        ):
+        if self.schedule.due(t):
             s = self.target_sparsity(t)
             prune_member_to(self.actor, 0, s, self.scope)
             prune_member_to(self.critic, 0, s, self.scope)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "PRUNABLE_LAYER_TYPES",
     "LinearSpeedGrid",
     "NoisySpeedPolicy",
+    "PolynomialSchedule",
     "PruningSpeedPolicy",
     "apply_masks_",
     "magnitude_masks",
@@ -255,6 +257,49 @@ def polynomial_sparsity(
         raise ValueError(f"end ({end}) must be greater than start ({start})")
     p = min(max((step - start) / (end - start), 0.0), 1.0)
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** power
+
+
+@dataclass(frozen=True)
+class PolynomialSchedule:
+    """When and how far the polynomial baselines prune (steps are optimizer steps).
+
+    Args:
+        final_sparsity: sparsity reached at ``end``.
+        start: first pruning step.
+        end: last pruning step.
+        prune_every: steps between mask updates (and a last one at ``end``).
+        power: exponent of :func:`polynomial_sparsity`.
+
+    Example:
+        >>> sched = PolynomialSchedule(0.5, start=0, end=4, prune_every=2)
+        >>> [t for t in range(6) if sched.due(t)], sched.sparsity(4)
+        ([0, 2, 4], 0.5)
+    """
+
+    final_sparsity: float = 0.95
+    start: int = 0
+    end: int = 1
+    prune_every: int = 1
+    power: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_sparsity(self.final_sparsity, "final_sparsity")
+        if self.start < 0 or self.end <= self.start:
+            raise ValueError(f"need 0 <= start < end, got start={self.start}, end={self.end}")
+        every = self.prune_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"prune_every must be an int >= 1, got {every!r}")
+
+    def due(self, step: int) -> bool:
+        """Whether the mask is recomputed at ``step``."""
+        inside = self.start <= step <= self.end
+        return inside and ((step - self.start) % self.prune_every == 0 or step == self.end)
+
+    def sparsity(self, step: int | float) -> float:
+        """The schedule's sparsity at ``step``."""
+        return polynomial_sparsity(
+            step, self.final_sparsity, self.start, self.end, power=self.power
+        )
 
 
 class PruningSpeedPolicy(abc.ABC):
