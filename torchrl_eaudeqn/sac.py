@@ -39,10 +39,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.data import TensorSpec
 from torchrl.modules import ProbabilisticActor, TanhNormal
-from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import TargetNetUpdater, ValueEstimators, distance_loss
-from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
-from torchrl.objectives.value.advantages import ValueEstimatorBase
+from torchrl.objectives.utils import TargetNetUpdater, distance_loss
 
 from ._ensemble import (
     MaskedEnsemble,
@@ -54,6 +51,7 @@ from ._ensemble import (
     select_member,
 )
 from .modules import mlp
+from .objectives import BootstrapLossBase
 from .sparsity import LinearSpeedGrid, PolynomialSchedule, PruningSpeedPolicy
 
 __all__ = [
@@ -390,7 +388,7 @@ class MaskedEnsembleTwinQ(MaskedEnsemble):
 
 
 # ----------------------------------------------------------------------- loss
-class EauDeSACLoss(LossModule):
+class EauDeSACLoss(BootstrapLossBase):
     """SAC losses of every actor and critic member on one batch, one shared target critic.
 
     With ``sel_a``/``sel_c`` the selected actor/critic members, for each
@@ -481,7 +479,6 @@ class EauDeSACLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
     out_keys = [
         "loss_actor",
         "loss_qvalue",
@@ -491,11 +488,6 @@ class EauDeSACLoss(LossModule):
         "alpha",
         "entropy",
     ]
-    SUPPORTED_VALUE_ESTIMATORS = {
-        ValueEstimators.TD0: TD0Estimator,
-        ValueEstimators.TD1: TD1Estimator,
-        ValueEstimators.TDLambda: TDLambdaEstimator,
-    }
 
     actor_network: MaskedEnsembleTanhGaussianActor
     qvalue_network: MaskedEnsembleTwinQ
@@ -561,61 +553,11 @@ class EauDeSACLoss(LossModule):
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
         self._last: TensorDict | None = None
 
-    # ---------------------------------------------------------------- keys
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                value_target=self.tensor_keys.value_target,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
+    def _observation_keys(self) -> list[NestedKey]:
+        return list(self.actor_network.in_keys)
 
-    def _set_in_keys(self) -> None:
-        obs = self.actor_network.in_keys
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *obs,
-            *[("next", key) for key in obs],
-            *self.qvalue_network.in_keys,
-        ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    def make_value_estimator(
-        self, value_type: ValueEstimators | type[ValueEstimatorBase] | None = None, **hyperparams
-    ) -> None:
-        """Choose how ``y`` is computed from the soft next value (TD(0) by default).
-
-        ``min(Q1_t, Q2_t)(s', a') - alpha log pi(a'|s')`` is passed to the
-        TorchRL estimator as ``next_value``; ``gamma`` (default 0.99) and
-        ``lmbda`` go to the estimator.
-        """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase):
-            cls = value_type
-        elif value_type in self.SUPPORTED_VALUE_ESTIMATORS:
-            cls = self.SUPPORTED_VALUE_ESTIMATORS[value_type]
-        else:
-            raise NotImplementedError(
-                f"value_type must be one of {list(self.SUPPORTED_VALUE_ESTIMATORS)}, "
-                f"got {value_type}"
-            )
-        hyperparams.setdefault("gamma", 0.99)
-        self.value_type = value_type
-        self._value_estimator = cls(value_network=None, **hyperparams)
-        self._forward_value_estimator_keys()
+    def _extra_in_keys(self) -> list[NestedKey]:
+        return list(self.qvalue_network.in_keys)
 
     # ------------------------------------------------------------- helpers
     @property
