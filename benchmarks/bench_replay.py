@@ -31,6 +31,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from torchrl_eaudeqn.modules import nature_cnn
 from torchrl_eaudeqn.replay import FrameReplayBuffer
 
 RESULTS = Path(__file__).parent / "results" / "replay_cpu.json"
@@ -79,22 +80,6 @@ def episode_td(pool: torch.Tensor, rng: np.random.Generator, length: int) -> Ten
             },
         },
         batch_size=[length],
-    )
-
-
-def nature_cnn(n_actions: int = N_ACTIONS, width: int = 512) -> nn.Module:
-    # Defined here rather than imported so the benchmark measures a fixed network.
-    return nn.Sequential(
-        nn.Conv2d(STACK, 32, 8, stride=4),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(3136, width),
-        nn.ReLU(),
-        nn.Linear(width, n_actions),
     )
 
 
@@ -157,7 +142,7 @@ def bench_sample(rb: FrameReplayBuffer, n: int = 500) -> dict:
 
 def bench_grad_step(rb: FrameReplayBuffer, n: int = 60) -> dict:
     torch.manual_seed(0)
-    online, target = nature_cnn(), nature_cnn()
+    online, target = nature_cnn(N_ACTIONS, 512), nature_cnn(N_ACTIONS, 512)
     target.load_state_dict(online.state_dict())
     opt = torch.optim.Adam(online.parameters(), lr=6.25e-5, eps=1.5e-4)
     batches = [rb.sample(32) for _ in range(8)]
@@ -167,8 +152,7 @@ def bench_grad_step(rb: FrameReplayBuffer, n: int = 60) -> dict:
         nonlocal i
         b = batches[i % len(batches)]
         i += 1
-        obs = b["observation"].float().div_(255)
-        nxt = b["next", "observation"].float().div_(255)
+        obs, nxt = b["observation"], b["next", "observation"]  # uint8: the net scales
         with torch.no_grad():
             not_term = 1.0 - b["next", "terminated"].float().squeeze(-1)
             y = b["next", "reward"].squeeze(-1) + 0.99 * not_term * target(nxt).max(-1).values

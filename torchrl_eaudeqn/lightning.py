@@ -16,7 +16,6 @@ import dataclasses
 import math
 import random
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +33,7 @@ from .config import AtariConfig
 from .modules import MaskedEnsembleQValueActor, nature_cnn
 from .objectives import EauDeQNLoss
 from .replay import FrameReplayBuffer
-from .sparsity import make_speed_policy
+from .sparsity import make_speed_policy, sparsity_stats
 from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 
 __all__ = ["DQNLightningModule", "MLflowMetrics", "TargetSelectionCallback", "build_updater"]
@@ -356,10 +355,11 @@ class DQNLightningModule(L.LightningModule):
         m.add("epsilon", float(self.explore.eps), step)
         for k, s in enumerate(sparsity.tolist()):
             m.add(f"sparsity/member_{k}", s, step)
-        target_sparsity = 1.0 - sum(
-            int(v.sum()) for v in self.loss_module.target_masks.values(True, True)
-        ) / sum(v.numel() for v in self.loss_module.target_masks.values(True, True))
-        m.add("sparsity/target", target_sparsity, step)
+        target = sparsity_stats(
+            dict(self.loss_module.target_value_network_params.flatten_keys(".").items()),
+            dict(self.loss_module.target_masks.flatten_keys(".").items()),
+        )
+        m.add("sparsity/target", float(target["prunable"]), step)
         stats = self.actor.sparsity_stats()
         m.add("sparsity/selected_overall", float(stats["overall"][self.actor.selected]), step)
         if self._member_losses:
@@ -472,13 +472,3 @@ def _python_state_to_plain(state: tuple) -> list:
 def _python_state_from_plain(state: list) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-def summarise_history(history: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Columns of an updater history (for plots and reports)."""
-    cols: dict[str, list[float]] = defaultdict(list)
-    for h in history:
-        cols["step"].append(h["step"])
-        cols["selected"].append(h.get("selected", 0))
-        cols["sparsity_member_0"].append(h["sparsity"][0])
-    return dict(cols)
