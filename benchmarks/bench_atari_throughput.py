@@ -9,13 +9,16 @@ claims; the machines are shared):
 * ``pipeline``: env steps per second of the real Lightning loop
   (``DQNLightningModule`` + ``Trainer``) in the learning phase, with the
   collector, epsilon-greedy acting, replay writes, logging and the updater
-  callback.
+  callback; for each collector (``overlapped``: the lean collector in a
+  worker thread, the default; ``torchrl``: TorchRL's ``Collector``).
+  Epsilon is held at 0.01 (the steady state of a run, every step acts with
+  the network), the worst case for acting cost.
 
 Learner-bound rate = ``train_freq * update rate``. Target (dense DQN, CPU):
 pipeline >= 90% of it, and sample <= 10% of an update.
 
     python benchmarks/bench_atari_throughput.py                 # dqn, eaudeqn; width medium
-    python benchmarks/bench_atari_throughput.py --methods dqn --steps 3000 --quick
+    python benchmarks/bench_atari_throughput.py --methods dqn --collectors overlapped --quick
 """
 
 from __future__ import annotations
@@ -43,14 +46,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
 
-def make_module(method: str, width: str, steps: int, warm: int, game: str) -> DQNLightningModule:
+def make_module(
+    method: str, width: str, steps: int, warm: int, game: str, collector: str
+) -> DQNLightningModule:
     cfg = load_config(
         AtariConfig,
         ROOT / "configs" / "atari" / f"{method}.yaml",
         [
             f"game={game}", f"width={width}", f"env_steps={warm + steps}",
             f"learning_starts={warm}", "buffer_size=100000", "eval_every=0",
-            "progress_bar=false", "log_every=1000",
+            "progress_bar=false", "log_every=1000", f"collector={collector}",
+            "eps_start=0.01", "eps_end=0.01",
         ],
     )  # fmt: skip
 
@@ -105,6 +111,7 @@ def time_pipeline(module: DQNLightningModule) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["dqn", "eaudeqn"])
+    p.add_argument("--collectors", nargs="+", default=["overlapped", "torchrl"])
     p.add_argument("--width", default="medium")
     p.add_argument("--game", default="Breakout")
     p.add_argument("--steps", type=int, default=4000, help="learning-phase env steps timed")
@@ -117,26 +124,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = []
     for method in args.methods:
-        torch.manual_seed(0)
-        module = make_module(method, args.width, args.steps, args.warm, args.game)
-        pipeline_sps = time_pipeline(module)
-        update_s, sample_s = time_update(module, args.reps)
-        bound = module.cfg.train_freq / update_s
-        rows.append(
-            {
-                "method": method,
-                "members": module.cfg.members,
-                "width": args.width,
-                "update_ms": update_s * 1e3,
-                "updates_per_s": 1 / update_s,
-                "sample_ms": sample_s * 1e3,
-                "sample_over_update": sample_s / update_s,
-                "learner_bound_env_steps_per_s": bound,
-                "pipeline_env_steps_per_s": pipeline_sps,
-                "pipeline_over_bound": pipeline_sps / bound,
-            }
-        )
-        print(json.dumps(rows[-1]))
+        for collector in args.collectors:
+            torch.manual_seed(0)
+            module = make_module(method, args.width, args.steps, args.warm, args.game, collector)
+            pipeline_sps = time_pipeline(module)
+            update_s, sample_s = time_update(module, args.reps)
+            bound = module.cfg.train_freq / update_s
+            rows.append(
+                {
+                    "method": method,
+                    "collector": collector,
+                    "members": module.cfg.members,
+                    "width": args.width,
+                    "update_ms": update_s * 1e3,
+                    "updates_per_s": 1 / update_s,
+                    "sample_ms": sample_s * 1e3,
+                    "sample_over_update": sample_s / update_s,
+                    "learner_bound_env_steps_per_s": bound,
+                    "pipeline_env_steps_per_s": pipeline_sps,
+                    "pipeline_over_bound": pipeline_sps / bound,
+                }
+            )
+            print(json.dumps(rows[-1]))
     out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -150,13 +159,14 @@ def main() -> None:
     name = "atari_throughput_cpu" + ("_quick" if args.quick else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     table = [
-        "| method | K | update ms | sample ms (ratio) | learner bound steps/s | "
+        "| method | K | collector | update ms | sample ms (ratio) | learner bound steps/s | "
         "pipeline steps/s | pipeline / bound |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         table.append(
-            f"| {r['method']} | {r['members']} | {r['update_ms']:.1f} | {r['sample_ms']:.2f} "
+            f"| {r['method']} | {r['members']} | {r['collector']} | {r['update_ms']:.1f} | "
+            f"{r['sample_ms']:.2f} "
             f"({r['sample_over_update']:.1%}) | {r['learner_bound_env_steps_per_s']:.0f} | "
             f"{r['pipeline_env_steps_per_s']:.0f} | {r['pipeline_over_bound']:.1%} |"
         )

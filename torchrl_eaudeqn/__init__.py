@@ -1,6 +1,13 @@
 """torchrl_eaudeqn: adaptive dense-to-sparse deep RL (EauDeQN) as TorchRL components."""
 
-from .envs import atari_game_ids, make_atari_env, make_control_env, resolve_atari_game
+from .collectors import AtariCollector, CollectedSteps, linear_epsilon
+from .envs import (
+    atari_game_ids,
+    make_atari_env,
+    make_atari_gym_env,
+    make_control_env,
+    resolve_atari_game,
+)
 from .modules import (
     NATURE_CNN_WIDTHS,
     MaskedEnsembleQValueActor,
@@ -36,6 +43,10 @@ from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtariCollector",
+    "CollectedSteps",
+    "linear_epsilon",
+    "make_atari_gym_env",
     "NATURE_CNN_WIDTHS",
     "EauDeQNLoss",
     "EauDeSACLoss",

@@ -75,6 +75,11 @@ class AtariConfig:
     frame_skip: int = _f(4, "frames per agent step (max-pooled)", min=1)
     max_episode_steps: int = _f(27_000, "agent-step cap per episode", min=1)
     num_envs: int = _f(1, "envs stepped together (for fast learners)", min=1)
+    collector: str = _f(
+        "overlapped",
+        "overlapped (lean, in a thread beside the learner) | torchrl (TorchRL Collector)",
+        choices=("overlapped", "torchrl"),
+    )
     # evaluation
     eval_every: int = _f(250_000, "env steps between evaluations (0: only at the end)", min=0)
     eval_episodes: int = _f(10, "episodes per evaluation", min=1)

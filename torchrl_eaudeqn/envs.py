@@ -47,6 +47,7 @@ __all__ = [
     "SCORE_REWARD_KEY",
     "atari_game_ids",
     "make_atari_env",
+    "make_atari_gym_env",
     "make_control_env",
     "resolve_atari_game",
 ]
@@ -333,24 +334,14 @@ def make_atari_env(
         >>> sorted(k for k in td["next"].keys() if "reward" in k or "score" in k)
         ['episode_reward', 'episode_score', 'reward', 'score_reward']
     """
-    name, rom = _resolve_game(game)
+    name, rom = _check_atari_args(game, frame_skip, sticky_actions, max_episode_steps, noop_max)
     _check_int("seed", seed, minimum=0, allow_none=True)
-    _check_int("frame_skip", frame_skip, minimum=1)
-    if (
-        isinstance(sticky_actions, bool)
-        or not isinstance(sticky_actions, (int, float))
-        or not 0.0 <= sticky_actions <= 1.0
-    ):
-        raise ValueError(f"sticky_actions must be a probability in [0, 1], got {sticky_actions!r}")
     _check_int("frame_stack", frame_stack, minimum=1)
-    _check_int("max_episode_steps", max_episode_steps, minimum=1, allow_none=True)
     _check_bool("clip_rewards", clip_rewards)
-    _check_int("noop_max", noop_max, minimum=0)
     _check_int("num_envs", num_envs, minimum=1)
     _check_bool("categorical_action_encoding", categorical_action_encoding)
     _check_bool("parallel", parallel, allow_none=True)
     dev = _check_device(device)
-    _check_rom(name, rom)
 
     base = functools.partial(
         _atari_base,
@@ -365,6 +356,64 @@ def make_atari_env(
     if seed is not None:
         env.set_seed(seed)
     return env
+
+
+def _check_atari_args(
+    game: str,
+    frame_skip: int,
+    sticky_actions: float,
+    max_episode_steps: int | None,
+    noop_max: int,
+) -> tuple[str, str]:
+    name, rom = _resolve_game(game)
+    _check_int("frame_skip", frame_skip, minimum=1)
+    if (
+        isinstance(sticky_actions, bool)
+        or not isinstance(sticky_actions, (int, float))
+        or not 0.0 <= sticky_actions <= 1.0
+    ):
+        raise ValueError(f"sticky_actions must be a probability in [0, 1], got {sticky_actions!r}")
+    _check_int("max_episode_steps", max_episode_steps, minimum=1, allow_none=True)
+    _check_int("noop_max", noop_max, minimum=0)
+    _check_rom(name, rom)
+    return name, rom
+
+
+def make_atari_gym_env(
+    game: str,
+    *,
+    frame_skip: int = 4,
+    sticky_actions: float = 0.25,
+    max_episode_steps: int | None = 27_000,
+    noop_max: int = 0,
+):
+    """The Gymnasium env under :func:`make_atari_env`, before the TorchRL transforms.
+
+    ``ALE/<Game>-v5`` with sticky actions, ``AtariPreprocessing`` (frame skip
+    with a max-pool over the last two frames, 84x84 grayscale, no life-loss
+    terminal, optional no-op starts) and an agent-step cap. Observations are
+    single ``uint8 [84, 84]`` frames and rewards are raw game rewards: frame
+    stacking and reward clipping are the consumer's job
+    (:class:`~torchrl_eaudeqn.collectors.AtariCollector` does them in NumPy).
+
+    Args:
+        game: ``"Pong"``, ``"pong"`` or ``"ALE/Pong-v5"``.
+        frame_skip: emulator frames per agent step (>= 1).
+        sticky_actions: probability in ``[0, 1]`` of repeating the previous action.
+        max_episode_steps: agent-step cap (``truncated``); ``None`` for no cap.
+        noop_max: up to this many no-op actions after reset (0 disables).
+
+    Returns:
+        A ``gymnasium.Env``.
+
+    Example:
+        >>> env = make_atari_gym_env("Pong")
+        >>> frame, _ = env.reset(seed=0)
+        >>> frame.shape, frame.dtype.name, env.action_space.n
+        ((84, 84), 'uint8', 6)
+    """
+    name, _ = _check_atari_args(game, frame_skip, sticky_actions, max_episode_steps, noop_max)
+    return _atari_gym_env(name, frame_skip, sticky_actions, max_episode_steps, noop_max)
 
 
 # --------------------------------------------------------------------------- control

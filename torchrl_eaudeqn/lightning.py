@@ -3,16 +3,21 @@
 * :class:`TargetSelectionCallback`: the updater as a Lightning callback
   (``updater.step`` after every gradient step; its state in checkpoints).
 * :class:`DQNLightningModule`: the online loop with manual optimisation.
-  Each ``training_step`` collects ``train_freq`` env steps with a TorchRL
-  collector (epsilon-greedy on the acting member), stores them in the
-  frame replay, and, once ``learning_starts`` steps are in, takes one
-  gradient step on a replay batch.
+  Each ``training_step`` collects ``train_freq`` env steps (epsilon-greedy on
+  the acting member), stores them in the frame replay, and, once
+  ``learning_starts`` steps are in, takes one gradient step on a replay
+  batch. ``collector: overlapped`` (default) collects with
+  :class:`~torchrl_eaudeqn.collectors.AtariCollector` in a worker thread
+  while the learner runs its forward and backward passes;
+  ``collector: torchrl`` uses TorchRL's ``Collector`` on
+  :func:`~torchrl_eaudeqn.envs.make_atari_env`, sequentially.
 * :class:`MLflowMetrics`: buffered metric logging keyed by env step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -29,7 +34,9 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule
 
+from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
 from .config import AtariConfig
+from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
 from .objectives import EauDeQNLoss
 from .replay import FrameReplayBuffer
@@ -237,6 +244,8 @@ class DQNLightningModule(L.LightningModule):
             stack=4,
             num_streams=cfg.num_envs,
             seed=cfg.seed,
+            action_encoding="one_hot",
+            n_actions=self.n_actions,
         )
         self.env_steps = 0
         self.episodes = 0
@@ -246,6 +255,9 @@ class DQNLightningModule(L.LightningModule):
         self._scores: list[float] = []
         self._collector: Collector | None = None
         self._iter: Iterator[TensorDictBase] | None = None
+        self._fast: AtariCollector | None = None
+        self._fast_state: dict[str, Any] | None = None
+        self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
         self._clock = (time.perf_counter(), 0)
         self._last_log = 0
         self._last_eval = 0
@@ -263,6 +275,56 @@ class DQNLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         cfg = self.cfg
+        if cfg.collector == "overlapped":
+            self._start_fast_collector()
+        else:
+            self._start_torchrl_collector()
+        if cfg.eval_random_baseline and self.env_steps == 0:
+            self.evaluate(cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
+        self._clock = (time.perf_counter(), self.env_steps)
+
+    def _start_fast_collector(self) -> None:
+        cfg = self.cfg
+        env_fn = functools.partial(
+            make_atari_gym_env,
+            cfg.game,
+            frame_skip=cfg.frame_skip,
+            sticky_actions=cfg.sticky_actions,
+            max_episode_steps=cfg.max_episode_steps,
+        )
+        self._fast = AtariCollector(
+            [env_fn] * cfg.num_envs,
+            self._acting_network,
+            self.n_actions,
+            seed=cfg.seed + self.env_steps,
+            device=self.device,
+        )
+        if self._fast_state is not None:
+            self._fast.load_state_dict(self._fast_state)
+
+    def _acting_network(self) -> torch.nn.Module:
+        """The selected member as a plain module aliasing its parameters (cached)."""
+        k = self.actor.selected
+        ptr = next(iter(self.actor.params.values(True, True))).data_ptr()
+        cached = self._acting_nets.get(k)
+        if cached is None or cached[0] != ptr:
+            cached = (ptr, aliased_member_network(self.actor, k))
+            self._acting_nets[k] = cached
+        return cached[1]
+
+    def epsilon(self, step: int | None = None) -> float:
+        """Exploration rate at env step ``step`` (default: now); 1 before ``learning_starts``."""
+        cfg = self.cfg
+        return linear_epsilon(
+            self.env_steps if step is None else step,
+            start=cfg.eps_start,
+            end=cfg.eps_end,
+            decay_steps=cfg.eps_decay_steps,
+            warmup=cfg.learning_starts,
+        )
+
+    def _start_torchrl_collector(self) -> None:
+        cfg = self.cfg
         env = self.env_fn(seed=cfg.seed + self.env_steps, num_envs=cfg.num_envs, eval=False)
         policy = TensorDictSequential(self.actor.policy, self.explore)
         self._collector = Collector(
@@ -275,9 +337,6 @@ class DQNLightningModule(L.LightningModule):
             storing_device="cpu",
         )
         self._iter = iter(self._collector)
-        if cfg.eval_random_baseline and self.env_steps == 0:
-            self.evaluate(cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
-        self._clock = (time.perf_counter(), self.env_steps)
 
     def on_train_epoch_end(self) -> None:
         # Epochs carry no meaning here (the budget is env steps); stopping on
@@ -290,15 +349,89 @@ class DQNLightningModule(L.LightningModule):
         if self._collector is not None:
             self._collector.shutdown()
             self._collector = None
+        if self._fast is not None:
+            self._fast_state = self._fast.state_dict()
+            self._fast.close()
+            self._fast = None
 
     # ------------------------------------------------------------ training
+    def _learning(self) -> bool:
+        cfg = self.cfg
+        # After a resume the replay starts empty (its contents are not in the
+        # checkpoint): learning waits until it holds learning_starts again.
+        warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
+        return self.env_steps >= cfg.learning_starts and len(self.replay) >= warm
+
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         cfg = self.cfg
         # One call = ``train_freq`` env steps of credit and at most one gradient
-        # step. With vectorised envs a collector batch holds ``num_envs`` steps,
-        # so a batch can pay for several calls: the ratio of one gradient step
-        # per ``train_freq`` env steps holds for any ``num_envs``.
+        # step. With vectorised envs a batch holds ``num_envs`` steps per env
+        # step, so a batch can pay for several calls: the ratio of one gradient
+        # step per ``train_freq`` env steps holds for any ``num_envs``.
         self._credit += cfg.train_freq
+        if self._fast is not None:
+            out = self._overlapped_step()
+        else:
+            out = self._sequential_step()
+        if self.env_steps - self._last_log >= cfg.log_every:
+            self._log_progress()
+        if cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every:
+            self._last_eval = self.env_steps
+            self.evaluate(cfg.eval_episodes)
+        return out
+
+    def _overlapped_step(self) -> dict[str, torch.Tensor] | None:
+        learn = self._learning()
+        n = self.cfg.num_envs
+        if self._credit > 0:
+            step0 = self.env_steps
+            self._fast.submit(
+                -(-self._credit // n),
+                lambda t: self.epsilon(step0 + t * n),
+                network=self._acting_network(),
+            )
+        losses = None
+        if learn:
+            # Forward and backward only read the parameters, so the worker can
+            # act with them meanwhile; the optimizer writes after the join.
+            losses = self.loss_module(self.replay.sample(self.cfg.batch_size).to(self.device))
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(losses["loss"])
+        if self._credit > 0:
+            self._store(self._fast.result())
+        if losses is None:
+            return None
+        opt.step()
+        self._member_losses.append(losses["loss_per_member"])
+        return {"loss_per_member": losses["loss_per_member"]}
+
+    def _store(self, steps: CollectedSteps) -> None:
+        for i in range(steps.action.shape[0]):
+            self.replay.extend_stream(
+                i,
+                steps.observation[i],
+                steps.action[i],
+                steps.reward[i],
+                steps.next_observation[i],
+                steps.terminated[i],
+                steps.truncated[i],
+            )
+        n = steps.num_steps
+        self._credit -= n
+        self.env_steps += n
+        for _, score, length in steps.episodes:
+            self._episode_end(score, length)
+
+    def _episode_end(self, score: float, length: int) -> None:
+        self.episodes += 1
+        self.last_score = float(score)
+        self._scores.append(float(score))
+        self.metrics.add("episode_score", score, self.env_steps)
+        self.metrics.add("episode_length", length, self.env_steps)
+
+    def _sequential_step(self) -> dict[str, torch.Tensor] | None:
+        cfg = self.cfg
         while self._credit > 0:
             batch_td = next(self._iter)
             self.replay.extend(batch_td)  # [num_envs, T] maps to one stream per env
@@ -309,27 +442,16 @@ class DQNLightningModule(L.LightningModule):
             if self.env_steps > cfg.learning_starts:
                 self.explore.step(n)
             self._record_episodes(data)
-
-        out = None
-        # After a resume the replay starts empty (its contents are not in the
-        # checkpoint): learning waits until it holds learning_starts again.
-        warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
-        if self.env_steps >= cfg.learning_starts and len(self.replay) >= warm:
-            sample = self.replay.sample(cfg.batch_size).to(self.device)
-            losses = self.loss_module(sample)
-            opt = self.optimizers()
-            opt.zero_grad()
-            self.manual_backward(losses["loss"])
-            opt.step()
-            self._member_losses.append(losses["loss_per_member"])
-            out = {"loss_per_member": losses["loss_per_member"]}
-
-        if self.env_steps - self._last_log >= cfg.log_every:
-            self._log_progress()
-        if cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every:
-            self._last_eval = self.env_steps
-            self.evaluate(cfg.eval_episodes)
-        return out
+        if not self._learning():
+            return None
+        sample = self.replay.sample(cfg.batch_size).to(self.device)
+        losses = self.loss_module(sample)
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(losses["loss"])
+        opt.step()
+        self._member_losses.append(losses["loss_per_member"])
+        return {"loss_per_member": losses["loss_per_member"]}
 
     def _record_episodes(self, data: TensorDictBase) -> None:
         done = data.get(("next", "done")).reshape(-1)
@@ -337,11 +459,7 @@ class DQNLightningModule(L.LightningModule):
             scores = data.get(("next", "episode_score")).reshape(-1)[done]
             steps = data.get(("next", "step_count")).reshape(-1)[done]
             for score, length in zip(scores.tolist(), steps.tolist(), strict=True):
-                self.episodes += 1
-                self.last_score = float(score)
-                self._scores.append(float(score))
-                self.metrics.add("episode_score", score, self.env_steps)
-                self.metrics.add("episode_length", length, self.env_steps)
+                self._episode_end(score, length)
 
     def _log_progress(self) -> None:
         now = time.perf_counter()
@@ -352,7 +470,8 @@ class DQNLightningModule(L.LightningModule):
         m, step = self.metrics, self.env_steps
         sparsity = self.actor.sparsity()
         m.add("steps_per_sec", sps, step)
-        m.add("epsilon", float(self.explore.eps), step)
+        eps = self.epsilon() if self.cfg.collector == "overlapped" else float(self.explore.eps)
+        m.add("epsilon", eps, step)
         for k, s in enumerate(sparsity.tolist()):
             m.add(f"sparsity/member_{k}", s, step)
         target = sparsity_stats(
@@ -438,6 +557,9 @@ class DQNLightningModule(L.LightningModule):
             },
             "mlflow_run_id": self.metrics.run_id,
         }
+        fast = self._fast.state_dict() if self._fast is not None else self._fast_state
+        if fast is not None:
+            checkpoint["eaudeqn"]["collector_rng"] = fast
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["eaudeqn"]
@@ -448,6 +570,7 @@ class DQNLightningModule(L.LightningModule):
         self._last_log = int(state["last_log"])
         self._last_eval = int(state["last_eval"])
         self.eval_results = list(state["eval_results"])
+        self._fast_state = state.get("collector_rng")
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(_numpy_state_from_plain(state["rng"]["numpy"]))
         random.setstate(_python_state_from_plain(state["rng"]["python"]))

@@ -381,6 +381,43 @@ class FrameReplayBuffer:
             np.asarray([bool(truncated)]),
         )
 
+    def extend_stream(
+        self,
+        stream: int,
+        observation: torch.Tensor | np.ndarray,
+        action: torch.Tensor | np.ndarray,
+        reward: np.ndarray,
+        next_observation: torch.Tensor | np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> int:
+        """Append ``T`` consecutive transitions of one stream from plain arrays.
+
+        The array twin of :meth:`extend` for hand-written loops (no TensorDict
+        to build): observations ``[T, stack, *frame_shape]`` or ``[T, *frame_shape]``
+        uint8, actions ``[T]`` indices or ``[T, n]`` one-hot, the rest ``[T]``.
+
+        Example:
+            >>> rb = FrameReplayBuffer(10, frame_shape=(1,), stack=2)
+            >>> obs = np.array([[[0], [7]], [[7], [8]]], np.uint8)
+            >>> nxt = np.array([[[7], [8]], [[8], [9]]], np.uint8)
+            >>> rb.extend_stream(0, obs, np.array([1, 0]), np.array([1.0, 0.0]), nxt,
+            ...                  np.array([False, True]), np.array([False, False]))
+            2
+        """
+        if not 0 <= stream < self.num_streams:
+            raise ValueError(f"stream must be in [0, {self.num_streams}), got {stream}")
+        self._write_stream(
+            stream,
+            torch.as_tensor(observation),
+            torch.as_tensor(next_observation),
+            self._format_actions(torch.as_tensor(action), 1),
+            np.asarray(reward, dtype=np.float32),
+            np.asarray(terminated, dtype=bool),
+            np.asarray(truncated, dtype=bool),
+        )
+        return int(len(reward))
+
     def _split_obs(self, obs: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
         """``[T, stack, *frame]`` or ``[T, *frame]`` -> (newest frames, is_stacked)."""
         if obs.dtype != torch.uint8:

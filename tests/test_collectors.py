@@ -1,0 +1,131 @@
+"""The lean threaded Atari collector: same transitions as the TorchRL env, same RNG streams."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+from torchrl.data import OneHot
+
+from torchrl_eaudeqn import AtariCollector, linear_epsilon, make_atari_env, make_atari_gym_env
+from torchrl_eaudeqn.collectors import aliased_member_network
+from torchrl_eaudeqn.modules import MaskedEnsembleQValueActor, mlp, nature_cnn
+
+
+def test_linear_epsilon_closed_form():
+    kw = dict(start=1.0, end=0.1, decay_steps=100, warmup=50)
+    assert linear_epsilon(0, **kw) == 1.0 and linear_epsilon(49, **kw) == 1.0
+    assert linear_epsilon(50, **kw) == 1.0
+    assert linear_epsilon(75, **kw) == pytest.approx(0.775)
+    assert linear_epsilon(150, **kw) == pytest.approx(0.1)
+    assert linear_epsilon(10**7, **kw) == pytest.approx(0.1)
+
+
+def _collector(cap=40, seed=3, threaded=True, net=None):
+    env_fn = functools.partial(
+        make_atari_gym_env, "Breakout", sticky_actions=0.0, max_episode_steps=cap
+    )
+    net = net or nature_cnn(4, "small")
+    return AtariCollector([env_fn], lambda: net, 4, seed=seed, threaded=threaded)
+
+
+def test_matches_the_torchrl_env_transition_for_transition():
+    """Same actions -> the same stacks, rewards, scores and episode ends as make_atari_env.
+
+    Sticky actions off, so both envs are deterministic whatever their seeds;
+    the 40-step cap makes episodes end (truncated) and restart inside the run.
+    """
+    col = _collector(cap=40)
+    steps = col.collect(100, epsilon=1.0)
+    col.close()
+    actions = steps.action[0]
+
+    env = make_atari_env("Breakout", seed=3, sticky_actions=0.0, max_episode_steps=40)
+    it = iter(actions.tolist())
+
+    def replay_actions(obs):
+        return torch.nn.functional.one_hot(torch.tensor(next(it)), 4)
+
+    policy = TensorDictModule(replay_actions, in_keys=["observation"], out_keys=["action"])
+    td = env.rollout(100, policy, break_when_any_done=False)
+    np.testing.assert_array_equal(steps.observation[0], td["observation"].numpy())
+    np.testing.assert_array_equal(steps.next_observation[0], td["next", "observation"].numpy())
+    np.testing.assert_array_equal(steps.reward[0], td["next", "reward"].squeeze(-1).numpy())
+    np.testing.assert_array_equal(
+        steps.score_reward[0], td["next", "score_reward"].squeeze(-1).numpy()
+    )
+    np.testing.assert_array_equal(steps.terminated[0], td["next", "terminated"].squeeze(-1))
+    np.testing.assert_array_equal(steps.truncated[0], td["next", "truncated"].squeeze(-1))
+    assert steps.truncated[0].sum() == 2  # episodes of 40 steps: ends at steps 40 and 80
+    done = td["next", "done"].squeeze(-1)
+    expected = td["next", "episode_score"].squeeze(-1)[done].tolist()
+    assert [score for _, score, _ in steps.episodes] == expected
+    assert [length for _, _, length in steps.episodes] == [40, 40]
+
+
+def test_threaded_equals_inline_and_rng_state_round_trips():
+    net = nature_cnn(4, "small")
+    a, b = _collector(threaded=True, net=net), _collector(threaded=False, net=net)
+    a.submit(30, 0.5)
+    b.submit(30, 0.5)
+    sa, sb = a.result(), b.result()
+    np.testing.assert_array_equal(sa.action, sb.action)
+    np.testing.assert_array_equal(sa.next_observation, sb.next_observation)
+    state = a.state_dict()
+    first = a.rng.random(5)
+    a.load_state_dict(state)
+    np.testing.assert_array_equal(a.rng.random(5), first)
+    for c in (a, b):
+        c.close()
+
+
+def test_greedy_steps_follow_the_network_and_explore_steps_skip_it():
+    calls = []
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return torch.tensor([[0.0, 0.0, 5.0, 0.0]]).expand(x.shape[0], 4)
+
+    col = _collector(net=Fixed())
+    greedy = col.collect(20, epsilon=0.0)
+    assert (greedy.action == 2).all() and len(calls) == 20
+    calls.clear()
+    random = col.collect(50, epsilon=1.0)
+    assert calls == [] and len(set(random.action[0].tolist())) > 1
+    # A per-step schedule: explore for the first 10 steps, then act greedily.
+    mixed = col.collect(20, epsilon=lambda t: 1.0 if t < 10 else 0.0)
+    assert (mixed.action[0, 10:] == 2).all() and len(calls) == 10
+    col.close()
+
+
+def test_submit_result_protocol_errors():
+    col = _collector()
+    with pytest.raises(RuntimeError, match="no collection is running"):
+        col.result()
+    col.submit(2, 1.0)
+    with pytest.raises(RuntimeError, match="already running"):
+        col.submit(2, 1.0)
+    assert col.result().num_steps == 2
+    col.close()
+    with pytest.raises(ValueError, match="env_fns"):
+        AtariCollector([], lambda: None, 4)
+
+
+def test_aliased_member_network_shares_the_ensemble_parameters():
+    actor = MaskedEnsembleQValueActor(mlp(3, 2, hidden=(8,)), 3, action_spec=OneHot(2))
+    with torch.no_grad():
+        for p in actor.params.values(True, True):
+            p.add_(torch.randn_like(p))  # members differ
+    net = aliased_member_network(actor, 1)
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(net(x), actor.member_values(1, x))
+    with torch.no_grad():
+        for p in actor.params.values(True, True):
+            p.mul_(2.0)  # an in-place update (as the optimizer does) shows through
+    torch.testing.assert_close(net(x), actor.member_values(1, x))
+    assert not torch.allclose(net(x), actor.member_values(0, x))
+    assert all(not p.requires_grad for p in net.parameters())

@@ -1,0 +1,73 @@
+"""DQNLightningModule on a real ALE game with both collectors: counts, ratio, replay contents."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from torchrl_eaudeqn.config import AtariConfig, load_config
+from torchrl_eaudeqn.envs import make_atari_env
+from torchrl_eaudeqn.lightning import DQNLightningModule, TargetSelectionCallback
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _fit(overrides):
+    cfg = load_config(
+        AtariConfig,
+        ROOT / "configs" / "atari" / "quick.yaml",
+        [
+            "env_steps=300", "learning_starts=100", "buffer_size=1000", "target_period=80",
+            "log_every=100", "progress_bar=false", "eval_random_baseline=false",
+            "eval_episodes=1", "eval_max_steps=50", "batch_size=8", *overrides,
+        ],
+    )  # fmt: skip
+
+    def env_fn(seed, num_envs, eval):
+        return make_atari_env(cfg.game, seed=seed, num_envs=num_envs, max_episode_steps=60)
+
+    module = DQNLightningModule(cfg, env_fn)
+    trainer = L.Trainer(
+        max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+        callbacks=[TargetSelectionCallback(module.updater)], enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "collector, num_envs, updates",
+    [
+        # overlapped: a call learns when the steps *before* its collection reach
+        # learning_starts (100 -> 296: 50 calls); torchrl collects first (51 calls).
+        ("overlapped", 1, 50),
+        ("overlapped", 2, 50),
+        ("torchrl", 1, 51),
+    ],
+)
+def test_one_gradient_step_per_train_freq_env_steps(collector, num_envs, updates):
+    module = _fit(["method=dqn", f"collector={collector}", f"num_envs={num_envs}"])
+    assert module.env_steps == 300
+    assert len(module.replay) == 300
+    # DQN keeps its Adam state across target updates: its step count is the update count.
+    steps = {int(s["step"]) for s in module.optimizer.state.values()}
+    assert steps == {updates}
+    # Target updates every 80 env steps = 20 gradient steps.
+    assert len(module.updater.history) == updates // 20
+    batch = module.replay.sample(4)
+    assert batch["observation"].dtype == torch.uint8
+    assert batch["action"].shape == (4, module.n_actions)
+    assert batch["action"].sum(-1).eq(1).all()
+
+
+def test_overlapped_collector_prunes_and_acts_with_the_selected_member():
+    module = _fit(["collector=overlapped", "max_speed=0.3"])
+    sparsity = module.actor.sparsity()
+    assert module.updater.history and sparsity.max() > 0.0
+    # The acting network aliases the selected member, masks included.
+    net = module._acting_network()
+    x = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(net(x), module.actor.member_values(module.actor.selected, x))
+    assert module.epsilon() < 1.0
