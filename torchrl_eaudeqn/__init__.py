@@ -8,6 +8,16 @@ from .envs import (
     make_control_env,
     resolve_atari_game,
 )
+from .export import (
+    CompactConv2d,
+    CompactLinear,
+    compact,
+    compact_summary,
+    count_flops,
+    exported_size_bytes,
+    measure_latency_ms,
+    state_size_bytes,
+)
 from .modules import (
     NATURE_CNN_WIDTHS,
     MaskedEnsembleQValueActor,
@@ -48,6 +58,8 @@ __all__ = [
     "linear_epsilon",
     "make_atari_gym_env",
     "NATURE_CNN_WIDTHS",
+    "CompactConv2d",
+    "CompactLinear",
     "EauDeQNLoss",
     "EauDeSACLoss",
     "FrameReplayBuffer",
@@ -67,6 +79,11 @@ __all__ = [
     "TwinQNetwork",
     "apply_masks_",
     "atari_game_ids",
+    "compact",
+    "compact_summary",
+    "count_flops",
+    "exported_size_bytes",
+    "measure_latency_ms",
     "make_atari_env",
     "make_control_env",
     "resolve_atari_game",
@@ -77,4 +94,5 @@ __all__ = [
     "polynomial_sparsity",
     "prunable_parameter_names",
     "sparsity_stats",
+    "state_size_bytes",
 ]

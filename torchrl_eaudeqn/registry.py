@@ -9,9 +9,15 @@ Loading it therefore needs only ``mlflow`` and ``torch``, not this package::
     q_values = q_net(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
 
 Every model version carries tags computed from the weights themselves
-(:func:`network_sparsity_tags`) beside the caller's tags (method, game, seed,
-...); the registered model carries ``torchrl_eaudeqn.kind`` so that a Q-network
-and, say, a SAC actor never share one registry name.
+(:func:`network_sparsity_tags`), its storage and measured latency
+(``artifact_bytes``, ``latency_ms_b1``, ...) beside the caller's tags (method,
+game, seed, ...); the registered model carries ``torchrl_eaudeqn.kind`` so that
+a Q-network and, say, a SAC actor never share one registry name.
+
+``register_network(..., compact=True)`` stores the compact form of a sparse
+network (:func:`torchrl_eaudeqn.export.compact`: sparse layers in CSR form,
+computed with plain ATen ops), which loads the same way and needs nothing
+more than ``torch`` and ``mlflow`` either.
 
 ``mlflow`` is imported lazily: :func:`network_sparsity_tags` works without it.
 """
@@ -20,19 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import re
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .export import Rule, compact_summary, measure_latency_ms, state_size_bytes
+from .export import compact as compact_module
 from .sparsity import prunable_parameter_names
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -40,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow.entities.model_registry import ModelVersion
 
 __all__ = [
+    "FORMAT_TAG",
     "KIND_TAG",
     "check_tracking_uri",
     "get_version_tags",
@@ -51,6 +61,8 @@ __all__ = [
 
 #: Registered-model (and model-version) tag holding the kind of network.
 KIND_TAG = "torchrl_eaudeqn.kind"
+#: Model-version tag: ``"compact"`` (sparse layers in CSR form) or ``"dense"``.
+FORMAT_TAG = "torchrl_eaudeqn.format"
 
 #: Seconds allowed to reach a remote tracking server before giving up.
 REACHABILITY_TIMEOUT_S = 3.0
@@ -390,8 +402,13 @@ def _same_outputs(a: object, b: object) -> bool:
     )
 
 
-def _export_check(module: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> object:
-    """Export once before logging: an unexportable network fails before any write."""
+def _export_check(
+    module: nn.Module, example: torch.Tensor, dynamic_batch: bool
+) -> tuple[object, torch.export.ExportedProgram]:
+    """Export once before logging: an unexportable network fails before any write.
+
+    Returns the eager output on ``example`` and the exported program.
+    """
     dynamic = [{0: torch.export.Dim.AUTO}] if dynamic_batch else None
     with torch.no_grad():
         eager = module(example)
@@ -405,7 +422,46 @@ def _export_check(module: nn.Module, example: torch.Tensor, dynamic_batch: bool)
         exported = program.module()(example)
     if not _same_outputs(eager, exported):
         raise ValueError("the exported network's outputs differ from the eager network's")
-    return eager
+    return eager, program
+
+
+def _format_tags(module: nn.Module, dense_bytes: int, compact: bool) -> dict[str, object]:
+    """Storage tags known before export: format, tensor bytes, compact layers."""
+    state = state_size_bytes(module)
+    tags: dict[str, object] = {
+        FORMAT_TAG: "compact" if compact else "dense",
+        "state_bytes": state,
+        "dense_state_bytes": dense_bytes,
+        "size_ratio": state / max(dense_bytes, 1),
+    }
+    if compact:
+        sparse = [
+            layer["name"] for layer in compact_summary(module)["layers"] if layer["format"] == "csr"
+        ]
+        tags["compact_layers"] = ",".join(sparse) or "none"
+    return tags
+
+
+def _artifact_tags(
+    program: torch.export.ExportedProgram,
+    example: torch.Tensor,
+    latency_batches: Sequence[int],
+    dynamic_batch: bool,
+) -> dict[str, object]:
+    """``artifact_bytes`` (the ``pt2`` file) and ``latency_ms_b<N>`` of the exported module."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    tags: dict[str, object] = {"artifact_bytes": buffer.getbuffer().nbytes}
+    if not latency_batches:
+        return tags
+    # The module a registry user gets back from mlflow.pytorch.load_model.
+    loaded = program.module()
+    batches = list(latency_batches) if dynamic_batch else [int(example.shape[0])]
+    for batch in batches:
+        x = example[:1].expand(int(batch), *example.shape[1:]).contiguous()
+        tags[f"latency_ms_b{int(batch)}"] = round(measure_latency_ms(loaded, x, repeats=9), 4)
+    tags["latency_threads"] = torch.get_num_threads()
+    return tags
 
 
 def _resolve_run(
@@ -455,15 +511,25 @@ def register_network(
     kind: str = "q_network",
     experiment_name: str | None = None,
     dynamic_batch: bool = True,
+    compact: bool = False,
+    compact_rule: Rule = "auto",
+    latency_batches: Sequence[int] | None = (1, 32),
 ) -> ModelVersion:
     """Log ``net`` as an MLflow model and register it as a new version of ``name``.
 
-    The network is serialized with ``torch.export`` (``"pt2"``): it loads with
+    The network (or, with ``compact=True``, its compact CSR form) is
+    serialized with ``torch.export`` (``"pt2"``): it loads with
     ``mlflow.pytorch.load_model("models:/<name>@<alias>")`` in any process that
     has ``mlflow`` and ``torch``, without this package, and no pickle is
     involved (MLflow 3 refuses to unpickle models by default). The model
-    version gets the tags of :func:`network_sparsity_tags`, ``tags`` and
-    ``torchrl_eaudeqn.kind``; the registered model gets ``torchrl_eaudeqn.kind``.
+    version gets the tags of :func:`network_sparsity_tags`, ``tags``,
+    ``torchrl_eaudeqn.kind``, ``torchrl_eaudeqn.format`` and the storage and
+    speed of what is stored: ``artifact_bytes`` (the ``pt2`` file),
+    ``state_bytes`` / ``dense_state_bytes`` / ``size_ratio`` (tensor bytes of
+    the stored module / of the dense network), ``latency_ms_b1`` and
+    ``latency_ms_b32`` (measured on the exported module, see
+    ``latency_batches``) and ``latency_threads``. The registered model gets
+    ``torchrl_eaudeqn.kind``.
     Existing runs, versions and models are never modified, except that
     ``alias`` moves to the new version.
 
@@ -487,6 +553,17 @@ def register_network(
             (created if missing); ``None`` uses the current/default experiment.
         dynamic_batch: export the batch dimension as dynamic (a batch-1
             example is repeated to batch 2 so that the exporter keeps it dynamic).
+        compact: register the compact form
+            (:func:`torchrl_eaudeqn.export.compact`): sparse layers stored and
+            computed in CSR form, same outputs to float tolerance. The
+            sparsity tags still describe the network's weights; the version
+            gets ``torchrl_eaudeqn.format=compact`` and ``compact_layers``.
+        compact_rule: the per-layer rule of ``compact`` (``"auto"``,
+            ``"measure"``, ``"size"``, ``"sparse"``, ``"dense"``).
+        latency_batches: batch sizes at which the exported module's forward
+            latency is measured (median ms, current torch threads) and tagged
+            as ``latency_ms_b<N>``; ``None`` or ``()`` skips the measurement.
+            Without ``dynamic_batch`` only the example's batch is timed.
 
     Returns:
         The new ``ModelVersion``.
@@ -527,7 +604,17 @@ def register_network(
         # torch.export specialises size-1 dims to constants: batch 2 keeps it dynamic.
         example = example.expand(2, *example.shape[1:])
     example = example.contiguous()
-    version_tags = _merge_tags(network_sparsity_tags(module), tags, kind)
+    if latency_batches is not None and not all(
+        isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in latency_batches
+    ):
+        raise ValueError(f"latency_batches must be ints >= 1, got {latency_batches!r}")
+    # The sparsity tags describe the network's weights, whatever form is stored.
+    computed: dict[str, object] = dict(network_sparsity_tags(module))
+    dense_bytes = state_size_bytes(module)
+    if compact:
+        module = compact_module(module, rule=compact_rule, example_input=example)
+    computed.update(_format_tags(module, dense_bytes, compact))
+    _merge_tags(computed, tags, kind)  # contradicting tags fail before the slow export
 
     client = _client(uri)
     exists, existing_kind, n_versions = _existing_kind(client, name)
@@ -536,8 +623,11 @@ def register_network(
             f"registered model {name!r} holds kind {existing_kind or '<untagged>'!r}, "
             f"not {kind!r}: choose another name"
         )
-    output = _export_check(module, example, dynamic_batch)
+    output, program = _export_check(module, example, dynamic_batch)
     signature = _signature(example, output)
+    computed.update(_artifact_tags(program, example, latency_batches or (), dynamic_batch))
+    del program
+    version_tags = _merge_tags(computed, tags, kind)
 
     # ---- log and register
     mlflow = _mlflow()
