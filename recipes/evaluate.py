@@ -5,7 +5,9 @@ the game with the training preprocessing (Dopamine style: sticky actions 0.25,
 frame skip 4 with max-pool, 84x84 grayscale, 4 stacked frames, zero padding at
 the episode start), and plays epsilon-greedy episodes (epsilon 0.01, as in the
 paper's evaluation). Prints the mean and std of the raw (unclipped) episode
-scores and the sparsity tags of the model version.
+scores and the sparsity tags of the model version. Both stored forms play the
+same way: a dense (masked) network and the compact one of
+``register_network(..., compact=True)`` (sparse layers in CSR form).
 
     python recipes/evaluate.py --model models:/Pong-eaudeqn-small@latest --game Pong \\
         --episodes 5 --video pong.gif
@@ -260,6 +262,44 @@ def save_video(path: Path, frames: list, fps: int) -> None:
         imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
 
 
+# Written by register_network (torchrl_eaudeqn.registry); older versions lack them.
+STORAGE_TAGS = {
+    "torchrl_eaudeqn.format",
+    "artifact_bytes",
+    "state_bytes",
+    "dense_state_bytes",
+    "size_ratio",
+    "compact_layers",
+    "latency_threads",
+    "latency_ms_b1",
+    "latency_ms_b32",
+}
+
+
+def describe_storage(tags: dict[str, str]) -> str | None:
+    """One line on the stored form: dense or compact, bytes, measured latency."""
+    if "torchrl_eaudeqn.format" not in tags:
+        return None
+    line = f"stored form: {tags['torchrl_eaudeqn.format']}"
+    if tags.get("compact_layers") not in (None, "none"):
+        line += f" (CSR layers: {tags['compact_layers']})"
+    try:
+        line += (
+            f", artifact {int(tags['artifact_bytes']):,} bytes, tensors "
+            f"{float(tags['size_ratio']):.1%} of dense"
+        )
+    except (KeyError, ValueError):
+        pass
+    latency = [
+        f"{float(tags[k]):.3f} ms at batch {k.removeprefix('latency_ms_b')}"
+        for k in ("latency_ms_b1", "latency_ms_b32")
+        if k in tags
+    ]
+    if latency:
+        line += f"; latency {', '.join(latency)} ({tags.get('latency_threads', '?')} threads)"
+    return line
+
+
 def describe_tags(tags: dict[str, str]) -> list[str]:
     def num(key: str) -> str:
         try:
@@ -276,8 +316,12 @@ def describe_tags(tags: dict[str, str]) -> list[str]:
     if layers:
         per_layer = ", ".join(f"{k.removeprefix('sparsity.')} {num(k)}" for k in layers)
         lines.append(f"per-layer sparsity: {per_layer}")
+    storage = describe_storage(tags)
+    if storage:
+        lines.append(storage)
     skip = {"sparsity_overall", "sparsity_prunable", "nonzero_params", "total_params"}
     skip |= {"version", "run_id"}  # already on the "model:" line
+    skip |= STORAGE_TAGS
     others = [f"{k}={v}" for k, v in tags.items() if k not in skip and k not in layers]
     if others:
         lines.append("tags: " + ", ".join(others))
