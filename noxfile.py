@@ -46,7 +46,12 @@ def lint(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """Speed measurements; write JSON to benchmarks/results and tables to docs/benchmarks.md."""
     _install(session, "test")
-    for script in ("bench_grad_step.py", "bench_replay.py", "bench_atari_throughput.py"):
+    for script in (
+        "bench_grad_step.py",
+        "bench_replay.py",
+        "bench_atari_throughput.py",
+        "bench_inference.py",
+    ):
         session.run("python", f"benchmarks/{script}", env=ENV)
 
 
