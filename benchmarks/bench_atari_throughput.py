@@ -9,8 +9,10 @@ claims; the machines are shared):
 * ``pipeline``: env steps per second of the real Lightning loop
   (``DQNLightningModule`` + ``Trainer``) in the learning phase, with the
   collector, epsilon-greedy acting, replay writes, logging and the updater
-  callback; for each collector (``overlapped``: the lean collector in a
-  worker thread, the default; ``torchrl``: TorchRL's ``Collector``).
+  callback; for each collector: ``lean`` (the default
+  :class:`~torchrl_eaudeqn.AtariCollector`, sequential), ``lean+overlap``
+  (the same in a worker thread beside the learner) and ``torchrl``
+  (TorchRL's ``Collector`` on the transformed env).
   Epsilon is held at 0.01 (the steady state of a run, every step acts with
   the network), the worst case for acting cost.
 
@@ -18,7 +20,7 @@ Learner-bound rate = ``train_freq * update rate``. Target (dense DQN, CPU):
 pipeline >= 90% of it, and sample <= 10% of an update.
 
     python benchmarks/bench_atari_throughput.py                 # dqn, eaudeqn; width medium
-    python benchmarks/bench_atari_throughput.py --methods dqn --collectors overlapped --quick
+    python benchmarks/bench_atari_throughput.py --methods dqn --collectors lean --quick
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def make_module(
         [
             f"game={game}", f"width={width}", f"env_steps={warm + steps}",
             f"learning_starts={warm}", "buffer_size=100000", "eval_every=0",
-            "progress_bar=false", "log_every=1000", f"collector={collector}",
+            "progress_bar=false", "log_every=1000", f"collector={collector.split('+')[0]}",
+            f"overlap={'true' if collector.endswith('+overlap') else 'false'}",
             "eps_start=0.01", "eps_end=0.01",
         ],
     )  # fmt: skip
@@ -111,7 +114,7 @@ def time_pipeline(module: DQNLightningModule) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["dqn", "eaudeqn"])
-    p.add_argument("--collectors", nargs="+", default=["overlapped", "torchrl"])
+    p.add_argument("--collectors", nargs="+", default=["lean", "lean+overlap", "torchrl"])
     p.add_argument("--width", default="medium")
     p.add_argument("--game", default="Breakout")
     p.add_argument("--steps", type=int, default=4000, help="learning-phase env steps timed")

@@ -20,7 +20,7 @@ def _run(args, cwd, timeout=600):
 
 def _tiny(tmp_path, steps):
     return [
-        "--config", str(ROOT / "configs" / "atari" / "quick.yaml"),
+        "--config", str(ROOT / "configs" / "atari" / "quick.yaml"), "game=Breakout",
         f"env_steps={steps}", "learning_starts=100", "target_period=40", "buffer_size=2000",
         "eval_episodes=1", "eval_max_steps=100", "checkpoint_every=80", "log_every=50",
         f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint_dir={tmp_path}/ckpt",

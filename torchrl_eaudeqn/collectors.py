@@ -138,11 +138,18 @@ class AtariCollector:
         self._score = np.zeros(n, np.float64)
         self._length = np.zeros(n, np.int64)
         self._pool = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="atari-collector")
+            concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="atari-collector", initializer=_one_thread
+            )
             if threaded
             else None
         )
         self._future: concurrent.futures.Future | None = None
+
+    @property
+    def threaded(self) -> bool:
+        """Whether :meth:`submit` runs the collection in the worker thread."""
+        return self._pool is not None
 
     @property
     def num_envs(self) -> int:
@@ -276,6 +283,13 @@ class AtariCollector:
             "has_uint32": int(state["has_uint32"]),
             "uinteger": int(state["uinteger"]),
         }
+
+
+def _one_thread() -> None:
+    # Acting is a batch-1 forward: one thread is as fast (0.82 vs 0.87 ms for the
+    # Nature CNN here) and leaves the cores to the learner's OpenMP team.
+    # torch.set_num_threads called in a thread only sets that thread's count.
+    torch.set_num_threads(1)
 
 
 def aliased_member_network(ensemble: Any, k: int) -> nn.Module:
