@@ -270,19 +270,83 @@ class AtariCollector:
         self.envs = []
 
     # ------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """The exploration RNG (envs restart from a fresh reset after a resume)."""
-        state = self.rng.bit_generator.state
-        return {"bit_generator": state["bit_generator"], "state": dict(state["state"]),
-                "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}  # fmt: skip
+    def state_dict(self, include_envs: bool = True) -> dict[str, Any]:
+        """The exploration RNG and, with ``include_envs``, where every env stands.
+
+        The env part is the emulator (``ALE.cloneState(include_rng=True)``,
+        sticky-action RNG included), the wrappers' counters (step cap,
+        max-pool buffer, lives), the frame stacks and the running episode
+        score and length: a collector restored from it produces the same
+        transitions as the one it was taken from. Values are tensors and plain
+        numbers, so the dict loads with ``torch.load(weights_only=True)``.
+        """
+        rng = self.rng.bit_generator.state
+        state: dict[str, Any] = {
+            "bit_generator": rng["bit_generator"],
+            "state": dict(rng["state"]),
+            "has_uint32": rng["has_uint32"],
+            "uinteger": rng["uinteger"],
+        }
+        if include_envs and self._stacks is not None:
+            state["envs"] = [_env_state(env) for env in self.envs]
+            state["stacks"] = torch.from_numpy(self._stacks.copy())
+            state["score"] = self._score.tolist()
+            state["length"] = self._length.tolist()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; without its env part the envs start fresh."""
         self.rng.bit_generator.state = {
             "bit_generator": state["bit_generator"],
             "state": dict(state["state"]),
             "has_uint32": int(state["has_uint32"]),
             "uinteger": int(state["uinteger"]),
         }
+        envs = state.get("envs")
+        if envs is None:
+            return
+        if len(envs) != self.num_envs:
+            raise ValueError(f"state holds {len(envs)} envs, this collector has {self.num_envs}")
+        self._ensure_started()
+        for env, env_state in zip(self.envs, envs, strict=True):
+            _restore_env(env, env_state)
+        self._stacks[:] = state["stacks"].numpy()
+        self._score[:] = state["score"]
+        self._length[:] = state["length"]
+
+
+def _wrappers(env: Any):
+    while env is not None:
+        yield env
+        env = getattr(env, "env", None)
+
+
+def _env_state(env: Any) -> dict[str, Any]:
+    ale = env.unwrapped.ale
+    blob = ale.cloneState(include_rng=True).serialize()
+    state: dict[str, Any] = {"ale": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+    for w in _wrappers(env):
+        if hasattr(w, "_elapsed_steps"):
+            state["elapsed_steps"] = int(w._elapsed_steps or 0)
+        if hasattr(w, "obs_buffer"):  # AtariPreprocessing
+            state["obs_buffer"] = [torch.from_numpy(np.array(b)) for b in w.obs_buffer]
+            state["lives"] = int(w.lives)
+            state["game_over"] = bool(w.game_over)
+    return state
+
+
+def _restore_env(env: Any, state: dict[str, Any]) -> None:
+    import ale_py
+
+    env.unwrapped.ale.restoreState(ale_py.ALEState(bytes(state["ale"].numpy().tobytes())))
+    for w in _wrappers(env):
+        if hasattr(w, "_elapsed_steps") and "elapsed_steps" in state:
+            w._elapsed_steps = state["elapsed_steps"]
+        if hasattr(w, "obs_buffer") and "obs_buffer" in state:
+            for buf, saved in zip(w.obs_buffer, state["obs_buffer"], strict=True):
+                buf[...] = saved.numpy()
+            w.lives = state["lives"]
+            w.game_over = state["game_over"]
 
 
 def _one_thread() -> None:
