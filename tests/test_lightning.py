@@ -38,17 +38,21 @@ def _fit(overrides):
 
 
 @pytest.mark.parametrize(
-    "collector, num_envs, updates",
+    "collector, num_envs, updates, overlap",
     [
-        # overlapped: a call learns when the steps *before* its collection reach
-        # learning_starts (100 -> 296: 50 calls); torchrl collects first (51 calls).
-        ("overlapped", 1, 50),
-        ("overlapped", 2, 50),
-        ("torchrl", 1, 51),
+        # Overlapped, a call learns when the steps *before* its collection reach
+        # learning_starts (100 -> 296: 50 calls); sequential collectors collect
+        # first (51 calls).
+        ("lean", 1, 51, "false"),
+        ("lean", 1, 50, "true"),
+        ("lean", 2, 50, "true"),
+        ("torchrl", 1, 51, "auto"),
     ],
 )
-def test_one_gradient_step_per_train_freq_env_steps(collector, num_envs, updates):
-    module = _fit(["method=dqn", f"collector={collector}", f"num_envs={num_envs}"])
+def test_one_gradient_step_per_train_freq_env_steps(collector, num_envs, updates, overlap):
+    module = _fit(
+        ["method=dqn", f"collector={collector}", f"num_envs={num_envs}", f"overlap={overlap}"]
+    )
     assert module.env_steps == 300
     assert len(module.replay) == 300
     # DQN keeps its Adam state across target updates: its step count is the update count.
@@ -62,8 +66,8 @@ def test_one_gradient_step_per_train_freq_env_steps(collector, num_envs, updates
     assert batch["action"].sum(-1).eq(1).all()
 
 
-def test_overlapped_collector_prunes_and_acts_with_the_selected_member():
-    module = _fit(["collector=overlapped", "max_speed=0.3"])
+def test_lean_collector_prunes_and_acts_with_the_selected_member():
+    module = _fit(["collector=lean", "overlap=true", "max_speed=0.3"])
     sparsity = module.actor.sparsity()
     assert module.updater.history and sparsity.max() > 0.0
     # The acting network aliases the selected member, masks included.

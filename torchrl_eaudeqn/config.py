@@ -15,7 +15,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
-__all__ = ["AtariConfig", "ConfigError", "config_diff", "load_config"]
+__all__ = ["AtariConfig", "ConfigError", "SACConfig", "config_diff", "load_config"]
 
 C = TypeVar("C")
 
@@ -76,9 +76,15 @@ class AtariConfig:
     max_episode_steps: int = _f(27_000, "agent-step cap per episode", min=1)
     num_envs: int = _f(1, "envs stepped together (for fast learners)", min=1)
     collector: str = _f(
-        "overlapped",
-        "overlapped (lean, in a thread beside the learner) | torchrl (TorchRL Collector)",
-        choices=("overlapped", "torchrl"),
+        "lean",
+        "lean (AtariCollector: plain env + network) | torchrl (TorchRL Collector + transforms)",
+        choices=("lean", "torchrl"),
+    )
+    overlap: str = _f(
+        "auto",
+        "lean collector in a thread beside the learner: auto (on when cores are spare) | "
+        "true | false",
+        choices=("auto", "true", "false"),
     )
     # evaluation
     eval_every: int = _f(250_000, "env steps between evaluations (0: only at the end)", min=0)
@@ -129,6 +135,139 @@ class AtariConfig:
         """Registered model name."""
         game = self.game.split("/")[-1].split("-")[0]
         return self.register_name or f"eaudeqn-{game}-{self.method}-{self.width}"
+
+    @property
+    def run_key(self) -> str:
+        """Names the run's checkpoint directory and its default MLflow run name."""
+        game = self.game.split("/")[-1].split("-")[0]
+        return f"{game}-{self.method}-{self.width}-seed{self.seed}"
+
+
+@dataclass
+class SACConfig:
+    """EauDeSAC / PolyPruneSAC / dense SAC on a continuous-control task (MuJoCo).
+
+    Defaults are the standard SAC settings (REFERENCE.md, "MuJoCo (SAC)"):
+    Adam 3e-4, batch 256, gamma 0.99, tau 0.005, replay 1M, two hidden layers
+    of 256, automatic entropy tuning. The selection period, the pruning
+    speeds and the PolyPruneSAC schedule are unpublished for MuJoCo; their
+    defaults are this project's choices.
+
+    Example:
+        >>> cfg = load_config(SACConfig, overrides=["env=Hopper-v5", "num_members=3"])
+        >>> cfg.env, cfg.members, cfg.hidden_sizes, cfg.run_key
+        ('Hopper-v5', 3, (256, 256), 'Hopper-v5-eaudesac-256x2-seed0')
+    """
+
+    method: str = _f(
+        "eaudesac", "eaudesac | polyprune | sac", choices=("eaudesac", "polyprune", "sac")
+    )
+    env: str = _f("HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space")
+    seed: int = _f(0, "random seed (torch, numpy, env)", min=0)
+    env_steps: int = _f(1_000_000, "env steps in total", min=1)
+    # EauDeSAC
+    num_members: int = _f(5, "K actor and K critic members (eaudesac)", min=1)
+    selection_period: int = _f(1000, "env steps between member selections (eaudesac)", min=1)
+    max_speed: float = _f(0.01, "fastest pruning speed per selection", min=0.0, max=1.0)
+    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
+    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
+    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
+    reset_optimizer: bool = _f(True, "reset Adam state of the members at each selection")
+    hard_copy_on_selection: bool = _f(
+        False, "copy the critic winner into the target at selections (else Polyak only)"
+    )
+    # PolyPruneSAC
+    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
+    prune_start: int = _f(200_000, "polyprune schedule start (env steps)", min=0)
+    prune_end: int = _f(800_000, "polyprune schedule end (env steps)", min=1)
+    prune_every: int = _f(1000, "polyprune mask update interval (env steps)", min=1)
+    # SAC
+    lr: float = _f(3e-4, "Adam learning rate (actor, critics, alpha)", min=0.0)
+    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
+    batch_size: int = _f(256, "replay batch size", min=1)
+    buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
+    learning_starts: int = _f(5000, "uniformly random env steps before learning", min=0)
+    train_freq: int = _f(1, "env steps per gradient step", min=1)
+    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
+    tau: float = _f(0.005, "Polyak coefficient of the target critic, in (0, 1]")
+    hidden: int = _f(256, "width of every hidden layer (actor and critics)", min=1)
+    depth: int = _f(2, "hidden layers per network", min=1)
+    loss_function: str = _f(
+        "l2", "critic loss: l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1")
+    )
+    alpha_init: float = _f(1.0, "initial entropy coefficient", min=1e-12)
+    fixed_alpha: bool = _f(False, "keep alpha at alpha_init (no entropy tuning)")
+    target_entropy: str = _f("auto", "auto (-action_dim) or a number")
+    # environment
+    max_episode_steps: int = _f(1000, "step cap per training episode", min=1)
+    # evaluation
+    eval_every: int = _f(50_000, "env steps between evaluations (0: only at the end)", min=0)
+    eval_episodes: int = _f(10, "episodes per evaluation (deterministic selected actor)", min=1)
+    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
+    eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
+    # tracking, checkpoints, registry
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
+    experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name")
+    run_name: str = _f("", "MLflow run name (empty: generated)")
+    log_every: int = _f(1000, "env steps between metric logs", min=1)
+    register_name: str = _f(
+        "", "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)"
+    )
+    register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
+    checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
+    # compute
+    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
+    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
+    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    progress_bar: bool = _f(True, "show the progress bar")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau: must be in (0, 1], got {self.tau!r}")
+        if self.target_entropy != "auto":
+            try:
+                float(self.target_entropy)
+            except ValueError:
+                raise ConfigError(
+                    f"target_entropy: expected auto or a number, got {self.target_entropy!r}"
+                ) from None
+        if self.prune_end <= self.prune_start:
+            raise ConfigError(
+                f"prune_end: must be greater than prune_start ({self.prune_start}), "
+                f"got {self.prune_end}"
+            )
+        if self.selection_period % self.train_freq:
+            raise ConfigError(
+                f"selection_period: must be a multiple of train_freq ({self.train_freq}), "
+                f"got {self.selection_period}"
+            )
+
+    @property
+    def members(self) -> int:
+        """Members actually used: K for eaudesac, 1 for the baselines."""
+        return self.num_members if self.method == "eaudesac" else 1
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """Hidden widths of every MLP (actor and each Q network)."""
+        return (self.hidden,) * self.depth
+
+    @property
+    def target_entropy_value(self) -> str | float:
+        """``"auto"`` or the number, as :class:`~torchrl_eaudeqn.EauDeSACLoss` takes it."""
+        return "auto" if self.target_entropy == "auto" else float(self.target_entropy)
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name of the selected actor."""
+        return self.register_name or f"eaudesac-{self.run_key.rsplit('-seed', 1)[0]}"
+
+    @property
+    def run_key(self) -> str:
+        """Names the run's checkpoint directory and its default MLflow run name."""
+        return f"{self.env}-{self.method}-{self.hidden}x{self.depth}-seed{self.seed}"
 
 
 def _validate(cfg: Any) -> None:

@@ -1,4 +1,4 @@
-"""Environment factories: Dopamine-style Atari and small discrete Gymnasium tasks.
+"""Environment factories: Dopamine-style Atari, continuous control (MuJoCo), small discrete tasks.
 
 Both factories return a TorchRL :class:`~torchrl.envs.EnvBase` whose outputs
 any TorchRL collector, loss or replay buffer reads unchanged. Every argument is
@@ -30,6 +30,7 @@ import torch
 from torchrl.envs import (
     CatFrames,
     Compose,
+    DoubleToFloat,
     EnvBase,
     GymEnv,
     GymWrapper,
@@ -45,11 +46,14 @@ from torchrl.envs import (
 
 __all__ = [
     "SCORE_REWARD_KEY",
+    "action_space_kind",
     "atari_game_ids",
     "make_atari_env",
     "make_atari_gym_env",
+    "make_continuous_env",
     "make_control_env",
     "resolve_atari_game",
+    "resolve_continuous_env",
 ]
 
 #: Key of the raw (unclipped) game reward written by :func:`make_atari_env`.
@@ -409,7 +413,7 @@ def make_atari_gym_env(
     Example:
         >>> env = make_atari_gym_env("Pong")
         >>> frame, _ = env.reset(seed=0)
-        >>> frame.shape, frame.dtype.name, env.action_space.n
+        >>> frame.shape, frame.dtype.name, int(env.action_space.n)
         ((84, 84), 'uint8', 6)
     """
     name, _ = _check_atari_args(game, frame_skip, sticky_actions, max_episode_steps, noop_max)
@@ -506,6 +510,152 @@ def make_control_env(
 
     base = functools.partial(_control_base, env_id, max_episode_steps, categorical_action_encoding)
     env = _batched(base, Compose(RewardSum(), StepCounter()), num_envs, parallel, dev)
+    if seed is not None:
+        env.set_seed(seed)
+    return env
+
+
+# --------------------------------------------------------------------------- continuous
+def action_space_kind(env_id: str) -> str:
+    """``"discrete"``, ``"continuous"`` or ``"other"``: the action space of a Gymnasium id.
+
+    Builds the bare Gymnasium env once to read its action space (MuJoCo
+    loads its model in well under a second). ``ALE/...`` ids are
+    ``"discrete"`` without building anything.
+
+    Args:
+        env_id: a registered Gymnasium id.
+
+    Raises:
+        ValueError: the id is not registered.
+
+    Example:
+        >>> action_space_kind("Pendulum-v1"), action_space_kind("CartPole-v1")
+        ('continuous', 'discrete')
+    """
+    import gymnasium as gym
+
+    if isinstance(env_id, str) and env_id.startswith("ALE/"):
+        return "discrete"
+    if not isinstance(env_id, str) or env_id not in gym.registry:
+        raise ValueError(f"unknown Gymnasium env id {env_id!r}")
+    probe = gym.make(env_id)
+    try:
+        space = probe.action_space
+    finally:
+        probe.close()
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return "discrete"
+    if isinstance(space, gym.spaces.Box) and space.dtype.kind == "f":
+        return "continuous"
+    return "other"
+
+
+def resolve_continuous_env(env_id: str) -> str:
+    """Check a continuous-control task id (e.g. ``"Hopper-v5"``) and return it.
+
+    Args:
+        env_id: a registered Gymnasium id with a ``Box`` action space.
+
+    Returns:
+        ``env_id`` unchanged.
+
+    Raises:
+        ValueError: unknown id (with close matches), an Atari game, or an env
+            whose actions are not continuous (SAC needs a ``Box``); one line.
+
+    Example:
+        >>> resolve_continuous_env("Pendulum-v1")
+        'Pendulum-v1'
+        >>> try:
+        ...     resolve_continuous_env("CartPole-v1")
+        ... except ValueError as err:
+        ...     print(err)
+        env id 'CartPole-v1' has discrete actions; SAC needs continuous ones: use the DQN recipe
+    """
+    import gymnasium as gym
+
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env id must be a non-empty str such as 'Hopper-v5', got {env_id!r}")
+    if env_id.startswith("ALE/") or env_id not in gym.registry:
+        atari = False
+        try:
+            _resolve_game(env_id)
+            atari = True
+        except (ValueError, ImportError):
+            pass
+        if atari:
+            raise ValueError(
+                f"env id {env_id!r} is an Atari game with discrete actions; use the DQN recipe "
+                "(recipes/atari_dqn.py)"
+            )
+        ids = [k for k in gym.registry if not k.startswith("ALE/")]
+        close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown Gymnasium env id {env_id!r}{hint}")
+    kind = action_space_kind(env_id)
+    if kind == "discrete":
+        raise ValueError(
+            f"env id {env_id!r} has discrete actions; SAC needs continuous ones: use the DQN recipe"
+        )
+    if kind != "continuous":
+        raise ValueError(f"env id {env_id!r}: SAC needs a continuous (float Box) action space")
+    return env_id
+
+
+def _continuous_base(env_id: str, max_episode_steps: int | None, device: torch.device) -> EnvBase:
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    return GymEnv(env_id, device=device, **kwargs)
+
+
+def make_continuous_env(
+    env_id: str,
+    *,
+    seed: int | None = None,
+    max_episode_steps: int | None = None,
+    num_envs: int = 1,
+    device: str | torch.device = "cpu",
+    parallel: bool | None = None,
+) -> EnvBase:
+    """A continuous-control task (MuJoCo ``HalfCheetah-v5``, ``Hopper-v5``, ...) for SAC.
+
+    TorchRL's :class:`~torchrl.envs.GymEnv` with :class:`~torchrl.envs.DoubleToFloat`
+    (MuJoCo observations are float64; the networks and the replay use
+    float32), :class:`~torchrl.envs.RewardSum` (``episode_reward``) and
+    :class:`~torchrl.envs.StepCounter` (``step_count``). ``truncated`` marks
+    the step cap, ``terminated`` a real end (a fall): SAC bootstraps through
+    the first, not the second.
+
+    Args:
+        env_id: a registered Gymnasium id with a ``Box`` action space; see
+            :func:`resolve_continuous_env`.
+        seed: env seed (workers get ``seed + i``).
+        max_episode_steps: overrides the registered step cap; ``None`` keeps it.
+        num_envs: > 1 returns a batched env of that many copies.
+        device: device of the returned tensors.
+        parallel: as in :func:`make_atari_env`.
+
+    Returns:
+        A TorchRL env; batch size ``[]`` or ``[num_envs]``.
+
+    Raises:
+        ValueError: unknown id, discrete actions, or another invalid argument.
+
+    Example:
+        >>> env = make_continuous_env("HalfCheetah-v5", seed=0, max_episode_steps=3)
+        >>> td = env.rollout(5, break_when_any_done=False)
+        >>> td["observation"].dtype, td["action"].shape, td["next", "step_count"][:, 0].tolist()
+        (torch.float32, torch.Size([5, 6]), [1, 2, 3, 1, 2])
+    """
+    resolve_continuous_env(env_id)
+    _check_int("seed", seed, minimum=0, allow_none=True)
+    _check_int("max_episode_steps", max_episode_steps, minimum=1, allow_none=True)
+    _check_int("num_envs", num_envs, minimum=1)
+    _check_bool("parallel", parallel, allow_none=True)
+    dev = _check_device(device)
+    base = functools.partial(_continuous_base, env_id, max_episode_steps)
+    transforms = Compose(DoubleToFloat(), RewardSum(), StepCounter())
+    env = _batched(base, transforms, num_envs, parallel, dev)
     if seed is not None:
         env.set_seed(seed)
     return env

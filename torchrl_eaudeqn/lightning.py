@@ -1,16 +1,27 @@
-"""Lightning training for EauDeQN and its baselines (Atari).
+"""Lightning training for EauDeQN (Atari) and EauDeSAC (MuJoCo) and their baselines.
 
 * :class:`TargetSelectionCallback`: the updater as a Lightning callback
   (``updater.step`` after every gradient step; its state in checkpoints).
-* :class:`DQNLightningModule`: the online loop with manual optimisation.
+  DQN and SAC updaters alike.
+* :class:`OnlineRLModule`: what the online recipes share: the env-step
+  budget, one gradient step per ``train_freq`` env steps, episode counters,
+  periodic metric logging, the evaluation schedule and the checkpoint
+  extras (config, counters, RNG states, MLflow run id, evaluation results).
+* :class:`DQNLightningModule`: the Atari loop with manual optimisation.
   Each ``training_step`` collects ``train_freq`` env steps (epsilon-greedy on
   the acting member), stores them in the frame replay, and, once
   ``learning_starts`` steps are in, takes one gradient step on a replay
-  batch. ``collector: overlapped`` (default) collects with
-  :class:`~torchrl_eaudeqn.collectors.AtariCollector` in a worker thread
-  while the learner runs its forward and backward passes;
-  ``collector: torchrl`` uses TorchRL's ``Collector`` on
-  :func:`~torchrl_eaudeqn.envs.make_atari_env`, sequentially.
+  batch. ``collector: lean`` (default) collects with
+  :class:`~torchrl_eaudeqn.collectors.AtariCollector` (the Gymnasium env and
+  the plain member network, no TensorDict on the hot path), in a worker
+  thread beside the learner's forward and backward passes when
+  ``overlap`` says so; ``collector: torchrl`` uses TorchRL's ``Collector``
+  on :func:`~torchrl_eaudeqn.envs.make_atari_env`.
+* :class:`SACLightningModule`: the MuJoCo loop: TorchRL ``Collector`` on
+  :func:`~torchrl_eaudeqn.envs.make_continuous_env` acting with the selected
+  actor member, TorchRL ``ReplayBuffer`` (``LazyTensorStorage``, uniform),
+  :class:`~torchrl_eaudeqn.EauDeSACLoss`, one gradient step per
+  ``train_freq`` env steps, evaluation with the deterministic selected actor.
 * :class:`MLflowMetrics`: buffered metric logging keyed by env step.
 """
 
@@ -19,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -31,32 +43,57 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule
 
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
-from .config import AtariConfig
+from .config import AtariConfig, SACConfig
 from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
 from .objectives import EauDeQNLoss
 from .replay import FrameReplayBuffer
+from .sac import (
+    EauDeSACLoss,
+    MaskedEnsembleTanhGaussianActor,
+    MaskedEnsembleTwinQ,
+    PolyPruneSACUpdater,
+    SACTargetSelectionUpdater,
+)
 from .sparsity import make_speed_policy, sparsity_stats
 from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 
-__all__ = ["DQNLightningModule", "MLflowMetrics", "TargetSelectionCallback", "build_updater"]
+__all__ = [
+    "DQNLightningModule",
+    "MLflowMetrics",
+    "OnlineRLModule",
+    "SACLightningModule",
+    "TargetSelectionCallback",
+    "build_sac_updater",
+    "build_updater",
+]
+
+#: Per-member loss keys a SAC updater reads (``training_step`` returns them as ``member_losses``).
+SAC_MEMBER_LOSS_KEYS = ("loss_actor_per_member", "loss_qvalue_per_member")
 
 
 class TargetSelectionCallback(L.Callback):
     """Runs a target updater after every gradient step of a LightningModule.
 
-    The module's ``training_step`` returns a dict with ``loss_per_member``
-    when it took a gradient step (and ``None`` otherwise); the callback
-    passes it to ``updater.step``. The updater's state (sums, history,
-    counters) is saved in and restored from Lightning checkpoints.
+    The module's ``training_step`` returns, when it took a gradient step, a
+    dict with ``loss_per_member`` (DQN updaters: a ``[K]`` tensor) or
+    ``member_losses`` (SAC updaters: a TensorDict with
+    ``loss_actor_per_member`` and ``loss_qvalue_per_member``), and ``None``
+    otherwise; the callback passes it to ``updater.step``. The updater's
+    state (sums, history, counters) is saved in and restored from Lightning
+    checkpoints.
 
     Args:
-        updater: a :class:`~torchrl_eaudeqn.TargetSelectionUpdater` or
-            :class:`~torchrl_eaudeqn.PolyPruneUpdater`.
+        updater: a :class:`~torchrl_eaudeqn.TargetSelectionUpdater`,
+            :class:`~torchrl_eaudeqn.PolyPruneUpdater`,
+            :class:`~torchrl_eaudeqn.SACTargetSelectionUpdater` or
+            :class:`~torchrl_eaudeqn.PolyPruneSACUpdater`.
         on_update: optional ``fn(history_entry)`` called after each target update.
 
     Example:
@@ -73,7 +110,10 @@ class TargetSelectionCallback(L.Callback):
 
     def __init__(
         self,
-        updater: TargetSelectionUpdater | PolyPruneUpdater,
+        updater: TargetSelectionUpdater
+        | PolyPruneUpdater
+        | SACTargetSelectionUpdater
+        | PolyPruneSACUpdater,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.updater = updater
@@ -82,10 +122,13 @@ class TargetSelectionCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not outputs or "loss_per_member" not in outputs:
+        if not outputs:
+            return
+        losses = outputs.get("loss_per_member", outputs.get("member_losses"))
+        if losses is None:
             return
         n_before = len(self.updater.history)
-        self.updater.step(outputs["loss_per_member"])
+        self.updater.step(losses)
         if self.on_update is not None:
             for entry in self.updater.history[n_before:]:
                 self.on_update(entry)
@@ -132,6 +175,61 @@ def build_updater(
     )
 
 
+def build_sac_updater(
+    cfg: SACConfig, loss: EauDeSACLoss, optimizer: torch.optim.Optimizer
+) -> SACTargetSelectionUpdater | PolyPruneSACUpdater:
+    """The SAC config's updater; periods given in env steps become gradient steps.
+
+    * ``eaudesac``: :class:`~torchrl_eaudeqn.SACTargetSelectionUpdater`, selection
+      every ``selection_period`` env steps, the same speed policy (separate
+      objects) for critics and actors;
+    * ``polyprune``: :class:`~torchrl_eaudeqn.PolyPruneSACUpdater`, schedule
+      counted from the first gradient step;
+    * ``sac``: one member each, zero speeds, Adam state kept (dense SAC).
+    """
+    per = cfg.train_freq
+    if cfg.method == "polyprune":
+        return PolyPruneSACUpdater(
+            loss,
+            optimizer,
+            tau=cfg.tau,
+            final_sparsity=cfg.final_sparsity,
+            start=max(0, (cfg.prune_start - cfg.learning_starts) // per),
+            end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
+            prune_every=max(1, cfg.prune_every // per),
+            scope=cfg.prune_scope,
+        )
+    period = max(1, cfg.selection_period // per)
+    if cfg.method == "sac":
+        return SACTargetSelectionUpdater(
+            loss,
+            optimizer,
+            period=period,
+            tau=cfg.tau,
+            speed_policy=make_speed_policy("grid", max_speed=0.0),
+            reset_optimizer=False,
+        )
+
+    def policy(seed: int):
+        kwargs = {"max_speed": cfg.max_speed}
+        if cfg.speed_policy == "noisy":
+            kwargs.update(max_noise=cfg.max_noise, seed=seed)
+        return make_speed_policy(cfg.speed_policy, **kwargs)
+
+    return SACTargetSelectionUpdater(
+        loss,
+        optimizer,
+        period=period,
+        tau=cfg.tau,
+        speed_policy=policy(cfg.seed),
+        # Its own random stream: the actor's speeds are drawn independently.
+        actor_speed_policy=policy(cfg.seed + 1),
+        scope=cfg.prune_scope,
+        reset_optimizer=cfg.reset_optimizer,
+        hard_copy_on_selection=cfg.hard_copy_on_selection,
+    )
+
+
 class MLflowMetrics:
     """Buffers ``(key, value, env_step)`` and writes them in one ``log_batch`` call.
 
@@ -167,7 +265,7 @@ class MLflowMetrics:
 class _StepStream(IterableDataset):
     """Yields until the module has collected its env-step budget (resume-aware)."""
 
-    def __init__(self, module: DQNLightningModule) -> None:
+    def __init__(self, module: OnlineRLModule) -> None:
         self.module = module
 
     def __iter__(self) -> Iterator[int]:
@@ -179,7 +277,235 @@ class _StepStream(IterableDataset):
         return max(0, math.ceil((cfg.env_steps - self.module.env_steps) / cfg.train_freq))
 
 
-class DQNLightningModule(L.LightningModule):
+class OnlineRLModule(L.LightningModule):
+    """Base of the online recipes: budget, credit, counters, logging, evaluation, checkpoints.
+
+    One ``training_step`` = ``train_freq`` env steps of credit and at most one
+    gradient step; the "dataset" yields until ``cfg.env_steps`` env steps are
+    collected, so a resumed run continues where it stopped. Subclasses
+    build the networks, the loss, ``optimizer``, ``updater`` and ``replay``
+    in ``__init__`` and implement:
+
+    * :meth:`collect_and_learn`: spend the credit on env steps (store them,
+      call :meth:`_episode_end` for finished episodes), then take one
+      gradient step when :meth:`_learning`; return what the updater callback
+      reads (see :class:`TargetSelectionCallback`) or ``None``;
+    * :meth:`evaluate` and :meth:`evaluate_random_baseline`;
+    * :meth:`_log_metrics`: metrics of the current state, and what the
+      progress bar shows;
+    * optionally :meth:`_start_collection` / :meth:`_stop_collection`,
+      :meth:`_checkpoint_extras` / :meth:`_load_checkpoint_extras`.
+
+    Config fields read here: ``env_steps``, ``train_freq``, ``learning_starts``,
+    ``batch_size``, ``buffer_size``, ``log_every``, ``eval_every``,
+    ``eval_episodes``, ``eval_random_baseline``.
+
+    Args:
+        cfg: a validated config dataclass (:class:`~torchrl_eaudeqn.config.AtariConfig`,
+            :class:`~torchrl_eaudeqn.config.SACConfig`).
+        env_fn: builds training and evaluation envs (keyword arguments are
+            the subclass's business).
+        metrics: where metrics go (an :class:`MLflowMetrics`), or ``None``.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Cfg:
+        ...     env_steps: int = 8
+        ...     train_freq: int = 2
+        >>> class Counter(OnlineRLModule):
+        ...     def collect_and_learn(self):
+        ...         self.env_steps += self._credit
+        ...         self._credit = 0
+        >>> module = Counter(Cfg(), env_fn=None)
+        >>> len(module.train_dataloader().dataset), module.env_steps
+        (4, 0)
+    """
+
+    #: Metric key of an episode's return (``_episode_end``).
+    episode_metric = "episode_score"
+    #: Key under ``"next"`` holding the running return (TorchRL ``RewardSum``).
+    episode_return_key = "episode_score"
+    #: Progress-bar name of the last episode's return.
+    progress_return_name = "score"
+
+    def __init__(self, cfg: Any, env_fn: Callable[..., EnvBase], metrics: Any = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.env_fn = env_fn
+        self.metrics = metrics or MLflowMetrics(None, None)
+        self.automatic_optimization = False
+        self.env_steps = 0
+        self.episodes = 0
+        self.last_score = float("nan")
+        self._credit = 0
+        self._scores: list[float] = []
+        self._clock = (time.perf_counter(), 0)
+        self._last_log = 0
+        self._last_eval = 0
+        # A dict, not an attribute: an env is an nn.Module and would otherwise
+        # put its transform buffers into the checkpoint's state_dict.
+        self._envs: dict[str, EnvBase] = {}
+        self.eval_results: list[dict[str, float]] = []
+
+    # ------------------------------------------------------- subclass hooks
+    def collect_and_learn(self) -> dict[str, Any] | None:
+        """Spend ``self._credit`` on env steps, then at most one gradient step."""
+        raise NotImplementedError
+
+    def evaluate(self, episodes: int, **kwargs: Any) -> dict[str, float]:
+        """Play ``episodes`` evaluation episodes; log and return the results."""
+        raise NotImplementedError
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        """Score a uniformly random policy the way :meth:`evaluate` scores the agent."""
+        raise NotImplementedError
+
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        """Add metrics at ``step``; return extra progress-bar entries."""
+        return {}
+
+    def _start_collection(self) -> None:
+        """Build collectors (called at the start of every fit, after device placement)."""
+
+    def _stop_collection(self) -> None:
+        """Release collectors at the end of a fit."""
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        """Extra entries of the checkpoint's ``"eaudeqn"`` section."""
+        return {}
+
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
+        """Read back what :meth:`_checkpoint_extras` wrote."""
+
+    # ------------------------------------------------------------ plumbing
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_StepStream(self), batch_size=None)
+
+    def on_train_start(self) -> None:
+        self._start_collection()
+        if self.cfg.eval_random_baseline and self.env_steps == 0:
+            self.evaluate_random_baseline()
+        self._clock = (time.perf_counter(), self.env_steps)
+
+    def on_train_epoch_end(self) -> None:
+        # Epochs carry no meaning here (the budget is env steps); stopping on
+        # the budget lets a resumed run continue whatever epoch it was saved in.
+        if self.env_steps >= self.cfg.env_steps:
+            self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        self.metrics.flush()
+        self._stop_collection()
+
+    # ------------------------------------------------------------ training
+    def _learning(self) -> bool:
+        cfg = self.cfg
+        # After a resume the replay starts empty (its contents are not in the
+        # checkpoint): learning waits until it holds learning_starts again.
+        warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
+        return self.env_steps >= cfg.learning_starts and len(self.replay) >= warm
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
+        cfg = self.cfg
+        # One call = ``train_freq`` env steps of credit and at most one gradient
+        # step. With vectorised envs a batch holds ``num_envs`` steps per env
+        # step, so a batch can pay for several calls: the ratio of one gradient
+        # step per ``train_freq`` env steps holds for any ``num_envs``.
+        self._credit += cfg.train_freq
+        out = self.collect_and_learn()
+        if self.env_steps - self._last_log >= cfg.log_every:
+            self._log_progress()
+        if cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every:
+            self._last_eval = self.env_steps
+            self.evaluate(cfg.eval_episodes)
+        return out
+
+    def _episode_end(self, score: float, length: int) -> None:
+        self.episodes += 1
+        self.last_score = float(score)
+        self._scores.append(float(score))
+        self.metrics.add(self.episode_metric, score, self.env_steps)
+        self.metrics.add("episode_length", length, self.env_steps)
+
+    def _record_episodes(self, data: TensorDictBase) -> None:
+        """Episodes that ended in a flat batch of collected steps (TorchRL keys)."""
+        done = data.get(("next", "done")).reshape(-1)
+        if done.any():
+            scores = data.get(("next", self.episode_return_key)).reshape(-1)[done]
+            steps = data.get(("next", "step_count")).reshape(-1)[done]
+            for score, length in zip(scores.tolist(), steps.tolist(), strict=True):
+                self._episode_end(score, length)
+
+    def _log_progress(self) -> None:
+        now = time.perf_counter()
+        t0, s0 = self._clock
+        sps = (self.env_steps - s0) / max(now - t0, 1e-9)
+        self._clock = (now, self.env_steps)
+        self._last_log = self.env_steps
+        self.metrics.add("steps_per_sec", sps, self.env_steps)
+        bar = self._log_metrics(self.env_steps)
+        self.metrics.flush()
+        self.log_dict(
+            {
+                "env_steps": float(self.env_steps),
+                "sps": sps,
+                self.progress_return_name: self.last_score,
+                **bar,
+            },
+            prog_bar=True,
+            logger=False,
+            on_step=True,
+        )
+
+    def _record_eval(self, result: dict[str, float]) -> dict[str, float]:
+        for key, value in result.items():
+            self.metrics.add(key, value, self.env_steps)
+        self.metrics.flush()
+        self.eval_results.append({"env_steps": self.env_steps, **result})
+        return result
+
+    # --------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["eaudeqn"] = {
+            "config": dataclasses.asdict(self.cfg),
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "last_score": self.last_score,
+            "credit": self._credit,
+            "last_log": self._last_log,
+            "last_eval": self._last_eval,
+            "eval_results": list(self.eval_results),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                # Plain tensors and lists, so the checkpoint loads with
+                # torch.load(weights_only=True).
+                "numpy": _numpy_state_to_plain(np.random.get_state()),
+                "python": _python_state_to_plain(random.getstate()),
+            },
+            "mlflow_run_id": self.metrics.run_id,
+            **self._checkpoint_extras(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["eaudeqn"]
+        self.env_steps = int(state["env_steps"])
+        self.episodes = int(state["episodes"])
+        self.last_score = float(state["last_score"])
+        self._credit = int(state["credit"])
+        self._last_log = int(state["last_log"])
+        self._last_eval = int(state["last_eval"])
+        self.eval_results = list(state["eval_results"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_numpy_state_from_plain(state["rng"]["numpy"]))
+        random.setstate(_python_state_from_plain(state["rng"]["python"]))
+        self._load_checkpoint_extras(state)
+
+
+class DQNLightningModule(OnlineRLModule):
     """EauDeQN, PolyPruneQN or DQN on one Atari game, trained online.
 
     Args:
@@ -205,11 +531,7 @@ class DQNLightningModule(L.LightningModule):
         env_fn: Callable[..., EnvBase],
         metrics: MLflowMetrics | None = None,
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.env_fn = env_fn
-        self.metrics = metrics or MLflowMetrics(None, None)
-        self.automatic_optimization = False
+        super().__init__(cfg, env_fn, metrics)
         probe = env_fn(seed=cfg.seed, num_envs=1, eval=True)
         action_spec = probe.action_spec
         if action_spec.ndim > 1:
@@ -247,41 +569,19 @@ class DQNLightningModule(L.LightningModule):
             action_encoding="one_hot",
             n_actions=self.n_actions,
         )
-        self.env_steps = 0
-        self.episodes = 0
-        self.last_score = float("nan")
-        self._credit = 0
         self._member_losses: list[torch.Tensor] = []
-        self._scores: list[float] = []
         self._collector: Collector | None = None
         self._iter: Iterator[TensorDictBase] | None = None
         self._fast: AtariCollector | None = None
         self._fast_state: dict[str, Any] | None = None
         self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
-        self._clock = (time.perf_counter(), 0)
-        self._last_log = 0
-        self._last_eval = 0
-        # A dict, not an attribute: an env is an nn.Module and would otherwise
-        # put its transform buffers into the checkpoint's state_dict.
-        self._envs: dict[str, EnvBase] = {}
-        self.eval_results: list[dict[str, float]] = []
 
     # ------------------------------------------------------------ plumbing
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_StepStream(self), batch_size=None)
-
-    def on_train_start(self) -> None:
-        cfg = self.cfg
-        if cfg.collector == "overlapped":
+    def _start_collection(self) -> None:
+        if self.cfg.collector == "lean":
             self._start_fast_collector()
         else:
             self._start_torchrl_collector()
-        if cfg.eval_random_baseline and self.env_steps == 0:
-            self.evaluate(cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
-        self._clock = (time.perf_counter(), self.env_steps)
 
     def _start_fast_collector(self) -> None:
         cfg = self.cfg
@@ -298,9 +598,27 @@ class DQNLightningModule(L.LightningModule):
             self.n_actions,
             seed=cfg.seed + self.env_steps,
             device=self.device,
+            threaded=self.overlap,
         )
         if self._fast_state is not None:
             self._fast.load_state_dict(self._fast_state)
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the lean collector runs in a thread beside the learner.
+
+        ``auto`` turns it on with a GPU learner or with cores to spare. On the
+        2-core CPU machines it loses: the learner's OpenMP team uses both
+        cores, and a third busy thread makes every parallel region wait for
+        the descheduled one (dense DQN, Breakout: 0.75-0.78 of the learner
+        bound overlapped vs 0.79 sequential; docs/benchmarks.md).
+        """
+        mode = self.cfg.overlap
+        if mode != "auto":
+            return mode == "true"
+        if self.device.type == "cuda":
+            return True
+        return (os.cpu_count() or 1) >= torch.get_num_threads() + 2
 
     def _acting_network(self) -> torch.nn.Module:
         """The selected member as a plain module aliasing its parameters (cached)."""
@@ -338,14 +656,7 @@ class DQNLightningModule(L.LightningModule):
         )
         self._iter = iter(self._collector)
 
-    def on_train_epoch_end(self) -> None:
-        # Epochs carry no meaning here (the budget is env steps); stopping on
-        # the budget lets a resumed run continue whatever epoch it was saved in.
-        if self.env_steps >= self.cfg.env_steps:
-            self.trainer.should_stop = True
-
-    def on_train_end(self) -> None:
-        self.metrics.flush()
+    def _stop_collection(self) -> None:
         if self._collector is not None:
             self._collector.shutdown()
             self._collector = None
@@ -355,41 +666,28 @@ class DQNLightningModule(L.LightningModule):
             self._fast = None
 
     # ------------------------------------------------------------ training
-    def _learning(self) -> bool:
-        cfg = self.cfg
-        # After a resume the replay starts empty (its contents are not in the
-        # checkpoint): learning waits until it holds learning_starts again.
-        warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
-        return self.env_steps >= cfg.learning_starts and len(self.replay) >= warm
-
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
-        cfg = self.cfg
-        # One call = ``train_freq`` env steps of credit and at most one gradient
-        # step. With vectorised envs a batch holds ``num_envs`` steps per env
-        # step, so a batch can pay for several calls: the ratio of one gradient
-        # step per ``train_freq`` env steps holds for any ``num_envs``.
-        self._credit += cfg.train_freq
+    def collect_and_learn(self) -> dict[str, torch.Tensor] | None:
         if self._fast is not None:
-            out = self._overlapped_step()
-        else:
-            out = self._sequential_step()
-        if self.env_steps - self._last_log >= cfg.log_every:
-            self._log_progress()
-        if cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every:
-            self._last_eval = self.env_steps
-            self.evaluate(cfg.eval_episodes)
-        return out
+            return self._lean_step()
+        return self._sequential_step()
 
-    def _overlapped_step(self) -> dict[str, torch.Tensor] | None:
+    def _lean_step(self) -> dict[str, torch.Tensor] | None:
+        overlap = self._fast.threaded
         learn = self._learning()
         n = self.cfg.num_envs
-        if self._credit > 0:
+        collecting = self._credit > 0
+        if collecting:
             step0 = self.env_steps
             self._fast.submit(
                 -(-self._credit // n),
                 lambda t: self.epsilon(step0 + t * n),
                 network=self._acting_network(),
             )
+            if not overlap:
+                # Sequential: the new steps are in the replay before sampling.
+                self._store(self._fast.result())
+                collecting = False
+                learn = self._learning()
         losses = None
         if learn:
             # Forward and backward only read the parameters, so the worker can
@@ -398,7 +696,7 @@ class DQNLightningModule(L.LightningModule):
             opt = self.optimizers()
             opt.zero_grad()
             self.manual_backward(losses["loss"])
-        if self._credit > 0:
+        if collecting:
             self._store(self._fast.result())
         if losses is None:
             return None
@@ -423,13 +721,6 @@ class DQNLightningModule(L.LightningModule):
         for _, score, length in steps.episodes:
             self._episode_end(score, length)
 
-    def _episode_end(self, score: float, length: int) -> None:
-        self.episodes += 1
-        self.last_score = float(score)
-        self._scores.append(float(score))
-        self.metrics.add("episode_score", score, self.env_steps)
-        self.metrics.add("episode_length", length, self.env_steps)
-
     def _sequential_step(self) -> dict[str, torch.Tensor] | None:
         cfg = self.cfg
         while self._credit > 0:
@@ -453,24 +744,10 @@ class DQNLightningModule(L.LightningModule):
         self._member_losses.append(losses["loss_per_member"])
         return {"loss_per_member": losses["loss_per_member"]}
 
-    def _record_episodes(self, data: TensorDictBase) -> None:
-        done = data.get(("next", "done")).reshape(-1)
-        if done.any():
-            scores = data.get(("next", "episode_score")).reshape(-1)[done]
-            steps = data.get(("next", "step_count")).reshape(-1)[done]
-            for score, length in zip(scores.tolist(), steps.tolist(), strict=True):
-                self._episode_end(score, length)
-
-    def _log_progress(self) -> None:
-        now = time.perf_counter()
-        t0, s0 = self._clock
-        sps = (self.env_steps - s0) / max(now - t0, 1e-9)
-        self._clock = (now, self.env_steps)
-        self._last_log = self.env_steps
-        m, step = self.metrics, self.env_steps
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        m = self.metrics
         sparsity = self.actor.sparsity()
-        m.add("steps_per_sec", sps, step)
-        eps = self.epsilon() if self.cfg.collector == "overlapped" else float(self.explore.eps)
+        eps = self.epsilon() if self.cfg.collector == "lean" else float(self.explore.eps)
         m.add("epsilon", eps, step)
         for k, s in enumerate(sparsity.tolist()):
             m.add(f"sparsity/member_{k}", s, step)
@@ -489,19 +766,7 @@ class DQNLightningModule(L.LightningModule):
         history = self.updater.history
         selected = history[-1].get("selected", 0) if history else 0
         m.add("selected_member", selected, step)
-        m.flush()
-        self.log_dict(
-            {
-                "env_steps": float(self.env_steps),
-                "sps": sps,
-                "score": self.last_score,
-                "sparsity": float(sparsity[self.actor.selected]),
-                "sel": float(selected),
-            },
-            prog_bar=True,
-            logger=False,
-            on_step=True,
-        )
+        return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -526,54 +791,238 @@ class DQNLightningModule(L.LightningModule):
                     cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
                 )
                 scores.append(float(td.get(("next", "score_reward")).sum()))
-        result = {
-            f"{prefix}/score_mean": float(np.mean(scores)),
-            f"{prefix}/score_std": float(np.std(scores)),
-            f"{prefix}/episodes": float(len(scores)),
-        }
-        for key, value in result.items():
-            self.metrics.add(key, value, self.env_steps)
-        self.metrics.flush()
-        self.eval_results.append({"env_steps": self.env_steps, **result})
-        return result
+        return self._record_eval(
+            {
+                f"{prefix}/score_mean": float(np.mean(scores)),
+                f"{prefix}/score_std": float(np.std(scores)),
+                f"{prefix}/episodes": float(len(scores)),
+            }
+        )
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        return self.evaluate(self.cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
 
     # --------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["eaudeqn"] = {
-            "config": dataclasses.asdict(self.cfg),
-            "env_steps": self.env_steps,
-            "episodes": self.episodes,
-            "last_score": self.last_score,
-            "credit": self._credit,
-            "last_log": self._last_log,
-            "last_eval": self._last_eval,
-            "eval_results": list(self.eval_results),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                # Plain tensors and lists, so the checkpoint loads with
-                # torch.load(weights_only=True).
-                "numpy": _numpy_state_to_plain(np.random.get_state()),
-                "python": _python_state_to_plain(random.getstate()),
-            },
-            "mlflow_run_id": self.metrics.run_id,
-        }
+    def _checkpoint_extras(self) -> dict[str, Any]:
         fast = self._fast.state_dict() if self._fast is not None else self._fast_state
-        if fast is not None:
-            checkpoint["eaudeqn"]["collector_rng"] = fast
+        return {} if fast is None else {"collector_rng": fast}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["eaudeqn"]
-        self.env_steps = int(state["env_steps"])
-        self.episodes = int(state["episodes"])
-        self.last_score = float(state["last_score"])
-        self._credit = int(state["credit"])
-        self._last_log = int(state["last_log"])
-        self._last_eval = int(state["last_eval"])
-        self.eval_results = list(state["eval_results"])
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
         self._fast_state = state.get("collector_rng")
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(_numpy_state_from_plain(state["rng"]["numpy"]))
-        random.setstate(_python_state_from_plain(state["rng"]["python"]))
+
+
+class SACLightningModule(OnlineRLModule):
+    """EauDeSAC, PolyPruneSAC or dense SAC on one continuous-control task, trained online.
+
+    Each ``training_step`` collects ``train_freq`` env steps with TorchRL's
+    :class:`~torchrl.collectors.Collector` (uniformly random actions for the
+    first ``learning_starts`` steps, then samples of the selected actor
+    member), stores them in a TorchRL :class:`~torchrl.data.ReplayBuffer`
+    (``LazyTensorStorage``, uniform sampling) and, once ``learning_starts``
+    steps are in, takes one gradient step of :class:`~torchrl_eaudeqn.EauDeSACLoss`
+    on a replay batch: ``loss_actor + loss_qvalue + loss_alpha`` in one
+    backward (each term only reaches its own parameters), one fused Adam
+    over actor members, critic members and ``log_alpha``. The updater
+    (:func:`build_sac_updater`) runs after it through
+    :class:`TargetSelectionCallback`.
+
+    Args:
+        cfg: the validated :class:`~torchrl_eaudeqn.config.SACConfig`.
+        env_fn: ``fn(seed, eval) -> EnvBase``; builds training and evaluation
+            envs (the recipe passes :func:`~torchrl_eaudeqn.envs.make_continuous_env`).
+        metrics: where metrics go (an :class:`MLflowMetrics`), or ``None``.
+
+    Example:
+        >>> from torchrl_eaudeqn.envs import make_continuous_env
+        >>> cfg = SACConfig(env="Pendulum-v1", num_members=3, hidden=16, buffer_size=1000)
+        >>> module = SACLightningModule(
+        ...     cfg, lambda seed, eval: make_continuous_env(cfg.env, seed=seed))
+        >>> module.actor.num_members, module.critic.num_members, type(module.updater).__name__
+        (3, 3, 'SACTargetSelectionUpdater')
+        >>> module.acting_policy()(torch.zeros(2, 3)).shape  # the deterministic selected actor
+        torch.Size([2, 1])
+
+        ``recipes/mujoco_sac.py`` wires it to a Lightning ``Trainer``, MLflow and the registry.
+    """
+
+    episode_metric = "episode_return"
+    episode_return_key = "episode_reward"
+    progress_return_name = "return"
+    #: What the replay keeps of a collected step (nothing else is read by the loss).
+    REPLAY_KEYS = (
+        "observation",
+        "action",
+        ("next", "observation"),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+        ("next", "truncated"),
+    )
+
+    def __init__(
+        self,
+        cfg: SACConfig,
+        env_fn: Callable[..., EnvBase],
+        metrics: MLflowMetrics | None = None,
+    ) -> None:
+        super().__init__(cfg, env_fn, metrics)
+        probe = env_fn(seed=cfg.seed, eval=True)
+        action_spec = probe.action_spec
+        if action_spec.ndim > 1:
+            action_spec = action_spec[0]
+        self.observation_dim = int(probe.observation_spec["observation"].shape[-1])
+        probe.close()
+        self.action_dim = int(action_spec.shape[-1])
+        use_vmap = {"auto": None, "true": True, "false": False}[cfg.use_vmap]
+        self.actor = MaskedEnsembleTanhGaussianActor(
+            self.observation_dim,
+            action_spec,
+            cfg.members,
+            hidden=cfg.hidden_sizes,
+            use_vmap=use_vmap,
+        )
+        self.critic = MaskedEnsembleTwinQ(
+            self.observation_dim,
+            self.action_dim,
+            cfg.members,
+            hidden=cfg.hidden_sizes,
+            use_vmap=use_vmap,
+        )
+        self.loss_module = EauDeSACLoss(
+            self.actor,
+            self.critic,
+            loss_function=cfg.loss_function,
+            alpha_init=cfg.alpha_init,
+            fixed_alpha=cfg.fixed_alpha,
+            target_entropy=cfg.target_entropy_value,
+        )
+        self.loss_module.make_value_estimator(gamma=cfg.gamma)
+        # One Adam for actor, critics and alpha: Adam is per-parameter and the
+        # three losses reach disjoint parameters, so this equals three Adams
+        # with the same settings. fused: see DQNLightningModule.
+        self.optimizer = torch.optim.Adam(
+            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
+        )
+        self.updater = build_sac_updater(cfg, self.loss_module, self.optimizer)
+        self.replay = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.buffer_size),
+            sampler=RandomSampler(),
+            batch_size=cfg.batch_size,
+        )
+        self._losses: list[TensorDictBase] = []
+        self._collector: Collector | None = None
+        self._iter: Iterator[TensorDictBase] | None = None
+
+    def acting_policy(self) -> torch.nn.Module:
+        """The selected actor member as a plain deterministic module (a copy, masks applied)."""
+        return self.actor.member_network()
+
+    # ------------------------------------------------------------ plumbing
+    def _start_collection(self) -> None:
+        cfg = self.cfg
+        env = self.env_fn(seed=cfg.seed + self.env_steps, eval=False)
+        self._collector = Collector(
+            env,
+            self.actor.policy,
+            frames_per_batch=cfg.train_freq,
+            total_frames=-1,
+            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
+            device=self.device,
+            storing_device="cpu",
+            # The acting view holds no parameters of its own (they live in the
+            # ensemble on self.device), and it reads no transform-made keys.
+            trust_policy=True,
+            auto_register_policy_transforms=False,
+        )
+        self._iter = iter(self._collector)
+
+    def _stop_collection(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = None
+
+    # ------------------------------------------------------------ training
+    def collect_and_learn(self) -> dict[str, TensorDictBase] | None:
+        while self._credit > 0:
+            data = next(self._iter).reshape(-1)
+            self.replay.extend(data.select(*self.REPLAY_KEYS))
+            n = data.numel()
+            self._credit -= n
+            self.env_steps += n
+            self._record_episodes(data)
+        if not self._learning():
+            return None
+        out = self.loss_module(self.replay.sample().to(self.device))
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"])
+        opt.step()
+        self._losses.append(
+            out.select("loss_alpha", "alpha", "entropy", *SAC_MEMBER_LOSS_KEYS).detach()
+        )
+        return {"member_losses": out.select(*SAC_MEMBER_LOSS_KEYS)}
+
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        m = self.metrics
+        bar = {}
+        for name, ens in (("actor", self.actor), ("critic", self.critic)):
+            sparsity = ens.sparsity()
+            for k, s in enumerate(sparsity.tolist()):
+                m.add(f"sparsity/{name}/member_{k}", s, step)
+            stats = ens.sparsity_stats()
+            m.add(f"sparsity/{name}_selected", float(sparsity[ens.selected]), step)
+            m.add(f"sparsity/{name}_selected_overall", float(stats["overall"][ens.selected]), step)
+            bar[f"sp_{name[0]}"] = float(sparsity[ens.selected])
+        if self._losses:
+            mean = torch.stack(self._losses).mean(0)
+            for k, v in enumerate(mean["loss_actor_per_member"].tolist()):
+                m.add(f"loss_actor/member_{k}", v, step)
+            for k, v in enumerate(mean["loss_qvalue_per_member"].tolist()):
+                m.add(f"loss_qvalue/member_{k}", v, step)
+            for key in ("loss_alpha", "alpha", "entropy"):
+                m.add(key, float(mean[key]), step)
+            self._losses.clear()
+        history = [h for h in self.updater.history if "actor_selected" in h]
+        sel_a = history[-1]["actor_selected"] if history else 0
+        sel_c = history[-1]["critic_selected"] if history else 0
+        m.add("selected/actor", sel_a, step)
+        m.add("selected/critic", sel_c, step)
+        bar.update(sel_a=float(sel_a), sel_c=float(sel_c))
+        return bar
+
+    # ---------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(
+        self, episodes: int, random: bool = False, prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Play ``episodes`` episodes with the deterministic selected actor; log the returns.
+
+        ``random=True, prefix="eval_random"`` scores uniformly random actions.
+        """
+        cfg = self.cfg
+        if "eval" not in self._envs:
+            self._envs["eval"] = self.env_fn(seed=cfg.seed + 10_000, eval=True)
+        env = self._envs["eval"]
+        policy = None if random else self.actor.policy
+        returns, lengths = [], []
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for _ in range(episodes):
+                td = env.rollout(
+                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
+                )
+                returns.append(float(td.get(("next", "reward")).sum()))
+                lengths.append(td.shape[-1])
+        return self._record_eval(
+            {
+                f"{prefix}/return_mean": float(np.mean(returns)),
+                f"{prefix}/return_std": float(np.std(returns)),
+                f"{prefix}/episode_length": float(np.mean(lengths)),
+                f"{prefix}/episodes": float(len(returns)),
+            }
+        )
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        return self.evaluate(self.cfg.eval_episodes, random=True, prefix="eval_random")
 
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:

@@ -1,0 +1,310 @@
+"""What the training recipes share: arguments, resume checks, MLflow run, Trainer, final steps.
+
+``recipes/atari_dqn.py`` and ``recipes/mujoco_sac.py`` are thin: each
+validates its task, says how to build its LightningModule (an
+:class:`~torchrl_eaudeqn.lightning.OnlineRLModule`), what to plot and what
+to register, and hands the rest to :func:`run_recipe`:
+
+1. :func:`parse_args`: ``--config``, ``--resume``, ``key=value`` overrides,
+   validated into the config dataclass (exit code 2 and one line on error);
+2. with ``--resume``: :func:`find_checkpoint` and
+   :func:`read_checkpoint_header` (refuses a checkpoint written under another
+   config, except for the :data:`RESUMABLE` fields) -- before anything is written;
+3. :func:`start_mlflow_run` (or reopen the checkpoint's run);
+4. Lightning ``fit`` with the updater callback, :class:`ModelCheckpoint`
+   every ``checkpoint_every`` env steps and ``last.ckpt`` at the end
+   (:func:`make_trainer`);
+5. final evaluation, :func:`plot_run` (a PNG artifact), registration;
+   the MLflow run is marked FINISHED, FAILED or KILLED whatever happens.
+
+Example:
+    >>> from torchrl_eaudeqn.config import AtariConfig
+    >>> args, cfg = parse_args(AtariConfig, ["game=Breakout", "width=small"],
+    ...                        default_config=None)
+    >>> cfg.game, args.resume, checkpoint_dir(cfg).as_posix()
+    ('Breakout', None, 'checkpoints/Breakout-eaudeqn-small-seed0')
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from .config import ConfigError, config_diff, load_config
+from .registry import check_tracking_uri
+
+__all__ = [
+    "RESUMABLE",
+    "PlotPanel",
+    "checkpoint_dir",
+    "find_checkpoint",
+    "make_trainer",
+    "parse_args",
+    "plot_run",
+    "read_checkpoint_header",
+    "run_recipe",
+    "start_mlflow_run",
+]
+
+C = TypeVar("C")
+
+#: Config fields that may change between a checkpoint and its resume.
+RESUMABLE = (
+    "env_steps", "progress_bar", "threads", "eval_every", "eval_episodes", "log_every",
+    "checkpoint_every", "register_name", "register_alias", "tracking_uri", "run_name",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotPanel:
+    """One panel of :func:`plot_run`: a y label and ``(metric key, legend label)`` curves.
+
+    Example:
+        >>> PlotPanel("return", (("episode_return", "training episodes"),)).ylabel
+        'return'
+    """
+
+    ylabel: str
+    curves: tuple[tuple[str, str], ...]
+
+
+def parse_args(
+    config_cls: type[C],
+    argv: list[str] | None = None,
+    *,
+    default_config: str | None,
+    description: str = "",
+    check: Callable[[C], None] | None = None,
+) -> tuple[argparse.Namespace, C]:
+    """``[--config YAML] [--resume last|PATH] [key=value ...]`` into a validated config.
+
+    Args:
+        config_cls: the config dataclass (e.g. :class:`~torchrl_eaudeqn.config.SACConfig`).
+        argv: arguments (``None``: ``sys.argv[1:]``).
+        default_config: YAML used without ``--config`` (``None``: the dataclass defaults).
+        description: the ``--help`` text.
+        check: more checks on the loaded config (the task, ...); raises
+            ``ValueError``/``ConfigError``.
+
+    Returns:
+        ``(args, cfg)``; on any config error the process exits with status 2
+        and one line ``error: <message>`` on stderr, before anything is built.
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default=default_config, help="YAML config")
+    p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+        if check is not None:
+            check(cfg)
+        check_tracking_uri(cfg.tracking_uri)
+    except (ConfigError, ValueError) as err:
+        p.exit(2, f"error: {err}\n")
+    return args, cfg
+
+
+def checkpoint_dir(cfg: Any) -> pathlib.Path:
+    """``<checkpoint_dir>/<run key>``: where a run's checkpoints go."""
+    return pathlib.Path(cfg.checkpoint_dir) / cfg.run_key
+
+
+def find_checkpoint(cfg: Any, resume: str) -> pathlib.Path:
+    """The checkpoint ``--resume`` names (``last``: the run's ``last.ckpt``); ValueError if none."""
+    path = checkpoint_dir(cfg) / "last.ckpt" if resume == "last" else pathlib.Path(resume)
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def read_checkpoint_header(
+    path: pathlib.Path, cfg: Any, resumable: Sequence[str] = RESUMABLE
+) -> str | None:
+    """Check that ``path`` was written under ``cfg`` (up to ``resumable``); its MLflow run id.
+
+    Raises:
+        ValueError: unreadable file, a checkpoint of another recipe, or one
+            written under another config (the message names the first field).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["eaudeqn"]
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"--resume: {path} is not a readable checkpoint ({err})") from None
+    try:
+        saved = type(cfg)(**state["config"])
+    except (TypeError, ConfigError):
+        raise ValueError(
+            f"--resume: {path} was written by another recipe (not a {type(cfg).__name__})"
+        ) from None
+    diff = config_diff(saved, cfg, ignore=tuple(resumable))
+    if diff:
+        name, (old, new) = next(iter(diff.items()))
+        raise ValueError(
+            f"--resume: {path} was written with another config ({name}: {old!r} != {new!r})"
+        )
+    return state.get("mlflow_run_id")
+
+
+def start_mlflow_run(
+    cfg: Any, run_id: str | None, tags: Mapping[str, str] | None = None
+) -> tuple[Any, str]:
+    """A new MLflow run (config logged as params, ``tags``) or the resumed ``run_id`` reopened.
+
+    Returns:
+        ``(MlflowClient, run_id)``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri)
+    if run_id is None:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+        run = client.create_run(exp_id, run_name=cfg.run_name or cfg.run_key, tags=dict(tags or {}))
+        run_id = run.info.run_id
+        for key, value in dataclasses.asdict(cfg).items():
+            client.log_param(run_id, key, value)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return client, run_id
+
+
+def plot_run(
+    client: Any, run_id: str, out: pathlib.Path, panels: Sequence[PlotPanel]
+) -> pathlib.Path:
+    """One PNG of metric histories over env steps, a panel per :class:`PlotPanel`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 * len(panels)), sharex=True)
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for panel, ax in zip(panels, axes, strict=True):
+        for key, label in panel.curves:
+            hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            if hist:
+                ax.plot([m.step for m in hist], [m.value for m in hist], label=label)
+        ax.set_ylabel(panel.ylabel)
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("env steps")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
+    """A Lightning ``Trainer`` for an online module: checkpoints, progress bar, no validation.
+
+    Checkpoints go to ``ckpt_dir`` every ``checkpoint_every`` env steps
+    (``checkpoint_every // train_freq`` training steps) and as ``last.ckpt``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    callbacks = [
+        *callbacks,
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step}",
+            every_n_train_steps=max(1, cfg.checkpoint_every // cfg.train_freq),
+            save_last=True,
+            save_top_k=-1,
+            auto_insert_metric_name=False,
+        ),
+    ]
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=50))
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[cfg.device]
+    return L.Trainer(
+        max_epochs=-1,  # the module stops on its env-step budget
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def run_recipe(
+    cfg: Any,
+    resume: str | None,
+    *,
+    build_module: Callable[[Any], Any],
+    build_callbacks: Callable[[Any], list[Any]],
+    register: Callable[[Any, dict[str, float], str], str],
+    plot_panels: Sequence[PlotPanel],
+    run_tags: Mapping[str, str] | None = None,
+    plot_name: str = "plot.png",
+) -> int:
+    """Resume checks, MLflow run, fit, last checkpoint, final evaluation, plot, registration.
+
+    Args:
+        cfg: the validated config (from :func:`parse_args`).
+        resume: ``None``, ``"last"`` or a checkpoint path.
+        build_module: ``fn(metrics) -> OnlineRLModule`` (metrics: an
+            :class:`~torchrl_eaudeqn.lightning.MLflowMetrics` of the run).
+        build_callbacks: ``fn(module) -> [callback, ...]`` (the updater
+            callback); checkpointing and the progress bar are added here.
+        register: ``fn(module, final_eval, run_id) -> summary line``: registers
+            the trained network; the line is printed after ``done:``.
+        plot_panels: what :func:`plot_run` draws.
+        run_tags: tags of a new MLflow run.
+        plot_name: the PNG artifact's file name.
+
+    Returns:
+        0 on success, 2 on a resume error (one line on stderr, nothing written).
+    """
+    import lightning as L
+
+    from .lightning import MLflowMetrics
+
+    run_id = None
+    ckpt = None
+    if resume:
+        try:
+            ckpt = find_checkpoint(cfg, resume)
+            run_id = read_checkpoint_header(ckpt, cfg)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    client, run_id = start_mlflow_run(cfg, run_id, run_tags)
+    metrics = MLflowMetrics(client, run_id)
+    status = "FAILED"
+    try:
+        module = build_module(metrics)
+        ckpt_dir = checkpoint_dir(cfg)
+        trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir)
+        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        result = module.evaluate(cfg.eval_episodes)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
+            client.log_artifact(run_id, str(png))
+        summary = register(module, result, run_id)
+        status = "FINISHED"
+        print(f"done: {module.env_steps} env steps, {summary}, run {run_id}")
+        return 0
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        metrics.flush()
+        client.set_terminated(run_id, status)
