@@ -1,0 +1,373 @@
+"""The reproduction study: EauDeQN vs PolyPruneQN vs dense DQN across widths and seeds.
+
+    # run the grid (resumable: finished runs are found in MLflow and skipped)
+    python recipes/study.py run --grid configs/study/default.yaml --workers 2
+    python recipes/study.py run --grid configs/study/default.yaml --seeds 0 1 2 --tasks CartPole-v1
+    # aggregate (rliable IQM/mean with 95% stratified bootstrap CIs), tables, figures
+    python recipes/study.py report --grid configs/study/default.yaml
+    # the seeded regression reference (tests/data/regression_cartpole.json)
+    python recipes/study.py regression --write
+
+Every run is one `recipes/control_dqn.py` process with one torch thread,
+tracked in MLflow (default `sqlite:///study.db`) under the grid's experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RL_WARNINGS", "False")
+
+import numpy as np  # noqa: E402
+
+from torchrl_eaudeqn import study  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REGRESSION_JSON = ROOT / "tests/data/regression_cartpole.json"
+#: The seeded regression run: CartPole, 2.5k env steps, K=3, one thread.
+REGRESSION_OVERRIDES = [
+    "task=CartPole-v1", "method=eaudeqn", "width=32", "seed=0", "env_steps=2500",
+    "learning_starts=500", "target_period=200", "num_members=3", "max_speed=0.2",
+    "batch_size=32", "eval_episodes=2", "eval_random_baseline=false", "progress_bar=false",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "report"):
+        s = sub.add_parser(name)
+        s.add_argument("--grid", default="configs/study/default.yaml", help="grid YAML")
+        s.add_argument("--tracking-uri", default="sqlite:///study.db", help="MLflow tracking URI")
+        s.add_argument("--experiment", default=None, help="override the grid's experiment")
+        s.add_argument("--seeds", type=int, nargs="*", default=None, help="subset of seeds")
+        s.add_argument("--tasks", nargs="*", default=None, help="subset of tasks")
+        s.add_argument("--methods", nargs="*", default=None, help="subset of methods")
+        s.add_argument("--widths", nargs="*", default=None, help="subset of width names")
+    run = sub.choices["run"]
+    run.add_argument("--workers", type=int, default=2, help="runs in parallel (one core each)")
+    run.add_argument("--dry-run", action="store_true", help="list the cells to run and stop")
+    run.add_argument("--log-dir", default="runs/study", help="one log file per run")
+    run.add_argument("--checkpoint-dir", default="checkpoints/study")
+    run.add_argument("--pause-file", default=None, help="start no run while this file exists")
+    rep = sub.choices["report"]
+    rep.add_argument("--figures", default="docs/figures/study", help="where PNGs go")
+    rep.add_argument("--results", default="results/study", help="summary JSON and tables")
+    rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    reg = sub.add_parser("regression")
+    reg.add_argument("--write", action="store_true", help="(re)write the reference JSON")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = study.load_grid(args.grid)
+    experiment = args.experiment or spec.experiment
+    cells = study.expand_grid(
+        spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
+    )
+    if args.dry_run:
+        done = study.finished_keys(args.tracking_uri, experiment)
+        for c in cells:
+            print(("done " if c.key in done else "todo ") + c.key)
+        return 0
+    counts = study.run_grid(
+        cells,
+        tracking_uri=args.tracking_uri,
+        experiment=experiment,
+        workers=args.workers,
+        checkpoint_dir=args.checkpoint_dir,
+        log_dir=args.log_dir,
+        pause_file=args.pause_file,
+    )
+    print(json.dumps(counts))
+    return 1 if counts["failed"] else 0
+
+
+# --------------------------------------------------------------------------- report
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+COLORS = {"dqn": "tab:gray", "eaudeqn": "tab:blue", "polyprune": "tab:orange"}
+
+
+def _width_names(records: list[study.RunRecord]) -> list[str]:
+    order = {"narrow": 0, "medium": 1, "wide": 2}
+    return sorted({r.width_name for r in records}, key=lambda w: (order.get(w, 9), w))
+
+
+def _iqm_per_bin(x: np.ndarray, bins: int) -> np.ndarray:
+    from rliable import metrics
+
+    per_bin = x.reshape(x.shape[0], -1, bins).transpose(2, 0, 1)  # [bins, runs, tasks]
+    return np.array([metrics.aggregate_iqm(c) for c in per_bin])
+
+
+def plot_score_curves(records, bounds, out: pathlib.Path, reps: int) -> None:
+    """Normalised training return over env steps per width, IQM with 95% CI band."""
+    plt = _plt()
+    widths = _width_names(records)
+    bins = 15
+    fig, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 3.4), squeeze=False)
+    for ax, w in zip(axes[0], widths, strict=True):
+        for method in study.METHODS:
+            rs = [r for r in records if r.width_name == w and r.method == method]
+            if not rs:
+                continue
+            tasks = sorted({r.task for r in rs})
+            budget = max(r.env_steps for r in rs)
+            frac = np.linspace(0, 1, bins + 1)
+            # Curves of every task on one axis: fraction of each task's budget.
+            per_task = []
+            for t in tasks:
+                trs = sorted((r for r in rs if r.task == t), key=lambda r: r.seed)
+                per_task.append(
+                    [
+                        study.normalise(
+                            np.nan_to_num(
+                                study.binned_curve(r.returns, frac * (r.env_steps + 1)),
+                                nan=bounds[t][0],
+                            ),
+                            bounds[t],
+                        )
+                        for r in trs
+                    ]
+                )
+            n = min(len(x) for x in per_task)
+            arr = np.stack([np.array(x[:n]) for x in per_task], axis=1)  # [runs, tasks, bins]
+            # Columns are (task, bin) pairs: each bin's IQM resamples runs within tasks.
+            point, ci = study.stratified_bootstrap(
+                arr.reshape(n, -1), functools.partial(_iqm_per_bin, bins=bins), reps=reps
+            )
+            y, lo, hi = point, ci[0], ci[1]
+            x = (frac[:-1] + frac[1:]) / 2 * budget
+            ax.plot(x, y, color=COLORS[method], label=study.METHOD_LABELS[method])
+            ax.fill_between(x, lo, hi, color=COLORS[method], alpha=0.2)
+        ax.set_title(f"width: {w}")
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised training return (IQM)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_sparsity_curves(records, out: pathlib.Path) -> None:
+    """Sparsity of the acting network over env steps, a panel per task, a colour per width."""
+    plt = _plt()
+    tasks = sorted({r.task for r in records})
+    widths = _width_names(records)
+    palette = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:olive")
+    cmap = {w: palette[i % len(palette)] for i, w in enumerate(widths)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        for method, style in (("eaudeqn", "-"), ("polyprune", ":")):
+            for w in widths:
+                rs = [r for r in records if (r.task, r.method, r.width_name) == (t, method, w)]
+                if not rs:
+                    continue
+                edges = np.linspace(0, max(r.env_steps for r in rs) + 1, 31)
+                curves = np.array([study.binned_curve(r.sparsity, edges) for r in rs])
+                x = (edges[:-1] + edges[1:]) / 2
+                mean = np.nanmean(curves, axis=0)
+                label = f"{study.METHOD_LABELS[method].split()[0]} {w}"
+                ax.plot(x, mean, style, color=cmap[w], label=label)
+                if method == "eaudeqn":
+                    ax.fill_between(
+                        x, np.nanmin(curves, 0), np.nanmax(curves, 0), color=cmap[w], alpha=0.15
+                    )
+        ax.set_title(t)
+        ax.set_xlabel("env steps")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("sparsity of the acting network")
+    axes[0][-1].legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_sparsity_vs_width(records, out: pathlib.Path) -> None:
+    """Final sparsity against width (log scale), per task and method; dots are seeds."""
+    plt = _plt()
+    tasks = sorted({r.task for r in records})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        for method in ("eaudeqn", "polyprune"):
+            rs = [r for r in records if r.task == t and r.method == method]
+            if not rs:
+                continue
+            widths = sorted({r.width for r in rs})
+            means = [np.mean([r.final_sparsity for r in rs if r.width == w]) for w in widths]
+            ax.plot(widths, means, "o-", color=COLORS[method], label=study.METHOD_LABELS[method])
+            ax.scatter(
+                [r.width for r in rs], [r.final_sparsity for r in rs], color=COLORS[method],
+                alpha=0.35, s=12,
+            )  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_title(t)
+        ax.set_xlabel("hidden width")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final sparsity")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_score_vs_sparsity(records, bounds, out: pathlib.Path) -> None:
+    """Every run: final normalised score against final sparsity; marker size grows with width."""
+    plt = _plt()
+    widths = _width_names(records)
+    size = {w: 15 + 25 * i for i, w in enumerate(widths)}
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in study.METHODS:
+        rs = [r for r in records if r.method == method]
+        ax.scatter(
+            [r.final_sparsity for r in rs],
+            [study.normalise(r.final_score, bounds[r.task]) for r in rs],
+            s=[size[r.width_name] for r in rs],
+            color=COLORS[method],
+            alpha=0.6,
+            label=study.METHOD_LABELS[method],
+        )
+    ax.set_xlabel("final sparsity (marker size: width)")
+    ax.set_ylabel("final normalised score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(e: dict, key: str) -> str:
+    return f"{e[key]:.3f} [{e[key + '_low']:.3f}, {e[key + '_high']:.3f}]"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    spec = study.load_grid(args.grid)
+    experiment = args.experiment or spec.experiment
+    records = study.collect_runs(args.tracking_uri, experiment)
+    cells = study.expand_grid(
+        spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
+    )
+    wanted = {c.key for c in cells}
+    records = [r for r in records if r.key in wanted]
+    if not records:
+        print("error: no finished runs of this grid in MLflow", file=sys.stderr)
+        return 2
+    bounds = study.task_bounds(records)
+    scores = study.normalised_scores(records, bounds)
+    est = study.interval_estimates(scores, reps=args.reps)
+    auc = study.normalised_scores(
+        records, bounds, value=lambda r: study.area_under_curve(r, bounds[r.task])
+    )
+    auc_est = study.interval_estimates(auc, reps=args.reps)
+    widths = _width_names(records)
+    lines = [
+        "| method | width | runs x tasks | IQM [95% CI] | mean [95% CI] | AUC IQM [95% CI] "
+        "| final sparsity (mean, min-max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary: dict = {"bounds": bounds, "groups": {}}
+    for method in study.METHODS:
+        for w in widths:
+            if (method, w) not in est:
+                continue
+            e, a = est[(method, w)], auc_est[(method, w)]
+            sp = [r.final_sparsity for r in records if (r.method, r.width_name) == (method, w)]
+            lines.append(
+                f"| {study.METHOD_LABELS[method]} | {w} | {e['runs']} x {e['tasks']} | "
+                f"{_fmt(e, 'iqm')} | {_fmt(e, 'mean')} | {_fmt(a, 'iqm')} | "
+                f"{np.mean(sp):.3f} ({min(sp):.3f}-{max(sp):.3f}) |"
+            )
+            summary["groups"][f"{method}/{w}"] = {
+                **e, "auc": a, "final_sparsity_mean": float(np.mean(sp)),
+                "final_sparsity": sp,
+            }  # fmt: skip
+    # Per task: raw final returns and sparsity, so the normalisation can be checked.
+    task_lines = [
+        "| task | method | width | seeds | final return (mean +- sd) | final sparsity (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in sorted(bounds):
+        for method in study.METHODS:
+            for w in widths:
+                rs = [r for r in records if (r.task, r.method, r.width_name) == (t, method, w)]
+                if not rs:
+                    continue
+                sc = [r.final_score for r in rs]
+                task_lines.append(
+                    f"| {t} | {study.METHOD_LABELS[method]} | {w} ({rs[0].width}) | {len(rs)} | "
+                    f"{np.mean(sc):.1f} +- {np.std(sc):.1f} | "
+                    f"{np.mean([r.final_sparsity for r in rs]):.3f} |"
+                )
+    bound_lines = ["| task | random score | reference (dense DQN, widest, mean) |", "|---|---|---|"]
+    bound_lines += [f"| {t} | {lo:.1f} | {hi:.1f} |" for t, (lo, hi) in sorted(bounds.items())]
+    tables = "\n".join(
+        ["## Aggregate (normalised scores)", "", *lines, "", "## Per task", "", *task_lines, "",
+         "## Normalisation", "", *bound_lines, ""]
+    )  # fmt: skip
+    results = pathlib.Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "tables.md").write_text(tables)
+    summary["runs"] = [
+        {k: v for k, v in vars(r).items() if k not in ("returns", "sparsity", "updates")}
+        for r in records
+    ]
+    summary["target_updates"] = {
+        r.key: [[int(s), round(v, 5)] for s, v in r.updates] for r in records
+    }
+    (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    figs = pathlib.Path(args.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    plot_score_curves(records, bounds, figs / "score_curves.png", reps=min(args.reps, 500))
+    plot_sparsity_curves(records, figs / "sparsity_curves.png")
+    plot_sparsity_vs_width(records, figs / "final_sparsity_vs_width.png")
+    plot_score_vs_sparsity(records, bounds, figs / "score_vs_sparsity.png")
+    print(tables)
+    print(f"wrote {results}/tables.md, {results}/summary.json and 4 figures in {figs}")
+    return 0
+
+
+# --------------------------------------------------------------------------- regression
+def regression_run() -> dict:
+    from torchrl_eaudeqn.config import load_config
+    from torchrl_eaudeqn.control import ControlConfig, regression_trace
+
+    return regression_trace(load_config(ControlConfig, overrides=REGRESSION_OVERRIDES))
+
+
+def cmd_regression(args: argparse.Namespace) -> int:
+    trace = regression_run()
+    if args.write:
+        REGRESSION_JSON.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"overrides": REGRESSION_OVERRIDES, **trace}
+        REGRESSION_JSON.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {REGRESSION_JSON}")
+    else:
+        print(json.dumps(trace, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return {"run": cmd_run, "report": cmd_report, "regression": cmd_regression}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+"""The reproduction study: a grid of runs tracked in MLflow, aggregated with rliable.
+
+* :func:`load_grid` / :func:`expand_grid`: a YAML grid (methods x tasks x
+  widths x seeds) into :class:`Cell` s, each with a stable grid key;
+* :func:`finished_keys` / :func:`run_grid`: run the cells that MLflow does
+  not hold as ``FINISHED`` (tag ``study.key``), in parallel worker
+  processes (``recipes/control_dqn.py``), one torch thread each;
+* :func:`collect_runs`, :func:`normalised_scores`, :func:`interval_estimates`:
+  final scores normalised per task, IQM and mean (``rliable.metrics``) with
+  95% stratified bootstrap confidence intervals, final sparsity, area under
+  the curve;
+* ``plot_*``: the study's figures.
+
+``recipes/study.py run|report`` is the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import yaml
+
+__all__ = [
+    "KEY_TAG",
+    "Cell",
+    "GridSpec",
+    "RunRecord",
+    "binned_curve",
+    "collect_runs",
+    "expand_grid",
+    "finished_keys",
+    "interval_estimates",
+    "load_grid",
+    "normalised_scores",
+    "run_grid",
+    "stratified_bootstrap",
+    "with_retries",
+]
+
+#: The MLflow tag that names a run's grid cell.
+KEY_TAG = "study.key"
+#: Method order in tables and figures.
+METHODS = ("dqn", "eaudeqn", "polyprune")
+METHOD_LABELS = {"dqn": "DQN (dense)", "eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN (95%)"}
+
+T = TypeVar("T")
+
+
+def with_retries(
+    fn: Callable[..., T], *args: Any, tries: int = 8, delay: float = 0.5, **kw: Any
+) -> T:
+    """Call ``fn`` again when SQLite says the database is locked (concurrent MLflow writers).
+
+    Example:
+        >>> calls = []
+        >>> def flaky():
+        ...     calls.append(1)
+        ...     if len(calls) < 3:
+        ...         raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        ...     return "ok"
+        >>> with_retries(flaky, delay=0.0), len(calls)
+        ('ok', 3)
+    """
+    for attempt in range(tries):
+        try:
+            return fn(*args, **kw)
+        except Exception as err:  # noqa: BLE001 - MLflow wraps the sqlite error in its own types
+            if "database is locked" not in str(err) or attempt == tries - 1:
+                raise
+            time.sleep(delay * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- grid
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of a grid: its base config and the widths to run.
+
+    Example:
+        >>> TaskSpec("configs/study/cartpole.yaml", {"narrow": 32}).widths["narrow"]
+        32
+    """
+
+    config: str
+    widths: dict[str, int]
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A study grid: methods x tasks x widths x seeds, and its MLflow experiment.
+
+    Example:
+        >>> spec = GridSpec("exp", (0, 1), ("dqn",), {"CartPole-v1": TaskSpec("c.yaml", {"w": 8})})
+        >>> len(expand_grid(spec))
+        2
+    """
+
+    experiment: str
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    tasks: dict[str, TaskSpec]
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid.
+
+    Example:
+        >>> c = Cell("CartPole-v1", "eaudeqn", "wide", 512, 3, "c.yaml", ("env_steps=100",))
+        >>> c.key
+        'CartPole-v1/eaudeqn/wide/seed3/env_steps=100'
+    """
+
+    task: str
+    method: str
+    width_name: str
+    width: int
+    seed: int
+    config: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the cell: task/method/width/seed and its budget overrides.
+
+        Two grids that differ in a budget (``env_steps=...``) get different
+        keys, so a finished short run never stands in for a longer one.
+        """
+        return "/".join(
+            [self.task, self.method, self.width_name, f"seed{self.seed}", *sorted(self.overrides)]
+        ).replace(",", ";")
+
+    def argv(self, tracking_uri: str, experiment: str, checkpoint_dir: str) -> list[str]:
+        """Arguments of ``recipes/control_dqn.py`` for this cell."""
+        return [
+            "--config",
+            self.config,
+            f"task={self.task}",
+            f"method={self.method}",
+            f"width={self.width}",
+            f"seed={self.seed}",
+            *self.overrides,
+            f"tracking_uri={tracking_uri}",
+            f"experiment={experiment}",
+            f"checkpoint_dir={checkpoint_dir}",
+            "progress_bar=false",
+            "threads=1",
+            f"run_tags={KEY_TAG}={self.key},study.width_name={self.width_name}",
+        ]
+
+
+def load_grid(path: str | pathlib.Path) -> GridSpec:
+    """Read a grid YAML (see ``configs/study/default.yaml``).
+
+    Raises:
+        ValueError: a missing or malformed section (the message names it).
+    """
+    path = pathlib.Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    for key in ("experiment", "seeds", "methods", "tasks"):
+        if key not in data:
+            raise ValueError(f"{path}: missing '{key}'")
+    tasks = {}
+    for name, t in data["tasks"].items():
+        if "config" not in t or "widths" not in t:
+            raise ValueError(f"{path}: task {name!r} needs 'config' and 'widths'")
+        config = pathlib.Path(t["config"])
+        if not config.is_absolute() and not config.exists():
+            config = path.parent / config
+        widths = {str(k): int(v) for k, v in t["widths"].items()}
+        tasks[str(name)] = TaskSpec(str(config), widths, tuple(t.get("overrides", ())))
+    methods = tuple(data["methods"])
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"{path}: unknown methods {bad} (expected {METHODS})")
+    return GridSpec(
+        str(data["experiment"]),
+        tuple(int(s) for s in data["seeds"]),
+        methods,
+        tasks,
+        tuple(data.get("overrides", ())),
+    )
+
+
+def expand_grid(
+    spec: GridSpec,
+    *,
+    seeds: Iterable[int] | None = None,
+    tasks: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+    widths: Iterable[str] | None = None,
+) -> list[Cell]:
+    """Every cell of ``spec`` (optionally a subset), seed-major so early seeds finish first.
+
+    Seed-major order means a grid cut short still holds complete seeds of
+    every method, width and task, which is what the aggregation needs.
+    """
+    seeds = spec.seeds if seeds is None else tuple(seeds)
+    task_names = list(spec.tasks) if tasks is None else list(tasks)
+    unknown = [t for t in task_names if t not in spec.tasks]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown} (grid has {list(spec.tasks)})")
+    methods = spec.methods if methods is None else tuple(methods)
+    cells = []
+    for seed in seeds:
+        for task in task_names:
+            t = spec.tasks[task]
+            for wname, width in t.widths.items():
+                if widths is not None and wname not in widths:
+                    continue
+                for method in methods:
+                    overrides = (*spec.overrides, *t.overrides)
+                    cells.append(Cell(task, method, wname, width, seed, t.config, overrides))
+    return cells
+
+
+def finished_keys(tracking_uri: str, experiment: str) -> set[str]:
+    """Grid keys of the experiment's ``FINISHED`` runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = with_retries(client.get_experiment_by_name, experiment)
+    if exp is None:
+        return set()
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = with_retries(
+            client.search_runs,
+            [exp.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            max_results=1000,
+            page_token=token,
+        )
+        keys.update(r.data.tags[KEY_TAG] for r in page if KEY_TAG in r.data.tags)
+        token = page.token
+        if not token:
+            return keys
+
+
+def _ensure_experiment(tracking_uri: str, experiment: str) -> None:
+    # Created once here, before the workers start: two processes creating the
+    # schema or the experiment at the same moment race in SQLite.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if with_retries(client.get_experiment_by_name, experiment) is None:
+        with_retries(client.create_experiment, experiment)
+
+
+def run_grid(
+    cells: Sequence[Cell],
+    *,
+    tracking_uri: str,
+    experiment: str,
+    workers: int = 1,
+    checkpoint_dir: str = "checkpoints/study",
+    log_dir: str | pathlib.Path = "runs/study",
+    recipe: str | pathlib.Path | None = None,
+    attempts: int = 2,
+    pause_file: str | pathlib.Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Run the cells MLflow does not hold as finished, ``workers`` processes at a time.
+
+    Each run is a fresh ``recipes/control_dqn.py`` process with one torch
+    thread (``OMP_NUM_THREADS=1``), so ``workers`` runs use ``workers``
+    cores without oversubscription; its output goes to
+    ``log_dir/<run key>.log``. A run that fails is retried once (a
+    ``database is locked`` from SQLite under concurrent writers is the
+    expected transient failure); the grid is resumable: run it again and
+    finished cells are skipped. While ``pause_file`` exists no new run
+    starts (on a shared machine, another job can hold the cores).
+
+    Returns:
+        ``{"skipped": n, "finished": n, "failed": n}``.
+    """
+    done = finished_keys(tracking_uri, experiment)
+    todo = [c for c in cells if c.key not in done]
+    counts = {"skipped": len(cells) - len(todo), "finished": 0, "failed": 0}
+    echo(f"grid: {len(cells)} cells, {counts['skipped']} finished in MLflow, {len(todo)} to run")
+    if not todo:
+        return counts
+    _ensure_experiment(tracking_uri, experiment)
+    recipe = pathlib.Path(recipe or pathlib.Path(__file__).parents[1] / "recipes/control_dqn.py")
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RL_WARNINGS": "False",
+        "PYTHONHASHSEED": "0",
+    }
+
+    def one(i_cell: tuple[int, Cell]) -> bool:
+        i, cell = i_cell
+        log = log_dir / (cell.key.replace("/", "_") + ".log")
+        cmd = [sys.executable, str(recipe), *cell.argv(tracking_uri, experiment, checkpoint_dir)]
+        for attempt in range(attempts):
+            while pause_file is not None and pathlib.Path(pause_file).exists():
+                time.sleep(10.0)
+            t0 = time.perf_counter()
+            with open(log, "a") as fh:
+                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            dt = time.perf_counter() - t0
+            status = "ok" if rc == 0 else f"FAILED rc={rc} (log {log})"
+            echo(f"[{i + 1}/{len(todo)}] {cell.key}: {status}, {dt:.0f} s")
+            if rc == 0:
+                return True
+            if attempt + 1 < attempts:
+                time.sleep(2.0)
+        return False
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for ok in pool.map(one, enumerate(todo)):
+            counts["finished" if ok else "failed"] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- aggregation
+@dataclasses.dataclass
+class RunRecord:
+    """What the aggregation reads of one finished run.
+
+    Example:
+        >>> r = RunRecord("k", "CartPole-v1", "dqn", "wide", 512, 0, 30000, 500.0, 20.0, 0.0)
+        >>> r.final_score
+        500.0
+    """
+
+    key: str
+    task: str
+    method: str
+    width_name: str
+    width: int
+    seed: int
+    env_steps: int
+    final_score: float
+    random_score: float
+    final_sparsity: float
+    #: ``(env step, training episode return)`` pairs.
+    returns: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    #: ``(env step, acting member's sparsity)`` pairs.
+    sparsity: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    #: ``(env step, sparsity of the selected network)`` at every target update.
+    updates: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+
+def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> list[RunRecord]:
+    """The experiment's finished grid runs as :class:`RunRecord` s (latest run per key)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )
+    latest = {r.data.tags[KEY_TAG]: r for r in runs if KEY_TAG in r.data.tags}
+
+    def history(run_id: str, key: str) -> list[tuple[int, float]]:
+        if not histories:
+            return []
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+    records = []
+    for key, run in sorted(latest.items()):
+        p, m, t = run.data.params, run.data.metrics, run.data.tags
+        if "eval/return_mean" not in m:
+            continue
+        sparsity = float(t.get("final_sparsity", m.get("sparsity/member_0", 0.0)))
+        records.append(
+            RunRecord(
+                key=key,
+                task=p["task"],
+                method=p["method"],
+                width_name=t.get("study.width_name", p["width"]),
+                width=int(p["width"]),
+                seed=int(p["seed"]),
+                env_steps=int(p["env_steps"]),
+                final_score=float(m["eval/return_mean"]),
+                random_score=float(m.get("eval_random/return_mean", np.nan)),
+                final_sparsity=sparsity,
+                returns=history(run.info.run_id, "episode_return"),
+                sparsity=history(run.info.run_id, "sparsity/member_0"),
+                updates=history(run.info.run_id, "target_update/selected_sparsity"),
+            )
+        )
+    return records
+
+
+def task_bounds(
+    records: Sequence[RunRecord], reference_method: str = "dqn"
+) -> dict[str, tuple[float, float]]:
+    """Per task ``(random, reference)``: the mean random-policy score over all runs, and the
+    mean final score of ``reference_method`` at the task's widest width.
+
+    Example:
+        >>> rs = [RunRecord("a", "T", "dqn", "wide", 64, 0, 1, 10.0, 2.0, 0.0),
+        ...       RunRecord("b", "T", "dqn", "narrow", 8, 0, 1, 4.0, 0.0, 0.0)]
+        >>> task_bounds(rs)
+        {'T': (1.0, 10.0)}
+    """
+    bounds = {}
+    for task in sorted({r.task for r in records}):
+        rs = [r for r in records if r.task == task]
+        random = float(np.nanmean([r.random_score for r in rs]))
+        ref_rs = [r for r in rs if r.method == reference_method]
+        if not ref_rs:
+            raise ValueError(f"task {task!r}: no {reference_method!r} runs to normalise against")
+        widest = max(r.width for r in ref_rs)
+        reference = float(np.mean([r.final_score for r in ref_rs if r.width == widest]))
+        bounds[task] = (random, reference)
+    return bounds
+
+
+def normalise(score: float | np.ndarray, bounds: tuple[float, float]) -> float | np.ndarray:
+    """``(score - random) / (reference - random)``: 0 is random play, 1 the reference.
+
+    Example:
+        >>> normalise(55.0, (10.0, 100.0))
+        0.5
+    """
+    random, reference = bounds
+    return (score - random) / max(reference - random, 1e-8)
+
+
+def normalised_scores(
+    records: Sequence[RunRecord],
+    bounds: dict[str, tuple[float, float]],
+    value: Callable[[RunRecord], float] | None = None,
+) -> dict[tuple[str, str], np.ndarray]:
+    """``{(method, width name): scores[runs, tasks]}`` for rliable, tasks in sorted order.
+
+    ``value(record)`` is the raw score (default: the final evaluation
+    return), normalised per task. Only seeds finished for every task of a
+    (method, width) enter, so the matrix is rectangular.
+
+    Example:
+        >>> rs = [RunRecord("a", "T", "dqn", "w", 8, s, 1, 10.0 * s, 0.0, 0.0) for s in (1, 2)]
+        >>> normalised_scores(rs, {"T": (0.0, 10.0)})[("dqn", "w")].ravel().tolist()
+        [1.0, 2.0]
+    """
+    value = value or (lambda r: r.final_score)
+    tasks = sorted(bounds)
+    out = {}
+    groups = sorted({(r.method, r.width_name) for r in records})
+    for group in groups:
+        rs = [r for r in records if (r.method, r.width_name) == group]
+        by_task = {t: {r.seed: r for r in rs if r.task == t} for t in tasks}
+        present = [t for t in tasks if by_task[t]]
+        seeds = sorted(set.intersection(*(set(by_task[t]) for t in present)))
+        if not seeds:
+            continue
+        out[group] = np.array(
+            [[normalise(value(by_task[t][s]), bounds[t]) for t in present] for s in seeds]
+        )
+    return out
+
+
+def stratified_bootstrap(
+    scores: np.ndarray,
+    func: Callable[[np.ndarray], np.ndarray],
+    reps: int = 2000,
+    seed: int = 0,
+    size: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile confidence interval of ``func(scores)`` by stratified bootstrap.
+
+    Runs are resampled with replacement *within each task* (the strata), as
+    rliable's ``StratifiedBootstrap`` does. rliable's ``library`` module
+    imports the ``arch`` package, which fails to import with the pandas
+    this project installs, so the resampling is done here and rliable's
+    ``metrics`` supply the statistics.
+
+    Args:
+        scores: ``[runs, tasks]``.
+        func: ``scores -> statistic`` (a scalar or a vector of statistics).
+        reps: bootstrap resamples.
+        seed: resampling seed.
+        size: coverage of the interval.
+
+    Returns:
+        ``(point, ci)`` with ``ci`` of shape ``[2, *point.shape]`` (low, high).
+
+    Example:
+        >>> point, ci = stratified_bootstrap(np.ones((3, 2)), np.mean, reps=50)
+        >>> float(point), ci.ravel().tolist()
+        (1.0, [1.0, 1.0])
+    """
+    scores = np.asarray(scores, dtype=float)
+    rng = np.random.RandomState(seed)
+    n, m = scores.shape
+    point = np.asarray(func(scores))
+    stats = np.empty((reps, *point.shape))
+    cols = np.arange(m)
+    for i in range(reps):
+        stats[i] = func(scores[rng.randint(0, n, size=(n, m)), cols])
+    tail = (1 - size) / 2 * 100
+    return point, np.percentile(stats, [tail, 100 - tail], axis=0)
+
+
+def interval_estimates(
+    scores: dict[Any, np.ndarray], reps: int = 2000, seed: int = 0
+) -> dict[Any, dict[str, float]]:
+    """IQM and mean with 95% stratified bootstrap confidence intervals.
+
+    The statistics are ``rliable.metrics.aggregate_iqm`` and
+    ``aggregate_mean``; the intervals come from :func:`stratified_bootstrap`.
+
+    Example:
+        >>> est = interval_estimates({"m": np.array([[0.0], [1.0], [2.0], [3.0]])}, reps=200)
+        >>> est["m"]["iqm"], est["m"]["mean"]
+        (1.5, 1.5)
+    """
+    from rliable import metrics
+
+    def both(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+    out = {}
+    for k, arr in scores.items():
+        p, ci = stratified_bootstrap(arr, both, reps=reps, seed=seed)
+        out[k] = {
+            "iqm": float(p[0]),
+            "iqm_low": float(ci[0, 0]),
+            "iqm_high": float(ci[1, 0]),
+            "mean": float(p[1]),
+            "mean_low": float(ci[0, 1]),
+            "mean_high": float(ci[1, 1]),
+            "runs": int(arr.shape[0]),
+            "tasks": int(arr.shape[1]),
+        }
+    return out
+
+
+def binned_curve(points: Sequence[tuple[int, float]], edges: np.ndarray) -> np.ndarray:
+    """Mean of ``points`` in each ``[edges[i], edges[i+1])`` bin; empty bins carry the last value.
+
+    Example:
+        >>> binned_curve([(1, 1.0), (2, 3.0), (7, 5.0)], np.array([0, 4, 8, 12])).tolist()
+        [2.0, 5.0, 5.0]
+    """
+    out = np.full(len(edges) - 1, np.nan)
+    if points:
+        steps = np.array([p[0] for p in points])
+        vals = np.array([p[1] for p in points], dtype=float)
+        for i in range(len(edges) - 1):
+            sel = (steps >= edges[i]) & (steps < edges[i + 1])
+            if sel.any():
+                out[i] = vals[sel].mean()
+    last = np.nan
+    for i in range(len(out)):  # a bin with no finished episode keeps the previous mean
+        if np.isnan(out[i]):
+            out[i] = last
+        last = out[i]
+    return out
+
+
+def area_under_curve(record: RunRecord, bounds: tuple[float, float], bins: int = 20) -> float:
+    """Mean normalised training return over the run, in ``bins`` equal slices of its budget.
+
+    The area under the score curve divided by the budget: 1.0 means the run
+    played at the reference's final level from its first step. Bins before
+    the first finished episode count as random play (0).
+    """
+    edges = np.linspace(0, record.env_steps + 1, bins + 1)
+    curve = np.nan_to_num(binned_curve(record.returns, edges), nan=bounds[0])
+    return float(np.mean(normalise(curve, bounds)))
