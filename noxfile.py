@@ -23,14 +23,14 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session(python=PY)
 def tests(session: nox.Session) -> None:
     """Fast unit, property and smoke tests (the CI run)."""
-    _install(session, "test")
+    _install(session, "test,study")
     session.run("pytest", *(session.posargs or ["-q"]), env=ENV)
 
 
 @nox.session(python=PY)
 def slow(session: nox.Session) -> None:
     """Longer tests marked `slow` (real-env training runs)."""
-    _install(session, "test")
+    _install(session, "test,study")
     session.run("pytest", "-m", "slow", *(session.posargs or ["-q"]), env=ENV)
 
 
@@ -71,3 +71,17 @@ def cartpole(session: nox.Session) -> None:
     """EauDeQN on CartPole inside TorchRL's own Trainer (a minute or two)."""
     _install(session, "recipes")
     session.run("python", "recipes/cartpole_trainer.py", *session.posargs, env=ENV)
+
+
+@nox.session(python=PY)
+def study(session: nox.Session) -> None:
+    """The reproduction study: run the default grid (resumable), then the report.
+
+    Arguments go to `recipes/study.py run` (e.g. `-- --workers 8 --seeds 0 1 2`);
+    see docs/results.md for budgets and what the report writes.
+    """
+    _install(session, "study")
+    env = {**ENV, **os.environ}
+    grid = ["--grid", "configs/study/default.yaml"]
+    session.run("python", "recipes/study.py", "run", *grid, *session.posargs, env=env)
+    session.run("python", "recipes/study.py", "report", *grid, env=env)
