@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             f"eval return {result['eval/return_mean']:.2f}, "
             f"sparsity {tags['sparsity_prunable']:.4f}"
         )
-        # The study reads these from the run; the registry is optional (it costs seconds).
-        module.metrics.client.set_tag(run_id, "final_sparsity", f"{tags['sparsity_prunable']:.6f}")
+        # The study reads these from the run's tags; the registry is optional (it costs
+        # seconds). Tags, not only metrics: a metric at an already-flushed step can be
+        # dropped by the resume-safe metric buffer.
+        client = module.metrics.client
+        client.set_tag(run_id, "final_sparsity", f"{tags['sparsity_prunable']:.6f}")
+        client.set_tag(run_id, "final_eval_return", f"{result['eval/return_mean']:.6f}")
         if not cfg.register:
             return summary
         obs = module.env_fn(seed=0, eval=True).observation_spec["observation"].shape

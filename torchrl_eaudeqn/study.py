@@ -383,7 +383,8 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
     records = []
     for key, run in sorted(latest.items()):
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        if "eval/return_mean" not in m:
+        final = t.get("final_eval_return", m.get("eval/return_mean"))
+        if final is None:
             continue
         sparsity = float(t.get("final_sparsity", m.get("sparsity/member_0", 0.0)))
         records.append(
@@ -395,7 +396,7 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
                 width=int(p["width"]),
                 seed=int(p["seed"]),
                 env_steps=int(p["env_steps"]),
-                final_score=float(m["eval/return_mean"]),
+                final_score=float(final),
                 random_score=float(m.get("eval_random/return_mean", np.nan)),
                 final_sparsity=sparsity,
                 returns=history(run.info.run_id, "episode_return"),
