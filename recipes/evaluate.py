@@ -1,4 +1,4 @@
-"""Play a registered agent on an Atari game and report its raw game score.
+"""Play a registered agent (Atari Q-network or MuJoCo SAC actor) and report its returns.
 
 Loads a Q-network from the MLflow model registry (``models:/NAME@ALIAS``), builds
 the game with the training preprocessing (Dopamine style: sticky actions 0.25,
@@ -16,6 +16,16 @@ Two env backends give the same observations: ``torchrl`` (default,
 ``torchrl_eaudeqn.envs.make_atari_env``, the training env) and ``gymnasium``
 (plain Gymnasium wrappers with the same settings, no TorchRL). The video shows
 the emulator's RGB screen of the first episode.
+
+A registered SAC actor (kind ``sac_actor``, from ``recipes/mujoco_sac.py``)
+plays its continuous-control task deterministically (the mean action), on
+the plain Gymnasium env with float32 observations as in training. The task is
+``--env`` or, when omitted, the version's ``env`` tag; ``--max-steps``
+defaults to the task's registered cap (1000 for MuJoCo). The video renders
+MuJoCo offscreen (``MUJOCO_GL=egl`` unless set).
+
+    python recipes/evaluate.py --model models:/eaudesac-HalfCheetah-v5-eaudesac-256x2@final \
+        --episodes 10 --video cheetah.mp4
 
 Exit status: 0 on success, 2 on a usage error (bad arguments, unknown game,
 unreachable store, missing model or alias), each reported on one line.
@@ -49,12 +59,15 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="registered model: models:/NAME@ALIAS")
-    p.add_argument("--game", required=True, help="Atari game, e.g. Pong or ALE/Pong-v5")
+    p.add_argument("--game", default=None, help="Atari game of a Q-network, e.g. Pong")
+    p.add_argument("--env", default=None, help="task of a SAC actor (default: its 'env' tag)")
     p.add_argument("--episodes", type=int, default=10, help="episodes to play (>= 1)")
     p.add_argument("--epsilon", type=float, default=0.01, help="random-action probability")
     p.add_argument("--seed", type=int, default=0, help="seed of the env and of epsilon")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLflow's)")
-    p.add_argument("--max-steps", type=int, default=27_000, help="agent-step cap per episode")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="step cap per episode (Atari: 27000)"
+    )
     p.add_argument("--video", default=None, help="save the first episode to PATH.gif or .mp4")
     p.add_argument("--video-frames", type=int, default=1000, help="most frames in the video")
     p.add_argument("--fps", type=int, default=15, help="video frame rate (15 = real time)")
@@ -67,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
     if args.seed < 0:
         p.error(f"--seed must be >= 0, got {args.seed}")
-    if args.max_steps < 1:
+    if args.max_steps is not None and args.max_steps < 1:
         p.error(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.video_frames < 1 or args.fps < 1:
         p.error("--video-frames and --fps must be >= 1")
@@ -328,11 +341,149 @@ def describe_tags(tags: dict[str, str]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- SAC actors
+#: Registry kind of the deterministic SAC actors registered by recipes/mujoco_sac.py.
+SAC_ACTOR_KIND = "sac_actor"
+
+
+class ContinuousTask:
+    """A Gymnasium continuous-control task with float32 observations (as in training)."""
+
+    backend = "gymnasium"
+
+    def __init__(self, env_id: str, seed: int, max_steps: int | None, record: bool) -> None:
+        import gymnasium as gym
+        import numpy as np
+
+        if record and "DISPLAY" not in os.environ:
+            # MuJoCo renders offscreen through EGL when there is no display.
+            os.environ.setdefault("MUJOCO_GL", "egl")
+        kwargs = {} if max_steps is None else {"max_episode_steps": max_steps}
+        self.env = gym.make(env_id, render_mode="rgb_array" if record else None, **kwargs)
+        self.env_id = env_id
+        self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        self.action_dim = int(np.prod(self.env.action_space.shape))
+        self.max_steps = self.env.spec.max_episode_steps
+        self.video_source = "MuJoCo's offscreen renderer (render_mode='rgb_array')"
+        self._seed: int | None = seed
+
+    def reset(self):
+        import torch
+
+        # Seeded once: later episodes continue the env's RNG.
+        obs, _ = self.env.reset(seed=self._seed)
+        self._seed = None
+        return torch.as_tensor(obs, dtype=torch.float32)
+
+    def step(self, action):
+        import torch
+
+        obs, reward, terminated, truncated, _ = self.env.step(action.numpy())
+        return torch.as_tensor(obs, dtype=torch.float32), float(reward), terminated, truncated
+
+    def frame(self, observation):
+        return self.env.render()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: str):
+    """(model, task) for a registered SAC actor; UsageError/ValueError on a mismatch."""
+    import torch
+
+    from torchrl_eaudeqn.envs import resolve_continuous_env
+    from torchrl_eaudeqn.registry import load_registered
+
+    if args.game is not None:
+        raise UsageError(f"{args.model} is a SAC actor: give its task with --env, not --game")
+    env_id = args.env or tags.get("env")
+    if not env_id:
+        raise UsageError(f"{args.model} has no 'env' tag: give the task with --env")
+    resolve_continuous_env(env_id)
+    model = load_registered(args.model, tracking_uri=tracking_uri)
+    task = ContinuousTask(env_id, args.seed, args.max_steps, record=args.video is not None)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, task.obs_dim))
+    except Exception as err:  # noqa: BLE001 - an exported graph raises many types on bad shapes
+        task.close()
+        raise UsageError(
+            f"{args.model} does not take {env_id}'s observations ({task.obs_dim} values): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
+    if tuple(out.shape) != (1, task.action_dim):
+        task.close()
+        raise UsageError(
+            f"{args.model} outputs shape {tuple(out.shape)} for one observation, but "
+            f"{env_id} has {task.action_dim} action dimensions"
+        )
+    return model, task
+
+
+def play_actor(model, task: ContinuousTask, episodes: int, video_frames: int):
+    """Deterministic episodes: (returns, steps, frames of episode 1)."""
+    import torch
+
+    returns, steps, frames = [], [], []
+    for episode in range(episodes):
+        obs = task.reset()
+        record = episode == 0 and video_frames > 0
+        total, n, done, terminated = 0.0, 0, False, False
+        if record:
+            frames.append(task.frame(obs))
+        while not done:
+            with torch.no_grad():
+                action = model(obs.unsqueeze(0))[0]
+            obs, reward, terminated, truncated = task.step(action)
+            total += reward
+            n += 1
+            done = terminated or truncated
+            if record and len(frames) < video_frames:
+                frames.append(task.frame(obs))
+        returns.append(total)
+        steps.append(n)
+        end = "terminated" if terminated else "step cap"
+        print(f"episode {episode + 1}/{episodes}: return {total:.1f} in {n} steps ({end})")
+    return returns, steps, frames
+
+
+def play_actor_and_report(args, tags, tracking_uri, model, task, start: float) -> int:
+    print(
+        f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "
+        f"store {tracking_uri})"
+    )
+    print(
+        f"env: {task.env_id} via {task.backend}, cap {task.max_steps} steps; deterministic "
+        f"actor (mean action), seed {args.seed}"
+    )
+    try:
+        returns, steps, frames = play_actor(
+            model, task, args.episodes, args.video_frames if args.video else 0
+        )
+    finally:
+        task.close()
+    mean = sum(returns) / len(returns)
+    std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
+    print(f"return: mean {mean:.2f} std {std:.2f} over {len(returns)} episodes")
+    print(f"steps: {sum(steps)} in total, {sum(steps) / len(steps):.1f} per episode")
+    for line in describe_tags(tags):
+        print(line)
+    if args.video:
+        path = Path(args.video)
+        save_video(path, frames, args.fps)
+        print(f"video: {path} ({len(frames)} frames of episode 1 from {task.video_source})")
+    print(f"time: {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        game_name = resolve_game(args.game)
+        if args.game is not None and args.env is not None:
+            raise UsageError("give --game (a Q-network's Atari game) or --env (a SAC actor's task)")
+        game_name = resolve_game(args.game) if args.game is not None else None
         import torch
 
         from torchrl_eaudeqn.registry import (
@@ -345,22 +496,33 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         tags = get_version_tags(args.model, tracking_uri=tracking_uri)
         kind = tags.get(KIND_TAG, "q_network")
-        if kind != "q_network":
-            raise UsageError(f"{args.model} is a {kind!r} model; evaluate.py plays Q-networks")
-        model = load_registered(args.model, tracking_uri=tracking_uri)
-        backend = TorchRLGame if args.backend == "torchrl" else GymnasiumGame
-        game = backend(game_name, args.seed, args.max_steps, record=args.video is not None)
-        # A blank observation: resetting the game here would shift the seeded episodes.
-        with torch.no_grad():
-            out = model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
-        if out.shape != (1, game.n_actions):
+        if kind == SAC_ACTOR_KIND:
+            actor = setup_actor(args, tags, tracking_uri)
+        elif kind != "q_network":
             raise UsageError(
-                f"{args.model} outputs shape {tuple(out.shape)} for one observation, but "
-                f"{game_name} has {game.n_actions} actions"
+                f"{args.model} is a {kind!r} model; evaluate.py plays Q-networks and SAC actors"
             )
+        else:
+            actor = None
+            if game_name is None:
+                raise UsageError("--game is required to play a Q-network (e.g. --game Pong)")
+            args.max_steps = args.max_steps or 27_000
+            model = load_registered(args.model, tracking_uri=tracking_uri)
+            backend = TorchRLGame if args.backend == "torchrl" else GymnasiumGame
+            game = backend(game_name, args.seed, args.max_steps, record=args.video is not None)
+            # A blank observation: resetting the game here would shift the seeded episodes.
+            with torch.no_grad():
+                out = model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+            if out.shape != (1, game.n_actions):
+                raise UsageError(
+                    f"{args.model} outputs shape {tuple(out.shape)} for one observation, but "
+                    f"{game_name} has {game.n_actions} actions"
+                )
     except (UsageError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    if actor is not None:
+        return play_actor_and_report(args, tags, tracking_uri, *actor, start)
 
     print(
         f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "

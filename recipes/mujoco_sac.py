@@ -1,0 +1,136 @@
+"""Train EauDeSAC (or PolyPruneSAC / SAC) on a MuJoCo task with Lightning and MLflow.
+
+    python recipes/mujoco_sac.py                          # EauDeSAC, HalfCheetah-v5, 1M steps
+    python recipes/mujoco_sac.py --config configs/mujoco/eaudesac.yaml env=Hopper-v5
+    python recipes/mujoco_sac.py --config configs/mujoco/quick.yaml        # < 15 min on 2 cores
+    python recipes/mujoco_sac.py --config configs/mujoco/quick.yaml --resume last
+
+Reads top to bottom: config -> checks -> MLflow run -> Lightning fit (TorchRL
+collector -> replay -> EauDeSACLoss -> TargetSelectionCallback -> checkpoints)
+-> final evaluation (deterministic selected actor) -> plot -> registered sparse
+actor. The shared plumbing (arguments, resume, MLflow, Trainer, final steps)
+is torchrl_eaudeqn.recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RL_WARNINGS", "False")
+
+import torch  # noqa: E402
+
+from torchrl_eaudeqn import recipe  # noqa: E402
+from torchrl_eaudeqn.config import SACConfig  # noqa: E402
+from torchrl_eaudeqn.envs import make_continuous_env, resolve_continuous_env  # noqa: E402
+from torchrl_eaudeqn.lightning import (  # noqa: E402
+    MLflowMetrics,
+    SACLightningModule,
+    TargetSelectionCallback,
+)
+from torchrl_eaudeqn.registry import register_network  # noqa: E402
+
+#: Registry kind of a deterministic SAC actor (obs float32 [B, obs_dim] -> action [B, act_dim]).
+KIND = "sac_actor"
+
+PLOT = [
+    recipe.PlotPanel(
+        "return",
+        (
+            ("episode_return", "training episodes"),
+            ("eval/return_mean", "evaluation (deterministic)"),
+        ),
+    ),
+    recipe.PlotPanel(
+        "sparsity (prunable weights)",
+        (
+            ("sparsity/actor_selected", "selected actor"),
+            ("sparsity/critic_selected", "selected critic"),
+        ),
+    ),
+]
+
+
+def check_task(cfg: SACConfig) -> None:
+    resolve_continuous_env(cfg.env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = recipe.parse_args(
+        SACConfig,
+        argv,
+        default_config="configs/mujoco/eaudesac.yaml",
+        description=__doc__.splitlines()[0],
+        check=check_task,
+    )
+
+    def env_fn(seed: int, eval: bool):
+        steps = cfg.eval_max_steps if eval else cfg.max_episode_steps
+        return make_continuous_env(cfg.env, seed=seed, max_episode_steps=steps)
+
+    def build_module(metrics: MLflowMetrics) -> SACLightningModule:
+        return SACLightningModule(cfg, env_fn, metrics)
+
+    def build_callbacks(module: SACLightningModule) -> list:
+        def on_update(entry: dict) -> None:
+            m, step = module.metrics, module.env_steps
+            if "actor_selected" in entry:  # a selection (polyprune logs prune events instead)
+                m.add("selection/actor_selected", entry["actor_selected"], step)
+                m.add("selection/critic_selected", entry["critic_selected"], step)
+                m.add("selection/actor_sparsity", entry["actor_selected_sparsity"], step)
+                m.add("selection/critic_sparsity", entry["critic_selected_sparsity"], step)
+
+        return [TargetSelectionCallback(module.updater, on_update=on_update)]
+
+    def register(module: SACLightningModule, result: dict, run_id: str) -> str:
+        # The selected actor member (member 0 after a selection: the winner's
+        # copy that kept training), deterministic: obs -> scaled tanh(mean).
+        policy = module.acting_policy().cpu()
+        critic = module.critic.sparsity_stats()
+        k = module.critic.selected
+        tags = {
+            "method": cfg.method,
+            "env": cfg.env,
+            "seed": cfg.seed,
+            "env_steps": module.env_steps,
+            "hidden": f"{cfg.hidden}x{cfg.depth}",
+            "num_members": cfg.members,
+            "eval_return_mean": result["eval/return_mean"],
+            "eval_return_std": result["eval/return_std"],
+            "critic_sparsity_prunable": float(critic["prunable"][k]),
+            "critic_sparsity_overall": float(critic["overall"][k]),
+            **{f"critic_sparsity.{n}": float(s[k]) for n, s in critic["per_layer"].items()},
+        }
+        version = register_network(
+            policy,
+            name=cfg.model_name,
+            example_input=torch.zeros(1, module.observation_dim),
+            tags=tags,
+            alias=cfg.register_alias,
+            tracking_uri=cfg.tracking_uri,
+            run_id=run_id,
+            kind=KIND,
+        )
+        return (
+            f"eval return {result['eval/return_mean']:.1f}, "
+            f"actor sparsity {float(version.tags['sparsity_prunable']):.4f}, "
+            f"critic sparsity {tags['critic_sparsity_prunable']:.4f}, "
+            f"registered models:/{cfg.model_name}@{cfg.register_alias} (v{version.version})"
+        )
+
+    return recipe.run_recipe(
+        cfg,
+        args.resume,
+        build_module=build_module,
+        build_callbacks=build_callbacks,
+        register=register,
+        plot_panels=PLOT,
+        run_tags={"method": cfg.method, "env": cfg.env, "hidden": f"{cfg.hidden}x{cfg.depth}"},
+        plot_name="return_sparsity.png",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
