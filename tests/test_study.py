@@ -35,7 +35,10 @@ def test_default_grid_expands_seed_major_with_unique_keys():
     # seed-major: a grid cut short holds whole seeds
     seeds = [c.seed for c in cells]
     assert seeds == sorted(seeds)
-    for c in cells:  # every cell's config loads and validates
+    full = study.expand_grid(study.load_grid(ROOT / "configs/study/full.yaml"), seeds=[0])
+    assert {c.key for c in cells} <= {c.key for c in study.expand_grid(
+        study.load_grid(ROOT / "configs/study/full.yaml"))}  # fmt: skip
+    for c in cells + full:  # every cell's config loads and validates
         load_config(ControlConfig, c.config, [f"task={c.task}", f"width={c.width}"])
 
 
@@ -47,6 +50,8 @@ def test_grid_subsets_and_unknown_task():
     assert [c.key for c in cells] == ["CartPole-v1/dqn/wide/seed1"]
     with pytest.raises(ValueError, match="unknown tasks"):
         study.expand_grid(spec, tasks=["Pong"])
+    full = study.load_grid(ROOT / "configs/study/full.yaml")
+    assert len(study.expand_grid(full, tasks=["minatar:breakout"], seeds=[0])) == 9
 
 
 def test_budget_overrides_change_the_key():
