@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from torchrl_eaudeqn.checkpointing import latest_checkpoint
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = [sys.executable, str(ROOT / "recipes" / "atari_dqn.py")]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RL_WARNINGS": "False"}
@@ -51,7 +53,11 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
         assert key in run.data.metrics, key
     assert "score_sparsity.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
     ckpt_dir = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0"
-    assert (ckpt_dir / "last.ckpt").is_file()
+    # every 80 env steps and at the end, the newest 3 kept, each with its checksum
+    assert sorted(p.name for p in ckpt_dir.glob("step*.ckpt")) == [
+        "step000000000160.ckpt", "step000000000240.ckpt", "step000000000300.ckpt",
+    ]  # fmt: skip
+    assert latest_checkpoint(ckpt_dir) == ckpt_dir / "step000000000300.ckpt"
 
     version = client.get_model_version_by_alias("smoke-breakout", "final")
     tags = version.tags
@@ -98,7 +104,7 @@ def test_bad_input_stops_before_work(tmp_path, override, message):
 def test_resume_rejects_checkpoint_of_another_config(tmp_path):
     first = _run(_tiny(tmp_path, 120), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpt = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0" / "last.ckpt"
+    ckpt = latest_checkpoint(tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0")
     before = ckpt.read_bytes()
     out = _run([*_tiny(tmp_path, 200), "lr=0.001", "--resume", str(ckpt)], tmp_path, timeout=120)
     assert out.returncode == 2 and "another config (lr" in out.stderr

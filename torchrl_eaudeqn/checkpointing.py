@@ -28,6 +28,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "checkpoint_step",
     "latest_checkpoint",
+    "replay_dir",
     "verify_checkpoint",
     "write_atomic",
 ]
@@ -127,6 +129,16 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
             f"checkpoint {path} is corrupt: sha256 {digest[:12]}... does not match "
             f"{side.name} ({expected[:12] or 'empty'}...)"
         )
+
+
+def replay_dir(path: str | os.PathLike) -> Path:
+    """Where the replay buffer of checkpoint ``path`` is written (``stepN.replay/``).
+
+    Example:
+        >>> replay_dir("ckpt/step000100.ckpt").as_posix()
+        'ckpt/step000100.replay'
+    """
+    return Path(path).with_suffix(".replay")
 
 
 def checkpoint_step(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -226,6 +238,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         for p in (path, _sidecar(path)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        shutil.rmtree(replay_dir(path), ignore_errors=True)
 
     def _prune(self, directory: Path) -> None:
         if self.keep_last is None:

@@ -101,6 +101,10 @@ class AtariConfig:
     register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
     checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
+    keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
+    checkpoint_replay: bool = _f(
+        False, "also write the replay buffer beside each checkpoint (exact resume; large)"
+    )
     # compute
     use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
     threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
@@ -216,6 +220,10 @@ class SACConfig:
     register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
     checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
+    keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
+    checkpoint_replay: bool = _f(
+        False, "also write the replay buffer beside each checkpoint (exact resume; large)"
+    )
     # compute
     use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
     threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)

@@ -32,8 +32,10 @@ import functools
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -48,6 +50,7 @@ from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule
 
+from .checkpointing import CheckpointError
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
 from .config import AtariConfig, SACConfig
 from .envs import make_atari_gym_env
@@ -65,8 +68,10 @@ from .sparsity import make_speed_policy, sparsity_stats
 from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 
 __all__ = [
+    "FLUSHED_TAG",
     "DQNLightningModule",
     "MLflowMetrics",
+    "MLflowUnavailable",
     "OnlineRLModule",
     "SACLightningModule",
     "TargetSelectionCallback",
@@ -230,36 +235,92 @@ def build_sac_updater(
     )
 
 
+class MLflowUnavailable(RuntimeError):
+    """The tracking store stayed unreachable for longer than the metric buffer allows."""
+
+
+#: Run tag holding the last env step whose metrics reached the store.
+FLUSHED_TAG = "torchrl_eaudeqn.flushed_step"
+
+
 class MLflowMetrics:
     """Buffers ``(key, value, env_step)`` and writes them in one ``log_batch`` call.
 
-    Metrics are keyed by env step, so a resumed run continues the same
-    curves; a flush that fails keeps the buffer for the next try.
+    Metrics are keyed by env step, so a resumed run continues the same curves.
+    Nothing is lost silently:
+
+    * a flush that fails (tracking server down, database locked) keeps the
+      buffer and is retried at the next flush; after ``max_failures``
+      failed flushes in a row :class:`MLflowUnavailable` stops training (the
+      recipe then checkpoints, and the unsent metrics travel in the checkpoint,
+      see ``pending``);
+    * each successful flush records the newest env step it sent in the run's
+      ``torchrl_eaudeqn.flushed_step`` tag; a resumed run sets
+      ``skip_through`` to it, so the steps it replays after its checkpoint are
+      not logged twice.
 
     Example:
         >>> m = MLflowMetrics(client=None, run_id=None)
         >>> m.add("score", 1.0, step=10); len(m.pending)
         1
+        >>> m.skip_through = 10; m.add("score", 2.0, step=10); len(m.pending)
+        1
     """
 
-    def __init__(self, client: Any, run_id: str | None) -> None:
+    def __init__(self, client: Any, run_id: str | None, max_failures: int = 20) -> None:
         self.client = client
         self.run_id = run_id
         self.pending: list[Any] = []
+        self.skip_through = -1
+        self.max_failures = max_failures
+        self.failures = 0
+        self.last_error: str | None = None
 
     def add(self, key: str, value: float, step: int) -> None:
+        if int(step) <= self.skip_through:
+            return
         if math.isfinite(float(value)):
             self.pending.append((key, float(value), int(step), int(time.time() * 1000)))
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Send the buffer; ``False`` (buffer kept) when the store did not take it."""
         if not self.pending or self.client is None:
-            return
+            return True
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, ts, s) for k, v, s, ts in self.pending]
-        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        todo = [p for p in self.pending if p[2] > self.skip_through]
+        metrics = [Metric(k, v, ts, s) for k, v, s, ts in todo]
+        sent = 0
+        try:
+            for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+                sent = i + 1000
+            newest = max(p[2] for p in todo) if todo else self.skip_through
+            self.client.set_tag(self.run_id, FLUSHED_TAG, str(newest))
+        except Exception as err:  # noqa: BLE001 - any store error: keep the buffer, retry later
+            # Batches already sent are dropped from the buffer, so a retry does
+            # not send them twice.
+            self.pending = todo[sent:]
+            self.failures += 1
+            first = str(err).splitlines()[0] if str(err) else ""
+            self.last_error = f"{type(err).__name__}: {first}"
+            if self.failures >= self.max_failures:
+                raise MLflowUnavailable(
+                    f"MLflow tracking store unreachable for {self.failures} flushes in a row "
+                    f"({self.last_error}); {len(self.pending)} metric points kept in the checkpoint"
+                ) from None
+            return False
         self.pending.clear()
+        self.skip_through = max(self.skip_through, newest)
+        self.failures = 0
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Unsent points (they go into checkpoints, so an outage loses nothing)."""
+        return {"pending": [list(p) for p in self.pending]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = [tuple(p) for p in state.get("pending", [])] + self.pending
 
 
 class _StepStream(IterableDataset):
@@ -487,6 +548,7 @@ class OnlineRLModule(L.LightningModule):
                 "python": _python_state_to_plain(random.getstate()),
             },
             "mlflow_run_id": self.metrics.run_id,
+            "mlflow_pending": self.metrics.state_dict(),
             **self._checkpoint_extras(),
         }
 
@@ -502,7 +564,34 @@ class OnlineRLModule(L.LightningModule):
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(_numpy_state_from_plain(state["rng"]["numpy"]))
         random.setstate(_python_state_from_plain(state["rng"]["python"]))
+        if "mlflow_pending" in state:
+            self.metrics.load_state_dict(state["mlflow_pending"])
         self._load_checkpoint_extras(state)
+
+    # -------------------------------------------------------------- replay
+    def save_replay(self, path: str | Path) -> None:
+        """Write the replay buffer to directory ``path`` atomically (tmp dir, then rename).
+
+        Both replays used here (:class:`~torchrl_eaudeqn.replay.FrameReplayBuffer`
+        and TorchRL's ``ReplayBuffer``) have ``dumps``/``loads``.
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self.replay.dumps(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"cannot write replay buffer {path}: {err.strerror or err} (existing checkpoints "
+                "are untouched)"
+            ) from None
+
+    def load_replay(self, path: str | Path) -> None:
+        """Load a replay buffer written by :meth:`save_replay`."""
+        self.replay.loads(Path(path))
 
 
 class DQNLightningModule(OnlineRLModule):

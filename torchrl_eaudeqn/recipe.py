@@ -11,9 +11,9 @@ to register, and hands the rest to :func:`run_recipe`:
    :func:`read_checkpoint_header` (refuses a checkpoint written under another
    config, except for the :data:`RESUMABLE` fields) -- before anything is written;
 3. :func:`start_mlflow_run` (or reopen the checkpoint's run);
-4. Lightning ``fit`` with the updater callback, :class:`ModelCheckpoint`
-   every ``checkpoint_every`` env steps and ``last.ckpt`` at the end
-   (:func:`make_trainer`);
+4. Lightning ``fit`` with the updater callback and crash-safe checkpoints
+   (``step<env steps>.ckpt``, every ``checkpoint_every`` env steps, at the
+   end, on an exception or a signal; :func:`make_trainer`);
 5. final evaluation, :func:`plot_run` (a PNG artifact), registration;
    the MLflow run is marked FINISHED, FAILED or KILLED whatever happens.
 
@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import pathlib
 import sys
@@ -37,8 +38,16 @@ from typing import Any, TypeVar
 
 import torch
 
+from .checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    latest_checkpoint,
+    replay_dir,
+    verify_checkpoint,
+)
 from .config import ConfigError, config_diff, load_config
 from .registry import check_tracking_uri
+from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
 
 __all__ = [
     "RESUMABLE",
@@ -59,6 +68,7 @@ C = TypeVar("C")
 RESUMABLE = (
     "env_steps", "progress_bar", "threads", "eval_every", "eval_episodes", "log_every",
     "checkpoint_every", "register_name", "register_alias", "tracking_uri", "run_name",
+    "keep_checkpoints", "checkpoint_replay", "register_format",
 )  # fmt: skip
 
 
@@ -118,10 +128,28 @@ def checkpoint_dir(cfg: Any) -> pathlib.Path:
 
 
 def find_checkpoint(cfg: Any, resume: str) -> pathlib.Path:
-    """The checkpoint ``--resume`` names (``last``: the run's ``last.ckpt``); ValueError if none."""
-    path = checkpoint_dir(cfg) / "last.ckpt" if resume == "last" else pathlib.Path(resume)
+    """The checkpoint ``--resume`` names, verified against its checksum.
+
+    ``last`` is the newest checkpoint of the run's directory that verifies
+    (a newer one left torn or corrupt by a crash is skipped); a path must
+    verify itself.
+
+    Raises:
+        ValueError: no such checkpoint, or it fails verification (one line).
+    """
+    if resume == "last":
+        directory = checkpoint_dir(cfg)
+        path = latest_checkpoint(directory)
+        if path is None:
+            raise ValueError(f"--resume last: no valid checkpoint in {directory}")
+        return path
+    path = pathlib.Path(resume)
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {path}")
+    try:
+        verify_checkpoint(path)
+    except CheckpointError as err:
+        raise ValueError(f"--resume: {err}") from None
     return path
 
 
@@ -205,24 +233,24 @@ def plot_run(
 
 
 def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
-    """A Lightning ``Trainer`` for an online module: checkpoints, progress bar, no validation.
+    """A Lightning ``Trainer`` for an online module: safe checkpoints, progress bar, no validation.
 
-    Checkpoints go to ``ckpt_dir`` every ``checkpoint_every`` env steps
-    (``checkpoint_every // train_freq`` training steps) and as ``last.ckpt``.
+    Checkpoints (``ckpt_dir/step<env steps>.ckpt``, atomic and checksummed by
+    :class:`~torchrl_eaudeqn.checkpointing.AtomicCheckpointIO`, the newest
+    ``keep_checkpoints`` kept) are written every ``checkpoint_every`` env
+    steps, at the end, on an exception and on ``SIGINT``/``SIGTERM``
+    (:class:`~torchrl_eaudeqn.reliability.GracefulStop`); a NaN/Inf gradient
+    stops training before the optimizer step
+    (:class:`~torchrl_eaudeqn.reliability.NonFiniteGuard`).
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
     callbacks = [
         *callbacks,
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="step{step}",
-            every_n_train_steps=max(1, cfg.checkpoint_every // cfg.train_freq),
-            save_last=True,
-            save_top_k=-1,
-            auto_insert_metric_name=False,
-        ),
+        NonFiniteGuard(),
+        EnvStepCheckpoint(ckpt_dir, cfg.checkpoint_every),
+        GracefulStop(),
     ]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=50))
@@ -233,6 +261,7 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
         devices=1,
         logger=False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO(keep_last=getattr(cfg, "keep_checkpoints", 3))],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -267,11 +296,15 @@ def run_recipe(
         plot_name: the PNG artifact's file name.
 
     Returns:
-        0 on success, 2 on a resume error (one line on stderr, nothing written).
+        0 on success; 2 on a user error (bad resume, a checkpoint that cannot be
+        written: one line on stderr); 1 when training stopped on a NaN/Inf or
+        an unreachable tracking store; 128 + signal number after a graceful
+        ``SIGINT``/``SIGTERM`` stop. In every case but a bad resume the state
+        is checkpointed first and the MLflow run ends FINISHED, FAILED or KILLED.
     """
     import lightning as L
 
-    from .lightning import MLflowMetrics
+    from .lightning import FLUSHED_TAG, MLflowMetrics, MLflowUnavailable
 
     run_id = None
     ckpt = None
@@ -287,13 +320,42 @@ def run_recipe(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     client, run_id = start_mlflow_run(cfg, run_id, run_tags)
     metrics = MLflowMetrics(client, run_id)
+    if ckpt is not None:
+        # Steps replayed after the checkpoint were already logged before the
+        # crash: log each env step once.
+        flushed = client.get_run(run_id).data.tags.get(FLUSHED_TAG)
+        metrics.skip_through = int(flushed) if flushed else -1
     status = "FAILED"
+    ckpt_dir = checkpoint_dir(cfg)
+
+    def stopped(message: str, code: int, new_status: str) -> int:
+        nonlocal status
+        status = new_status
+        saved = latest_checkpoint(ckpt_dir)
+        where = f"; checkpoint {saved}, continue with --resume last" if saved else ""
+        print(f"{message}{where}", file=sys.stderr)
+        return code
+
     try:
         module = build_module(metrics)
-        ckpt_dir = checkpoint_dir(cfg)
+        if ckpt is not None and replay_dir(ckpt).is_dir():
+            module.load_replay(replay_dir(ckpt))
         trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir)
-        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+        try:
+            trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+        except NonFiniteError as err:
+            return stopped(f"error: {err}", 1, "FAILED")
+        except MLflowUnavailable as err:
+            return stopped(f"error: {err}", 1, "FAILED")
+        except CheckpointError as err:
+            return stopped(f"error: {err}", 2, "FAILED")
+        if stop.received is not None:
+            return stopped(
+                f"stopped by {stop.signal_name} at env step {module.env_steps}",
+                128 + stop.received,
+                "KILLED",
+            )
         result = module.evaluate(cfg.eval_episodes)
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
@@ -302,9 +364,10 @@ def run_recipe(
         status = "FINISHED"
         print(f"done: {module.env_steps} env steps, {summary}, run {run_id}")
         return 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
         metrics.flush()
-        client.set_terminated(run_id, status)
+        with contextlib.suppress(Exception):  # the store may be the thing that failed
+            client.set_terminated(run_id, status)
