@@ -274,7 +274,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     scores = study.normalised_scores(records, bounds)
     est = study.interval_estimates(scores, reps=args.reps)
     auc = study.normalised_scores(
-        records, bounds, value=lambda r: study.area_under_curve(r, bounds[r.task])
+        records, bounds, value=lambda r: study.area_under_curve(r, bounds[r.task][0])
     )
     auc_est = study.interval_estimates(auc, reps=args.reps)
     widths = _width_names(records)

@@ -196,7 +196,11 @@ def test_aggregation_on_synthetic_runs_matches_closed_form(tmp_path):
     assert e["iqm_low"] <= e["iqm"] <= e["iqm_high"]
     # constant training curves: the area equals the final level
     r = next(r for r in records if r.key == "T/eaudeqn/wide/seed1")
-    assert study.area_under_curve(r, bounds["T"], bins=10) == pytest.approx(0.4)
+    assert study.area_under_curve(r, 0.0, bins=10) == pytest.approx(4.0)
+    auc = study.normalised_scores(
+        records, bounds, value=lambda r: study.area_under_curve(r, 0.0, bins=10)
+    )
+    np.testing.assert_allclose(auc[("eaudeqn", "wide")].ravel(), [0.0, 0.4, 0.6, 10.0])
 
 
 def test_report_writes_tables_and_figures(tmp_path):

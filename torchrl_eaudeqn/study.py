@@ -575,13 +575,18 @@ def binned_curve(points: Sequence[tuple[int, float]], edges: np.ndarray) -> np.n
     return out
 
 
-def area_under_curve(record: RunRecord, bounds: tuple[float, float], bins: int = 20) -> float:
-    """Mean normalised training return over the run, in ``bins`` equal slices of its budget.
+def area_under_curve(record: RunRecord, empty: float, bins: int = 20) -> float:
+    """Mean training return over the run, in ``bins`` equal slices of its budget (raw units).
 
-    The area under the score curve divided by the budget: 1.0 means the run
-    played at the reference's final level from its first step. Bins before
-    the first finished episode count as random play (0).
+    The area under the score curve divided by the budget; pass it through
+    :func:`normalised_scores` (``value=``) to normalise it like a final score
+    (1.0: played at the reference's final level from the first step). Slices
+    before the first finished episode count as ``empty`` (the random score).
+
+    Example:
+        >>> r = RunRecord("k", "T", "dqn", "w", 8, 0, 100, 0.0, 0.0, 0.0, returns=[(60, 10.0)])
+        >>> area_under_curve(r, empty=0.0, bins=2)
+        5.0
     """
     edges = np.linspace(0, record.env_steps + 1, bins + 1)
-    curve = np.nan_to_num(binned_curve(record.returns, edges), nan=bounds[0])
-    return float(np.mean(normalise(curve, bounds)))
+    return float(np.mean(np.nan_to_num(binned_curve(record.returns, edges), nan=empty)))
