@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (default test run), `slow`, `lint`, `benchmarks`, `train`.
+"""Sessions: `nox -s tests` (default), `slow`, `lint`, `benchmarks`, `train`, `train_mujoco`.
 
 Every session installs the project with `constraints.txt`, which pins the
 CPU-only torch that the project machines carry (no CUDA downloads).
@@ -35,6 +35,13 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python=PY)
+def reliability(session: nox.Session) -> None:
+    """Fault injection: SIGKILL/SIGTERM + resume, corrupt checkpoints, NaN, bad configs."""
+    _install(session, "test")
+    session.run("pytest", "-m", "reliability", *(session.posargs or ["-q", "-s"]), env=ENV)
+
+
+@nox.session(python=PY)
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.6")
@@ -51,6 +58,7 @@ def benchmarks(session: nox.Session) -> None:
         "bench_replay.py",
         "bench_atari_throughput.py",
         "bench_inference.py",
+        "bench_sac_throughput.py",
     ):
         session.run("python", f"benchmarks/{script}", env=ENV)
 
@@ -64,6 +72,18 @@ def train(session: nox.Session) -> None:
     _install(session, "recipes")
     args = session.posargs or ["--config", "configs/atari/quick.yaml"]
     session.run("python", "recipes/atari_dqn.py", *args, env={**ENV, **os.environ})
+
+
+@nox.session(python=PY)
+def train_mujoco(session: nox.Session) -> None:
+    """EauDeSAC on MuJoCo HalfCheetah-v5, quick preset (< 15 min on 2 cores); args are overrides.
+
+    `nox -s train_mujoco -- --config configs/mujoco/eaudesac.yaml env=Hopper-v5` runs the
+    standard SAC settings (1M steps).
+    """
+    _install(session, "recipes")
+    args = session.posargs or ["--config", "configs/mujoco/quick.yaml"]
+    session.run("python", "recipes/mujoco_sac.py", *args, env={**ENV, **os.environ})
 
 
 @nox.session(python=PY)

@@ -100,15 +100,20 @@ def main(argv: list[str] | None = None) -> int:
             "eval_score_mean": result["eval/score_mean"],
             **network_sparsity_tags(net),
         }
-        version = register_network(
-            net,
-            name=cfg.model_name,
+        common = dict(
             example_input=torch.zeros(1, 4, 84, 84, dtype=torch.uint8),
             tags=tags,
             alias=cfg.register_alias,
             tracking_uri=cfg.tracking_uri,
             run_id=run_id,
         )
+        # register_format: the compact CSR form (docs/export.md) is the default
+        # deployable agent; "both" also keeps the masked dense network.
+        if cfg.register_format in ("dense", "both"):
+            version = register_network(net, name=cfg.model_name, **common)
+        if cfg.register_format in ("compact", "both"):
+            suffix = "-compact" if cfg.register_format == "both" else ""
+            version = register_network(net, name=cfg.model_name + suffix, compact=True, **common)
         return (
             f"eval score {result['eval/score_mean']:.2f}, "
             f"sparsity {tags['sparsity_prunable']:.4f}, "

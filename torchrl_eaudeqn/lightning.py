@@ -311,7 +311,8 @@ class MLflowMetrics:
                 ) from None
             return False
         self.pending.clear()
-        self.skip_through = max(self.skip_through, newest)
+        # skip_through only changes on resume: later points at an already sent
+        # step (the final evaluation at the last log step) must still go out.
         self.failures = 0
         return True
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import pathlib
 import sys
 import tempfile
@@ -181,6 +182,41 @@ def read_checkpoint_header(
     return state.get("mlflow_run_id")
 
 
+def _init_sqlite_store(uri: str) -> None:
+    """Create a new SQLite tracking store atomically.
+
+    MLflow creates its tables with a chain of migrations; a process killed in
+    the middle (measured: SIGKILL during start-up) leaves a half-migrated
+    file that every later run refuses. A new store is therefore built under a
+    temporary name and renamed into place once complete.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = pathlib.Path(uri[len("sqlite:///") :])
+    if path.exists():
+        return
+    from mlflow import MlflowClient
+
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
+    try:
+        MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        _dispose_engines()
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _dispose_engines() -> None:
+    # MLflow caches one SQLAlchemy engine per URI; close the temporary one.
+    with contextlib.suppress(Exception):
+        from mlflow.store.db import utils as db_utils
+
+        for engine in list(getattr(db_utils, "_engine_cache", {}).values()):
+            engine.dispose()
+
+
 def start_mlflow_run(
     cfg: Any, run_id: str | None, tags: Mapping[str, str] | None = None
 ) -> tuple[Any, str]:
@@ -192,6 +228,7 @@ def start_mlflow_run(
     import mlflow
     from mlflow import MlflowClient
 
+    _init_sqlite_store(cfg.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri)
     if run_id is None:
