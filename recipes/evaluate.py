@@ -329,12 +329,25 @@ def describe_tags(tags: dict[str, str]) -> list[str]:
     if layers:
         per_layer = ", ".join(f"{k.removeprefix('sparsity.')} {num(k)}" for k in layers)
         lines.append(f"per-layer sparsity: {per_layer}")
+    # A SAC actor's version also describes the critic it was trained with.
+    critic = [k for k in tags if k.startswith("critic_sparsity")]
+    if critic:
+        per_layer = ", ".join(
+            f"{k.removeprefix('critic_sparsity.')} {num(k)}"
+            for k in critic
+            if k.startswith("critic_sparsity.")
+        )
+        lines.append(
+            f"critic sparsity: overall {num('critic_sparsity_overall')}, prunable "
+            f"{num('critic_sparsity_prunable')}"
+            + (f"; per layer: {per_layer}" if per_layer else "")
+        )
     storage = describe_storage(tags)
     if storage:
         lines.append(storage)
     skip = {"sparsity_overall", "sparsity_prunable", "nonzero_params", "total_params"}
     skip |= {"version", "run_id"}  # already on the "model:" line
-    skip |= STORAGE_TAGS
+    skip |= STORAGE_TAGS | set(critic)
     others = [f"{k}={v}" for k, v in tags.items() if k not in skip and k not in layers]
     if others:
         lines.append("tags: " + ", ".join(others))

@@ -5,8 +5,10 @@ from .envs import (
     atari_game_ids,
     make_atari_env,
     make_atari_gym_env,
+    make_continuous_env,
     make_control_env,
     resolve_atari_game,
+    resolve_continuous_env,
 )
 from .export import (
     CompactConv2d,
@@ -85,7 +87,9 @@ __all__ = [
     "exported_size_bytes",
     "measure_latency_ms",
     "make_atari_env",
+    "make_continuous_env",
     "make_control_env",
+    "resolve_continuous_env",
     "resolve_atari_game",
     "magnitude_masks",
     "make_speed_policy",
