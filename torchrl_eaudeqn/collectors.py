@@ -52,7 +52,7 @@ def linear_epsilon(step: int, *, start: float, end: float, decay_steps: int, war
 
     Example:
         >>> eps = lambda s: linear_epsilon(s, start=1.0, end=0.1, decay_steps=10, warmup=5)
-        >>> [eps(0), eps(5), eps(10), eps(20)]
+        >>> [round(eps(s), 6) for s in (0, 5, 10, 20)]
         [1.0, 1.0, 0.55, 0.1]
     """
     if step < warmup:
