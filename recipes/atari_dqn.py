@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             tracking_uri=cfg.tracking_uri,
             run_id=run_id,
         )
+        # The study grid (recipes/study.py) reads these from the run's tags.
+        client = module.metrics.client
+        client.set_tag(run_id, "final_sparsity", f"{tags['sparsity_prunable']:.6f}")
+        client.set_tag(run_id, "final_eval_return", f"{result['eval/score_mean']:.6f}")
         # register_format: the compact CSR form (docs/export.md) is the default
         # deployable agent; "both" also keeps the masked dense network.
         if cfg.register_format in ("dense", "both"):
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         build_callbacks=build_callbacks,
         register=register,
         plot_panels=PLOT,
-        run_tags={"method": cfg.method, "game": cfg.game, "width": str(cfg.width)},
+        run_tags=cfg.tags,
         plot_name="score_sparsity.png",
     )
 

@@ -96,6 +96,7 @@ class AtariConfig:
     tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-atari", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
+    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
     log_every: int = _f(1000, "env steps between metric logs", min=1)
     register_name: str = _f("", "registered model name (empty: eaudeqn-<game>-<method>-<width>)")
     register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
@@ -134,11 +135,27 @@ class AtariConfig:
                 f"target_period: must be a multiple of train_freq ({self.train_freq}), "
                 f"got {self.target_period}"
             )
+        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
+            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
 
     @property
     def members(self) -> int:
         """Online networks actually used: K for eaudeqn, 1 for the baselines."""
         return self.num_members if self.method == "eaudeqn" else 1
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of a new run: method, game, width, and ``run_tags``.
+
+        Example:
+            >>> AtariConfig(run_tags="study.key=Pong/dqn/small/seed0").tags["study.key"]
+            'Pong/dqn/small/seed0'
+        """
+        tags = {"method": self.method, "game": self.game, "width": str(self.width)}
+        for item in filter(None, self.run_tags.split(",")):
+            key, _, value = item.partition("=")
+            tags[key.strip()] = value.strip()
+        return tags
 
     @property
     def model_name(self) -> str:

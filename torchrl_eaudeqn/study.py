@@ -5,6 +5,9 @@
 * :func:`finished_keys` / :func:`run_grid`: run the cells that MLflow does
   not hold as ``FINISHED`` (tag ``study.key``), in parallel worker
   processes (``recipes/control_dqn.py``), one torch thread each;
+  :func:`run_cell` is one attempt of one cell (resumed from the cell's
+  newest checkpoint when there is one), shared with the Ray backend
+  (:mod:`torchrl_eaudeqn.cluster`);
 * :func:`collect_runs`, :func:`normalised_scores`, :func:`interval_estimates`:
   final scores normalised per task, IQM and mean (``rliable.metrics``) with
   95% stratified bootstrap confidence intervals, final sparsity, area under
@@ -17,8 +20,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,17 +36,22 @@ import numpy as np
 import yaml
 
 __all__ = [
+    "FAULT_ENV",
     "KEY_TAG",
+    "AttemptResult",
     "Cell",
     "GridSpec",
     "RunRecord",
     "binned_curve",
+    "cell_checkpoint_dir",
     "collect_runs",
     "expand_grid",
     "finished_keys",
     "interval_estimates",
     "load_grid",
+    "mark_stale_runs",
     "normalised_scores",
+    "run_cell",
     "run_grid",
     "stratified_bootstrap",
     "with_retries",
@@ -48,6 +59,12 @@ __all__ = [
 
 #: The MLflow tag that names a run's grid cell.
 KEY_TAG = "study.key"
+#: Fault injection for tests of the retry path: the grid key of one cell whose
+#: first attempt is SIGKILLed right after its first checkpoint is written (with
+#: the Ray backend, the Ray worker running it is killed too).
+FAULT_ENV = "EAUDEQN_STUDY_FAULT"
+#: Recipe kinds a grid can drive, and their scripts (relative to the checkout).
+RECIPES = {"control": "recipes/control_dqn.py", "atari": "recipes/atari_dqn.py"}
 #: Method order in tables and figures.
 METHODS = ("dqn", "eaudeqn", "polyprune")
 METHOD_LABELS = {"dqn": "DQN (dense)", "eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN (95%)"}
@@ -83,7 +100,11 @@ def with_retries(
 # --------------------------------------------------------------------------- grid
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One task of a grid: its base config and the widths to run.
+    """One task of a grid: its base config, the widths to run and the recipe kind.
+
+    ``recipe`` is a key of :data:`RECIPES`: ``control`` (``recipes/control_dqn.py``,
+    the task is its ``task=``) or ``atari`` (``recipes/atari_dqn.py``, the task is
+    its ``game=``).
 
     Example:
         >>> TaskSpec("configs/study/cartpole.yaml", {"narrow": 32}).widths["narrow"]
@@ -93,6 +114,7 @@ class TaskSpec:
     config: str
     widths: dict[str, int]
     overrides: tuple[str, ...] = ()
+    recipe: str = "control"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +151,8 @@ class Cell:
     seed: int
     config: str
     overrides: tuple[str, ...] = ()
+    #: recipe kind (:data:`RECIPES`); not part of the key (a task names one recipe)
+    recipe: str = "control"
 
     @property
     def key(self) -> str:
@@ -141,12 +165,27 @@ class Cell:
             [self.task, self.method, self.width_name, f"seed{self.seed}", *sorted(self.overrides)]
         ).replace(",", ";")
 
-    def argv(self, tracking_uri: str, experiment: str, checkpoint_dir: str) -> list[str]:
-        """Arguments of ``recipes/control_dqn.py`` for this cell."""
+    def argv(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        checkpoint_dir: str,
+        *,
+        threads: int = 1,
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        """Arguments of the cell's recipe (``recipes/control_dqn.py``, ``recipes/atari_dqn.py``).
+
+        ``extra`` overrides come last (e.g. ``device=cuda`` on a GPU worker).
+
+        Example:
+            >>> Cell("Pong", "dqn", "small", 32, 0, "a.yaml", recipe="atari").argv("u", "e", "c")[2]
+            'game=Pong'
+        """
         return [
             "--config",
             self.config,
-            f"task={self.task}",
+            f"{'game' if self.recipe == 'atari' else 'task'}={self.task}",
             f"method={self.method}",
             f"width={self.width}",
             f"seed={self.seed}",
@@ -155,8 +194,9 @@ class Cell:
             f"experiment={experiment}",
             f"checkpoint_dir={checkpoint_dir}",
             "progress_bar=false",
-            "threads=1",
+            f"threads={threads}",
             f"run_tags={KEY_TAG}={self.key},study.width_name={self.width_name}",
+            *extra,
         ]
 
 
@@ -179,7 +219,12 @@ def load_grid(path: str | pathlib.Path) -> GridSpec:
         if not config.is_absolute() and not config.exists():
             config = path.parent / config
         widths = {str(k): int(v) for k, v in t["widths"].items()}
-        tasks[str(name)] = TaskSpec(str(config), widths, tuple(t.get("overrides", ())))
+        kind = str(t.get("recipe", data.get("recipe", "control")))
+        if kind not in RECIPES:
+            raise ValueError(
+                f"{path}: task {name!r}: recipe {kind!r} is not one of {list(RECIPES)}"
+            )
+        tasks[str(name)] = TaskSpec(str(config), widths, tuple(t.get("overrides", ())), kind)
     methods = tuple(data["methods"])
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -221,7 +266,9 @@ def expand_grid(
                     continue
                 for method in methods:
                     overrides = (*spec.overrides, *t.overrides)
-                    cells.append(Cell(task, method, wname, width, seed, t.config, overrides))
+                    cells.append(
+                        Cell(task, method, wname, width, seed, t.config, overrides, t.recipe)
+                    )
     return cells
 
 
@@ -259,6 +306,216 @@ def _ensure_experiment(tracking_uri: str, experiment: str) -> None:
         with_retries(client.create_experiment, experiment)
 
 
+def _slug(key: str) -> str:
+    """A file name for a grid key (``/`` -> ``_``; long keys shortened with a hash).
+
+    Example:
+        >>> _slug("CartPole-v1/dqn/wide/seed0")
+        'CartPole-v1_dqn_wide_seed0'
+    """
+    name = key.replace("/", "_").replace(os.sep, "_")
+    if len(name) > 120:  # file names are limited to 255 bytes; many overrides exceed it
+        name = f"{name[:100]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return name
+
+
+def cell_checkpoint_dir(checkpoint_dir: str | os.PathLike, cell: Cell) -> pathlib.Path:
+    """The cell's own checkpoint directory (the recipe adds its run key below it).
+
+    One directory per grid key, not per recipe run key: two cells that differ
+    only in a budget override share a run key, and must not resume each
+    other's checkpoints.
+
+    Example:
+        >>> cell_checkpoint_dir("ckpt", Cell("T", "dqn", "w", 8, 0, "c.yaml")).as_posix()
+        'ckpt/T_dqn_w_seed0'
+    """
+    return pathlib.Path(checkpoint_dir) / _slug(cell.key)
+
+
+def _latest_cell_checkpoint(cell_dir: pathlib.Path) -> pathlib.Path | None:
+    from .checkpointing import latest_checkpoint
+
+    if not cell_dir.is_dir():
+        return None
+    found = [c for d in cell_dir.iterdir() if d.is_dir() and (c := latest_checkpoint(d))]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def mark_stale_runs(tracking_uri: str, experiment: str, key: str, status: str = "KILLED") -> int:
+    """Mark the cell's runs still ``RUNNING`` as ``status``; returns how many.
+
+    Called before a cell starts from scratch: a ``RUNNING`` run of the key is
+    then an earlier attempt that died before its first checkpoint (SIGKILL,
+    a lost node) and never closed its run. Not safe while another grid runs
+    the same cell against the same store.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = with_retries(client.get_experiment_by_name, experiment)
+    if exp is None:
+        return 0
+    runs = with_retries(
+        client.search_runs,
+        [exp.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{KEY_TAG}` = '{key}'",
+        max_results=100,
+    )
+    for r in runs:
+        with_retries(client.set_terminated, r.info.run_id, status)
+    return len(runs)
+
+
+# Run in the child before the recipe: die with the parent (PR_SET_PDEATHSIG). A Ray
+# worker that is killed must not leave its recipe running beside the retry, which
+# would write to the same MLflow run and checkpoint directory.
+_ORPHAN_GUARD = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, 9)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(137)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt of a cell returned.
+
+    Example:
+        >>> AttemptResult(0, 12.5, None, "node1").ok
+        True
+    """
+
+    returncode: int
+    seconds: float
+    resumed_from: str | None
+    host: str
+
+    @property
+    def ok(self) -> bool:
+        """The recipe exited with status 0 (its MLflow run is FINISHED)."""
+        return self.returncode == 0
+
+
+def default_recipe(kind: str = "control") -> pathlib.Path:
+    """The recipe script of ``kind`` (:data:`RECIPES`) in the checkout this package runs from.
+
+    Example:
+        >>> default_recipe("atari").name
+        'atari_dqn.py'
+    """
+    return pathlib.Path(__file__).resolve().parents[1] / RECIPES[kind]
+
+
+def run_cell(
+    cell: Cell,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    checkpoint_dir: str | os.PathLike,
+    log_dir: str | os.PathLike,
+    recipe: str | os.PathLike | None = None,
+    threads: int = 1,
+    extra_overrides: Sequence[str] = (),
+    fault: str | None = None,
+    kill_self: bool = False,
+    orphan_guard: bool = False,
+    close_stale: bool = True,
+) -> AttemptResult:
+    """One attempt of one cell: a recipe process, resumed from the cell's newest checkpoint.
+
+    With a verified checkpoint in :func:`cell_checkpoint_dir` the recipe runs
+    with ``--resume last`` and reopens the checkpoint's MLflow run, so a
+    retried cell continues its run instead of starting a second one. Without
+    one, ``RUNNING`` leftovers of the key are marked ``KILLED``
+    (:func:`mark_stale_runs`) and a new run starts. Output is appended to
+    ``log_dir/<key>.log`` after a header line per attempt.
+
+    Args:
+        cell: the grid cell.
+        tracking_uri: MLflow tracking URI the recipe logs to.
+        experiment: MLflow experiment.
+        checkpoint_dir: the grid's checkpoint root (the cell gets a subdirectory).
+        log_dir: where the cell's log goes.
+        recipe: the training script (default: :func:`default_recipe`).
+        threads: torch threads of the run (``OMP_NUM_THREADS`` too).
+        extra_overrides: more ``key=value`` overrides (``device=cuda``).
+        fault: a grid key (:data:`FAULT_ENV`): when it is this cell's and no
+            fault was injected into it yet, SIGKILL the recipe as soon as its
+            first checkpoint exists (a marker file records it).
+        kill_self: with ``fault``, SIGKILL this process too (a Ray worker: Ray
+            sees the worker die and retries the task).
+        orphan_guard: the recipe dies when this process dies (Linux).
+        close_stale: before a fresh start, mark the key's ``RUNNING`` runs
+            ``KILLED`` (:func:`mark_stale_runs`).
+
+    Returns:
+        :class:`AttemptResult` (``returncode`` is negative when a signal killed it).
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.mkdtemp()
+        >>> stub = pathlib.Path(tmp, "stub.py")
+        >>> _ = stub.write_text("import sys; sys.exit(0)")
+        >>> cell = Cell("T", "dqn", "w", 8, 0, "c.yaml")
+        >>> r = run_cell(cell, tracking_uri="sqlite:///x.db", experiment="e",
+        ...              checkpoint_dir=tmp, log_dir=tmp, recipe=stub, close_stale=False)
+        >>> r.ok, r.resumed_from
+        (True, None)
+    """
+    recipe = pathlib.Path(recipe) if recipe else default_recipe(cell.recipe)
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{_slug(cell.key)}.log"
+    cell_dir = cell_checkpoint_dir(checkpoint_dir, cell)
+    ckpt = _latest_cell_checkpoint(cell_dir)
+    if ckpt is None and close_stale:
+        mark_stale_runs(tracking_uri, experiment, cell.key)
+    args = cell.argv(
+        tracking_uri, experiment, str(cell_dir), threads=threads, extra=extra_overrides
+    )
+    cmd = [sys.executable, str(recipe), *args, *(["--resume", "last"] if ckpt else [])]
+    if orphan_guard and sys.platform.startswith("linux"):
+        cmd = [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *cmd[1:]]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RL_WARNINGS": "False",
+        "PYTHONHASHSEED": "0",
+    }
+    host = socket.gethostname()
+    inject = fault == cell.key and not (cell_dir / ".fault-injected").exists()
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        start = f"resume from {ckpt}" if ckpt else "fresh start"
+        fh.write(f"=== attempt on {host} (pid {os.getpid()}), {time.ctime()}: {start}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            if inject:
+                while proc.poll() is None and _latest_cell_checkpoint(cell_dir) is None:
+                    time.sleep(0.2)
+                if proc.poll() is None:
+                    cell_dir.mkdir(parents=True, exist_ok=True)
+                    (cell_dir / ".fault-injected").write_text(f"{time.ctime()}\n")
+                    fh.write(f"=== {FAULT_ENV}: SIGKILL after the first checkpoint\n")
+                    fh.flush()
+                    proc.kill()
+                    proc.wait()
+                    if kill_self:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()  # an interrupted runner leaves no recipe behind
+            proc.wait()
+            raise
+    return AttemptResult(rc, time.perf_counter() - t0, str(ckpt) if ckpt else None, host)
+
+
 def run_grid(
     cells: Sequence[Cell],
     *,
@@ -270,16 +527,19 @@ def run_grid(
     recipe: str | pathlib.Path | None = None,
     attempts: int = 2,
     pause_file: str | pathlib.Path | None = None,
+    threads: int = 1,
     echo: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Run the cells MLflow does not hold as finished, ``workers`` processes at a time.
 
-    Each run is a fresh ``recipes/control_dqn.py`` process with one torch
-    thread (``OMP_NUM_THREADS=1``), so ``workers`` runs use ``workers``
+    The thread-pool backend (``recipes/study.py run --backend threads``; Ray:
+    :func:`torchrl_eaudeqn.cluster.run_grid_ray`). Each run is a fresh
+    ``recipes/control_dqn.py`` process with ``threads`` torch threads
+    (``OMP_NUM_THREADS``), so ``workers`` runs use ``workers x threads``
     cores without oversubscription; its output goes to
-    ``log_dir/<run key>.log``. A run that fails is retried once (a
-    ``database is locked`` from SQLite under concurrent writers is the
-    expected transient failure); the grid is resumable: run it again and
+    ``log_dir/<run key>.log``. A run that fails is tried again, up to
+    ``attempts`` times in all, resumed from its newest checkpoint when it
+    wrote one (:func:`run_cell`); the grid is resumable: run it again and
     finished cells are skipped. While ``pause_file`` exists no new run
     starts (on a shared machine, another job can hold the cores).
 
@@ -293,32 +553,28 @@ def run_grid(
     if not todo:
         return counts
     _ensure_experiment(tracking_uri, experiment)
-    recipe = pathlib.Path(recipe or pathlib.Path(__file__).parents[1] / "recipes/control_dqn.py")
-    log_dir = pathlib.Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "RL_WARNINGS": "False",
-        "PYTHONHASHSEED": "0",
-    }
+    fault = os.environ.get(FAULT_ENV) or None
 
     def one(i_cell: tuple[int, Cell]) -> bool:
         i, cell = i_cell
-        log = log_dir / (cell.key.replace("/", "_") + ".log")
-        cmd = [sys.executable, str(recipe), *cell.argv(tracking_uri, experiment, checkpoint_dir)]
         for attempt in range(attempts):
             while pause_file is not None and pathlib.Path(pause_file).exists():
                 time.sleep(10.0)
-            t0 = time.perf_counter()
-            with open(log, "a") as fh:
-                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            dt = time.perf_counter() - t0
-            status = "ok" if rc == 0 else f"FAILED rc={rc} (log {log})"
-            echo(f"[{i + 1}/{len(todo)}] {cell.key}: {status}, {dt:.0f} s")
-            if rc == 0:
+            r = run_cell(
+                cell,
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+                checkpoint_dir=checkpoint_dir,
+                log_dir=log_dir,
+                recipe=recipe,
+                threads=threads,
+                fault=fault,
+            )
+            log = pathlib.Path(log_dir) / f"{_slug(cell.key)}.log"
+            status = "ok" if r.ok else f"FAILED rc={r.returncode} (log {log})"
+            resumed = " (resumed)" if r.resumed_from else ""
+            echo(f"[{i + 1}/{len(todo)}] {cell.key}: {status}{resumed}, {r.seconds:.0f} s")
+            if r.ok:
                 return True
             if attempt + 1 < attempts:
                 time.sleep(2.0)
@@ -383,23 +639,27 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
     records = []
     for key, run in sorted(latest.items()):
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        final = t.get("final_eval_return", m.get("eval/return_mean"))
+        # control recipe: task, eval/return_mean; Atari recipe: game, eval/score_mean
+        final = t.get("final_eval_return", m.get("eval/return_mean", m.get("eval/score_mean")))
         if final is None:
             continue
         sparsity = float(t.get("final_sparsity", m.get("sparsity/member_0", 0.0)))
         records.append(
             RunRecord(
                 key=key,
-                task=p["task"],
+                task=p.get("task") or p["game"],
                 method=p["method"],
                 width_name=t.get("study.width_name", p["width"]),
                 width=int(p["width"]),
                 seed=int(p["seed"]),
                 env_steps=int(p["env_steps"]),
                 final_score=float(final),
-                random_score=float(m.get("eval_random/return_mean", np.nan)),
+                random_score=float(
+                    m.get("eval_random/return_mean", m.get("eval_random/score_mean", np.nan))
+                ),
                 final_sparsity=sparsity,
-                returns=history(run.info.run_id, "episode_return"),
+                returns=history(run.info.run_id, "episode_return")
+                or history(run.info.run_id, "episode_score"),
                 sparsity=history(run.info.run_id, "sparsity/member_0"),
                 updates=history(run.info.run_id, "target_update/selected_sparsity"),
             )
