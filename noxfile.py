@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (default), `slow`, `lint`, `benchmarks`, `train`, `train_mujoco`.
+"""Sessions: `nox -s tests` (default), `slow`, `reliability`, `cluster`, `lint`, `benchmarks`,
+`train`, `train_mujoco`, `cartpole`, `study`.
 
 Every session installs the project with `constraints.txt`, which pins the
 CPU-only torch that the project machines carry (no CUDA downloads).
@@ -39,6 +40,13 @@ def reliability(session: nox.Session) -> None:
     """Fault injection: SIGKILL/SIGTERM + resume, corrupt checkpoints, NaN, bad configs."""
     _install(session, "test")
     session.run("pytest", "-m", "reliability", *(session.posargs or ["-q", "-s"]), env=ENV)
+
+
+@nox.session(python=PY)
+def cluster(session: nox.Session) -> None:
+    """A study grid on a local Ray against a real `mlflow server`, with a killed, resumed run."""
+    _install(session, "test,distributed")
+    session.run("pytest", "-m", "cluster", *(session.posargs or ["-q", "-s"]), env=ENV)
 
 
 @nox.session(python=PY)

@@ -3,6 +3,9 @@
     # run the grid (resumable: finished runs are found in MLflow and skipped)
     python recipes/study.py run --grid configs/study/default.yaml --workers 2
     python recipes/study.py run --grid configs/study/default.yaml --seeds 0 1 2 --tasks CartPole-v1
+    # on a Ray cluster, logging to a shared MLflow server (docs/cluster.md)
+    python recipes/study.py run --grid configs/study/full.yaml --address auto \
+        --tracking-uri http://mlflow-host:5000 --cpus-per-run 1
     # aggregate (rliable IQM/mean with 95% stratified bootstrap CIs), tables, figures
     python recipes/study.py report --grid configs/study/default.yaml
     # the seeded regression reference (tests/data/regression_cartpole.json)
@@ -10,6 +13,8 @@
 
 Every run is one `recipes/control_dqn.py` process with one torch thread,
 tracked in MLflow (default `sqlite:///study.db`) under the grid's experiment.
+`run` executes on Ray when it is installed (`--backend auto`: Ray in this
+process, or the cluster at `--address`), else on a thread pool.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import pathlib
 import sys
+import time
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
@@ -51,7 +58,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--methods", nargs="*", default=None, help="subset of methods")
         s.add_argument("--widths", nargs="*", default=None, help="subset of width names")
     run = sub.choices["run"]
-    run.add_argument("--workers", type=int, default=2, help="runs in parallel (one core each)")
+    run.add_argument(
+        "--backend", default="auto", choices=("auto", "ray", "threads"),
+        help="where runs execute: ray (in-process or --address), threads (a local pool); "
+        "auto: ray when installed (pip install torchrl_eaudeqn[distributed]), else threads",
+    )  # fmt: skip
+    run.add_argument(
+        "--address", default=None,
+        help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: Ray in-process",
+    )  # fmt: skip
+    run.add_argument(
+        "--workers", type=int, default=None,
+        help="runs at a time (threads: default 2; in-process Ray: default all cores / "
+        "--cpus-per-run; cluster: default no cap)",
+    )  # fmt: skip
+    run.add_argument(
+        "--cpus-per-run", type=float, default=1.0,
+        help="CPUs a run declares to Ray (its torch threads: rounded up)",
+    )  # fmt: skip
+    run.add_argument(
+        "--gpus-per-run", type=float, default=0.0,
+        help="GPUs a run declares to Ray (0.25: four runs share one); the run uses cuda",
+    )  # fmt: skip
+    run.add_argument(
+        "--memory-per-run", type=float, default=0.0,
+        help="GB of RAM a run declares to Ray (0: undeclared); Atari with a 1M replay: ~9",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-retries", type=int, default=2,
+        help="retries of a failed or killed run (each resumes from its checkpoint)",
+    )  # fmt: skip
+    run.add_argument("--dashboard", action="store_true", help="Ray dashboard (in-process Ray)")
     run.add_argument("--dry-run", action="store_true", help="list the cells to run and stop")
     run.add_argument("--log-dir", default="runs/study", help="one log file per run")
     run.add_argument("--checkpoint-dir", default="checkpoints/study")
@@ -66,27 +103,98 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- run
+def check_run_args(args: argparse.Namespace) -> str:
+    """Every check of `run` that needs no work done: the backend to use, or ValueError (one line).
+
+    Order matters: the cheap local checks first, the tracking server's reachability
+    last (a few seconds at most, instead of MLflow's minutes of retries).
+    """
+    from torchrl_eaudeqn.cluster import check_cluster_tracking, resolve_backend
+    from torchrl_eaudeqn.registry import check_tracking_uri
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected an int >= 1, got {args.workers}")
+    if not args.cpus_per_run > 0:
+        raise ValueError(f"--cpus-per-run: expected a number > 0, got {args.cpus_per_run:g}")
+    if args.gpus_per_run < 0:
+        raise ValueError(f"--gpus-per-run: expected a number >= 0, got {args.gpus_per_run:g}")
+    if args.memory_per_run < 0:
+        raise ValueError(f"--memory-per-run: expected GB >= 0, got {args.memory_per_run:g}")
+    if args.max_retries < 0:
+        raise ValueError(f"--max-retries: expected an int >= 0, got {args.max_retries}")
+    backend = resolve_backend(args.backend, args.address)
+    if backend == "threads" and args.gpus_per_run > 0:
+        raise ValueError("--gpus-per-run needs --backend ray (the thread pool runs on CPU)")
+    check_cluster_tracking(args.tracking_uri, args.address)
+    check_tracking_uri(args.tracking_uri)
+    return backend
+
+
+def _echo_to(log_dir: str):
+    """Print a line and append it, timestamped, to <log_dir>/runner.log (the runner's own log)."""
+    path = pathlib.Path(log_dir) / "runner.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+        with open(path, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    return echo
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = study.load_grid(args.grid)
+    try:
+        spec = study.load_grid(args.grid)
+        backend = check_run_args(args)
+        cells = study.expand_grid(
+            spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
+        )
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     experiment = args.experiment or spec.experiment
-    cells = study.expand_grid(
-        spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
-    )
     if args.dry_run:
         done = study.finished_keys(args.tracking_uri, experiment)
         for c in cells:
             print(("done " if c.key in done else "todo ") + c.key)
         return 0
-    counts = study.run_grid(
-        cells,
-        tracking_uri=args.tracking_uri,
-        experiment=experiment,
-        workers=args.workers,
-        checkpoint_dir=args.checkpoint_dir,
-        log_dir=args.log_dir,
-        pause_file=args.pause_file,
-    )
-    print(json.dumps(counts))
+    echo = _echo_to(args.log_dir)
+    where = (args.address or "in-process") if backend == "ray" else f"{args.workers or 2} threads"
+    echo(f"backend: {backend} ({where}), tracking {args.tracking_uri}, experiment {experiment}")
+    if backend == "ray":
+        from torchrl_eaudeqn.cluster import run_grid_ray
+
+        counts = run_grid_ray(
+            cells,
+            tracking_uri=args.tracking_uri,
+            experiment=experiment,
+            address=args.address,
+            workers=args.workers,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            memory_per_run_gb=args.memory_per_run,
+            max_retries=args.max_retries,
+            checkpoint_dir=args.checkpoint_dir,
+            log_dir=args.log_dir,
+            pause_file=args.pause_file,
+            dashboard=args.dashboard,
+            echo=echo,
+        )
+    else:
+        counts = study.run_grid(
+            cells,
+            tracking_uri=args.tracking_uri,
+            experiment=experiment,
+            workers=args.workers or 2,
+            checkpoint_dir=args.checkpoint_dir,
+            log_dir=args.log_dir,
+            pause_file=args.pause_file,
+            attempts=args.max_retries + 1,
+            threads=max(1, math.ceil(args.cpus_per_run)),
+            echo=echo,
+        )
+    echo(json.dumps(counts))
     return 1 if counts["failed"] else 0
 
 
