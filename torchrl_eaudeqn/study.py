@@ -349,6 +349,15 @@ def mark_stale_runs(tracking_uri: str, experiment: str, key: str, status: str = 
     then an earlier attempt that died before its first checkpoint (SIGKILL,
     a lost node) and never closed its run. Not safe while another grid runs
     the same cell against the same store.
+
+    Example:
+        >>> import tempfile
+        >>> from mlflow import MlflowClient
+        >>> uri = f"sqlite:///{tempfile.mkdtemp()}/m.db"
+        >>> client = MlflowClient(uri)
+        >>> run = client.create_run(client.create_experiment("e"), tags={KEY_TAG: "T/dqn/w/seed0"})
+        >>> mark_stale_runs(uri, "e", "T/dqn/w/seed0"), client.get_run(run.info.run_id).info.status
+        (1, 'KILLED')
     """
     from mlflow import MlflowClient
 
