@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "critic_sparsity_overall": float(critic["overall"][k]),
             **{f"critic_sparsity.{n}": float(s[k]) for n, s in critic["per_layer"].items()},
         }
-        version = register_network(
-            policy,
-            name=cfg.model_name,
+        common = dict(
             example_input=torch.zeros(1, module.observation_dim),
             tags=tags,
             alias=cfg.register_alias,
@@ -113,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             run_id=run_id,
             kind=KIND,
         )
+        # As in the Atari recipe: the compact CSR actor (docs/export.md) by
+        # default, "both" also keeps the masked dense actor.
+        if cfg.register_format in ("dense", "both"):
+            version = register_network(policy, name=cfg.model_name, **common)
+        if cfg.register_format in ("compact", "both"):
+            suffix = "-compact" if cfg.register_format == "both" else ""
+            version = register_network(policy, name=cfg.model_name + suffix, compact=True, **common)
         return (
             f"eval return {result['eval/return_mean']:.1f}, "
             f"actor sparsity {float(version.tags['sparsity_prunable']):.4f}, "

@@ -163,6 +163,7 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
     tags = version.tags
     assert tags["method"] == "eaudesac" and tags["env"] == "HalfCheetah-v5"
     assert tags["torchrl_eaudeqn.kind"] == "sac_actor" and int(tags["env_steps"]) == 300
+    assert tags["torchrl_eaudeqn.format"] == "compact"  # register_format default
     # 200 learning steps = 5 selections at speeds up to 0.3: the fast members
     # of both ensembles are pruned (the selected critic may well be the steady one).
     assert 0.0 < float(tags["sparsity_prunable"]) < 1.0
@@ -171,7 +172,8 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
     assert "sparsity.net.0.weight" in tags and "critic_sparsity.q1.0.weight" in tags
 
     # Resume with a larger budget: same MLflow run, more steps, a new model version.
-    second = _run([*_tiny(tmp_path, 400), "--resume", "last"], tmp_path)
+    # register_format=both: the dense actor as the next version, the compact one beside it.
+    second = _run([*_tiny(tmp_path, 400), "register_format=both", "--resume", "last"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     runs = client.search_runs([run.info.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id
@@ -179,6 +181,9 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
     assert max(steps) >= 350 and len(steps) == len(set(steps))
     v2 = client.get_model_version_by_alias("smoke-cheetah", "final")
     assert int(v2.version) == int(version.version) + 1 and v2.tags["env_steps"] == "400"
+    assert v2.tags["torchrl_eaudeqn.format"] == "dense"
+    v2c = client.get_model_version_by_alias("smoke-cheetah-compact", "final")
+    assert v2c.tags["torchrl_eaudeqn.format"] == "compact" and v2c.tags["env_steps"] == "400"
 
     # A fresh process without this package loads the actor: obs [B, 17] -> action [B, 6].
     load = subprocess.run(
@@ -186,18 +191,21 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
             "import sys, mlflow, torch\n"
             f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db')\n"
             "actor = mlflow.pytorch.load_model('models:/smoke-cheetah@final')\n"
-            "a = actor(torch.zeros(3, 17))\n"
+            "small = mlflow.pytorch.load_model('models:/smoke-cheetah-compact@final')\n"
+            "x = torch.randn(3, 17)\n"
+            "a = actor(x)\n"
             "assert 'torchrl_eaudeqn' not in sys.modules\n"
-            "print(tuple(a.shape), float(a.abs().max()) <= 1.0)\n"
+            "same = torch.allclose(small(x), a, atol=1e-5)\n"
+            "print(tuple(a.shape), float(a.abs().max()) <= 1.0, same)\n"
         )],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert load.returncode == 0, load.stderr[-3000:]
-    assert "(3, 6) True" in load.stdout
+    assert "(3, 6) True True" in load.stdout
 
-    # recipes/evaluate.py plays it; the task comes from the version's tags.
+    # recipes/evaluate.py plays the compact form; the task comes from the version's tags.
     play = _run(
-        ["--model", "models:/smoke-cheetah@final", "--episodes", "1", "--max-steps", "50",
+        ["--model", "models:/smoke-cheetah-compact@final", "--episodes", "1", "--max-steps", "50",
          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
         tmp_path, script=ROOT / "recipes" / "evaluate.py", timeout=300,
     )  # fmt: skip

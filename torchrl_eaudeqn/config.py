@@ -241,6 +241,12 @@ class SACConfig:
         "", "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)"
     )
     register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
+    register_format: str = _f(
+        "compact",
+        "registered actor form: dense | compact (sparse layers in CSR, docs/export.md) | "
+        "both (dense as NAME, compact as NAME-compact)",
+        choices=("dense", "compact", "both"),
+    )
     checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
     keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
