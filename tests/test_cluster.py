@@ -9,16 +9,11 @@ run's Ray worker SIGKILLed after its first checkpoint.
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
+from mlflow_server import MlflowServer, free_port
 
 from torchrl_eaudeqn import cluster, study
 from torchrl_eaudeqn.checkpointing import AtomicCheckpointIO
@@ -31,12 +26,6 @@ def _load_recipe():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -133,7 +122,7 @@ def test_sqlite_with_a_cluster_address_is_refused_before_any_work(tmp_path, caps
 
 
 def test_unreachable_tracking_server_exits_2_before_any_run(tmp_path, capsys):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()
     rc = _load_recipe().main(["run", "--grid", _grid(tmp_path), "--tracking-uri", uri,
                               "--backend", "threads", "--log-dir",
@@ -199,43 +188,11 @@ def test_mark_stale_runs_closes_only_running_runs_of_the_key(tmp_path):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback: SQLite backend, served artifacts under tmp_path."""
-    port = _free_port()
-    artifacts = tmp_path / "server-artifacts"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(artifacts), "--serve-artifacts",
-           "--workers", "1"]  # fmt: skip
-    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 - closed in the finalizer
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path).start()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "mlflow server did not start: "
-                        + (tmp_path / "mlflow-server.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.5)
-        yield uri, artifacts
+        yield server.uri, server.artifacts
     finally:
-        # the server runs uvicorn workers: end the whole process group it leads
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -76,6 +76,17 @@ def _metric_steps(tmp, key="td_loss/member_0"):
     return run, steps
 
 
+def _flushed_step(tmp) -> int:
+    from mlflow import MlflowClient
+
+    from torchrl_eaudeqn.lightning import FLUSHED_TAG
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("eaudeqn-atari")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return max((int(r.data.tags.get(FLUSHED_TAG, -1)) for r in runs), default=-1)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
@@ -102,6 +113,8 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
         proc.wait()
         latest = latest_checkpoint(tmp / "ckpt" / RUN_KEY)
         killed_at = torch.load(latest, weights_only=False)["eaudeqn"]["env_steps"] if latest else 0
+        # Work lost to the kill: env steps the run had logged past its checkpoint.
+        flushed = _flushed_step(tmp)
         args = [*_args(tmp)] + (["--resume", "last"] if latest else [])
         out = subprocess.run([*RECIPE, *args], cwd=tmp, env=ENV, capture_output=True, text=True)
         assert out.returncode == 0, (trial, out.stderr[-2000:])
@@ -111,7 +124,8 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
         assert hist == ref_hist, trial
         run, metric_steps = _metric_steps(tmp)
         assert sorted(metric_steps) == ref_metric_steps  # no duplicate, no missing step
-        report.append({"trial": trial, "checkpoint_env_steps": killed_at})
+        report.append({"trial": trial, "checkpoint_env_steps": killed_at,
+                       "steps_lost_at_least": max(0, flushed - killed_at)})  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(report))
     print("SIGKILL trials:", report)
 
@@ -132,6 +146,47 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     out = subprocess.run([*RECIPE, *_args(tmp_path, steps=600), "--resume", "last"],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_mlflow_server_outage_mid_run_loses_no_metric(tmp_path, reference):
+    """Kill the tracking server during training, bring it back: every step logged once."""
+    from mlflow import MlflowClient
+    from mlflow_server import MlflowServer
+
+    _, ref_metric_steps = reference
+    server = MlflowServer(tmp_path).start()
+    # MLflow's HTTP client retries a failed call for minutes by default; with no
+    # retries every flush during the outage fails fast and is kept for later.
+    env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = [a if not a.startswith("tracking_uri=") else f"tracking_uri={server.uri}"
+            for a in _args(tmp_path)]  # fmt: skip
+    try:
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([*RECIPE, *args], cwd=tmp_path, env=env, **pipes)
+        _wait_for_checkpoint(tmp_path, proc)
+        server.stop(signal.SIGKILL)
+        down_at = latest_checkpoint(tmp_path / "ckpt" / RUN_KEY)
+        # Down until training has gone on for at least two more checkpoints.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = sorted((tmp_path / "ckpt" / RUN_KEY).glob("step*.ckpt"))
+            if done and done[-1].name > down_at.name and len(done) >= 2:
+                break
+            time.sleep(0.2)
+        server.start()
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        assert "warning: MLflow store unreachable" in err and "MLflow store back" in err
+        client = MlflowClient(server.uri)
+        exp = client.get_experiment_by_name("eaudeqn-atari")
+        (run,) = client.search_runs([exp.experiment_id])
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "td_loss/member_0")
+        steps = sorted(m.step for m in history)
+        assert steps == ref_metric_steps  # no duplicate, no missing step
+        assert client.get_model_version_by_alias("rel-breakout", "final") is not None
+    finally:
+        server.stop()
 
 
 def test_corrupted_checkpoint_is_refused_and_older_one_used(tmp_path):

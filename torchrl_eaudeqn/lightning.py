@@ -33,6 +33,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,6 +276,7 @@ class MLflowMetrics:
         self.max_failures = max_failures
         self.failures = 0
         self.last_error: str | None = None
+        self._tag_due = -1  # newest env step sent whose flushed-step tag is not written yet
 
     def add(self, key: str, value: float, step: int) -> None:
         if int(step) <= self.skip_through:
@@ -284,7 +286,7 @@ class MLflowMetrics:
 
     def flush(self) -> bool:
         """Send the buffer; ``False`` (buffer kept) when the store did not take it."""
-        if not self.pending or self.client is None:
+        if (not self.pending and self._tag_due < 0) or self.client is None:
             return True
         from mlflow.entities import Metric
 
@@ -294,9 +296,13 @@ class MLflowMetrics:
         try:
             for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
                 self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
-                sent = i + 1000
-            newest = max(p[2] for p in todo) if todo else self.skip_through
-            self.client.set_tag(self.run_id, FLUSHED_TAG, str(newest))
+                sent = min(len(todo), i + 1000)
+                # Points sent must be named by the tag even if the tag write
+                # below fails: a resume would log them twice otherwise.
+                self._tag_due = max(self._tag_due, max(p[2] for p in todo[:sent]))
+            if self._tag_due >= 0:
+                self.client.set_tag(self.run_id, FLUSHED_TAG, str(self._tag_due))
+                self._tag_due = -1
         except Exception as err:  # noqa: BLE001 - any store error: keep the buffer, retry later
             # Batches already sent are dropped from the buffer, so a retry does
             # not send them twice.
@@ -304,12 +310,20 @@ class MLflowMetrics:
             self.failures += 1
             first = str(err).splitlines()[0] if str(err) else ""
             self.last_error = f"{type(err).__name__}: {first}"
+            if self.failures == 1:
+                print(
+                    f"warning: MLflow store unreachable ({self.last_error}); keeping "
+                    f"{len(self.pending)} metric points, retrying at each log",
+                    file=sys.stderr,
+                )
             if self.failures >= self.max_failures:
                 raise MLflowUnavailable(
                     f"MLflow tracking store unreachable for {self.failures} flushes in a row "
                     f"({self.last_error}); {len(self.pending)} metric points kept in the checkpoint"
                 ) from None
             return False
+        if self.failures:
+            print(f"MLflow store back after {self.failures} failed flushes", file=sys.stderr)
         self.pending.clear()
         # skip_through only changes on resume: later points at an already sent
         # step (the final evaluation at the last log step) must still go out.
@@ -318,10 +332,15 @@ class MLflowMetrics:
 
     def state_dict(self) -> dict[str, Any]:
         """Unsent points (they go into checkpoints, so an outage loses nothing)."""
-        return {"pending": [list(p) for p in self.pending]}
+        return {"pending": [list(p) for p in self.pending], "tag_due": self._tag_due}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = [tuple(p) for p in state.get("pending", [])] + self.pending
+        # Points sent before the checkpoint whose tag write failed: skip them
+        # too, and write the tag at the next flush.
+        due = int(state.get("tag_due", -1))
+        if due > self.skip_through:
+            self.skip_through = self._tag_due = due
 
 
 class _StepStream(IterableDataset):
