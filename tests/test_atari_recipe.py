@@ -58,6 +58,8 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
         "step000000000160.ckpt", "step000000000240.ckpt", "step000000000300.ckpt",
     ]  # fmt: skip
     assert latest_checkpoint(ckpt_dir) == ckpt_dir / "step000000000300.ckpt"
+    # ... and no other checkpoint anywhere (Lightning's default one went to ./checkpoints)
+    assert not (tmp_path / "checkpoints").exists()
 
     version = client.get_model_version_by_alias("smoke-breakout", "final")
     tags = version.tags

@@ -301,6 +301,9 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
         plugins=[AtomicCheckpointIO(keep_last=getattr(cfg, "keep_checkpoints", 3))],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
+        # EnvStepCheckpoint writes the checkpoints; Lightning's default
+        # ModelCheckpoint would add full copies under ./checkpoints at each epoch end.
+        enable_checkpointing=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
