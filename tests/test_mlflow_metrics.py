@@ -7,6 +7,7 @@ The real-server outage (kill ``mlflow server`` mid-run, restart it) is in
 from __future__ import annotations
 
 import pytest
+from mlflow.entities import Metric
 
 from torchrl_eaudeqn.lightning import FLUSHED_TAG, MLflowMetrics, MLflowUnavailable
 
@@ -97,3 +98,26 @@ def test_resume_skips_steps_already_flushed_but_keeps_later_points_at_the_same_s
     assert m.flush() is True and m.client.stored == [("loss", 30)]
     m.add("eval", 1.0, step=30)  # final evaluation at the last logged step
     assert m.flush() is True and m.client.stored[-1] == ("eval", 30)
+
+
+def test_resume_after_a_kill_between_batch_and_tag_logs_each_step_once(tmp_path):
+    """A real SQLite store: the batch went in, the process died before the tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    before = MLflowMetrics(client, run_id)
+    _fill(before, [40, 80])
+    assert before.flush() is True  # tag: 80
+    client.log_batch(run_id, metrics=[Metric("loss", 120.0, 0, 120)])  # ... tag never written
+    client.log_batch(run_id, metrics=[Metric("score", 1.0, 0, 110)])
+    assert client.get_run(run_id).data.tags[FLUSHED_TAG] == "80"
+
+    resumed = MLflowMetrics(client, run_id)
+    resumed.resume_from_store()
+    _fill(resumed, [80, 120, 160])  # replayed from a checkpoint at step 80
+    _fill(resumed, [110, 150], key="score")
+    assert resumed.flush() is True
+    loss = [m.step for m in client.get_metric_history(run_id, "loss")]
+    score = [m.step for m in client.get_metric_history(run_id, "score")]
+    assert sorted(loss) == [40, 80, 120, 160] and sorted(score) == [110, 150]

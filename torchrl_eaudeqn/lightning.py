@@ -256,9 +256,11 @@ class MLflowMetrics:
       recipe then checkpoints, and the unsent metrics travel in the checkpoint,
       see ``pending``);
     * each successful flush records the newest env step it sent in the run's
-      ``torchrl_eaudeqn.flushed_step`` tag; a resumed run sets
-      ``skip_through`` to it, so the steps it replays after its checkpoint are
-      not logged twice.
+      ``torchrl_eaudeqn.flushed_step`` tag; a resumed run
+      (:meth:`resume_from_store`) skips points at or below it, and below each
+      key's newest stored step (a kill between a batch and its tag write
+      leaves the tag behind), so the steps it replays after its checkpoint
+      are not logged twice.
 
     Example:
         >>> m = MLflowMetrics(client=None, run_id=None)
@@ -277,9 +279,30 @@ class MLflowMetrics:
         self.failures = 0
         self.last_error: str | None = None
         self._tag_due = -1  # newest env step sent whose flushed-step tag is not written yet
+        self.skip_keys: dict[str, int] = {}  # per key: newest step already in the store
+
+    def _sent(self, key: str, step: int) -> bool:
+        return step <= self.skip_through or step <= self.skip_keys.get(key, -1)
+
+    def resume_from_store(self) -> None:
+        """Read what the run's store already holds (called once, on resume)."""
+        run = self.client.get_run(self.run_id)
+        flushed = run.data.tags.get(FLUSHED_TAG)
+        self.skip_through = max(self.skip_through, int(flushed) if flushed else -1)
+        # Newest step per key: RunData keeps them (MLflow's latest_metrics);
+        # the public fallback reads each key's history.
+        latest = getattr(run.data, "_metric_objs", None)
+        if latest is None:
+            latest = [
+                m
+                for key in run.data.metrics
+                for m in self.client.get_metric_history(self.run_id, key)
+            ]
+        for m in latest:
+            self.skip_keys[m.key] = max(self.skip_keys.get(m.key, -1), int(m.step))
 
     def add(self, key: str, value: float, step: int) -> None:
-        if int(step) <= self.skip_through:
+        if self._sent(key, int(step)):
             return
         if math.isfinite(float(value)):
             self.pending.append((key, float(value), int(step), int(time.time() * 1000)))
@@ -290,7 +313,7 @@ class MLflowMetrics:
             return True
         from mlflow.entities import Metric
 
-        todo = [p for p in self.pending if p[2] > self.skip_through]
+        todo = [p for p in self.pending if not self._sent(p[0], p[2])]
         metrics = [Metric(k, v, ts, s) for k, v, s, ts in todo]
         sent = 0
         try:

@@ -344,7 +344,7 @@ def run_recipe(
     """
     import lightning as L
 
-    from .lightning import FLUSHED_TAG, MLflowMetrics, MLflowUnavailable
+    from .lightning import MLflowMetrics, MLflowUnavailable
 
     run_id = None
     ckpt = None
@@ -363,8 +363,7 @@ def run_recipe(
     if ckpt is not None:
         # Steps replayed after the checkpoint were already logged before the
         # crash: log each env step once.
-        flushed = client.get_run(run_id).data.tags.get(FLUSHED_TAG)
-        metrics.skip_through = int(flushed) if flushed else -1
+        metrics.resume_from_store()
     status = "FAILED"
     ckpt_dir = checkpoint_dir(cfg)
 
