@@ -8,12 +8,12 @@ run's Ray worker SIGKILLed after its first checkpoint.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import time
 
 import pytest
 from mlflow_server import MlflowServer, free_port
+from scripts import load_script
 
 from torchrl_eaudeqn import cluster, study
 from torchrl_eaudeqn.checkpointing import AtomicCheckpointIO
@@ -22,10 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_recipe():
-    spec = importlib.util.spec_from_file_location("study_recipe", ROOT / "recipes/study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/study.py", "study_recipe")
 
 
 # --------------------------------------------------------------------------- pure logic

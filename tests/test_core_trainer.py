@@ -1,23 +1,18 @@
 """A short EauDeQN run inside torchrl.trainers.Trainer (the recipes/cartpole_trainer.py example)."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from scripts import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location(
-        "cartpole_trainer", ROOT / "recipes" / "cartpole_trainer.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/cartpole_trainer.py", "cartpole_trainer")
 
 
 def test_trainer_run_with_collector_replay_and_updater_hook():

@@ -1,6 +1,5 @@
 """recipes/evaluate.py: play a registered agent, report scores and sparsity, fail cleanly."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("ale_py")
@@ -66,10 +66,7 @@ def error_line(stderr: str) -> str:
 
 @pytest.fixture(scope="module")
 def evaluate_module():
-    spec = importlib.util.spec_from_file_location("evaluate_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "evaluate_recipe")
 
 
 def test_one_short_episode_with_video(store, tmp_path):

@@ -1,6 +1,5 @@
 """Compact sparse export: outputs as the masked network, small artifacts, registry round trip."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scripts import load_script
 from torch import nn
 
 from torchrl_eaudeqn.export import (
@@ -321,9 +321,7 @@ def test_compact_reload_in_fresh_process_without_package(registered, tmp_path):
 
 def test_evaluate_plays_the_compact_form(registered, capsys):
     pytest.importorskip("ale_py")
-    spec = importlib.util.spec_from_file_location("evaluate_recipe", ROOT / "recipes/evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("recipes/evaluate.py", "evaluate_recipe")
     argv = [
         "--model", MODEL, "--game", "Pong", "--episodes", "1", "--max-steps", "20",
         "--tracking-uri", registered["uri"], "--backend", "gymnasium",

@@ -4,13 +4,13 @@ Plus the SAC config and the bad inputs of both recipes (continuous task to the
 DQN recipe, discrete to SAC, unknown id, bad tau, K < 1).
 """
 
-import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from scripts import load_script
 
 from torchrl_eaudeqn.checkpointing import latest_checkpoint
 
@@ -46,11 +46,7 @@ def _tiny(tmp_path, steps):
     ]  # fmt: skip
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load_script = load_script
 
 
 # ------------------------------------------------------------------ configs

@@ -3,13 +3,13 @@ and the seeded regression reference."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
 import scipy.stats
+from scripts import load_script
 
 from torchrl_eaudeqn import study
 from torchrl_eaudeqn.config import ConfigError, load_config
@@ -19,10 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_recipe():
-    spec = importlib.util.spec_from_file_location("study_recipe", ROOT / "recipes/study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/study.py", "study_recipe")
 
 
 # --------------------------------------------------------------------------- grid
