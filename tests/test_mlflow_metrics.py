@@ -80,10 +80,16 @@ def test_a_failed_tag_write_is_retried_and_travels_in_the_checkpoint():
 
 def test_a_long_outage_stops_with_the_points_kept():
     client = FlakyClient(fail_batches=set(range(100)))
-    m = MLflowMetrics(client, "run", max_failures=3)
+    now = [0.0]
+    m = MLflowMetrics(client, "run", max_outage_s=600.0, clock=lambda: now[0])
     _fill(m, [1, 2, 3])
-    assert m.flush() is False and m.flush() is False
-    with pytest.raises(MLflowUnavailable, match="unreachable for 3 flushes in a row .*3 metric"):
+    # Many quick failures are not enough (a fast run logs often) ...
+    for _ in range(50):
+        now[0] += 1.0
+        assert m.flush() is False
+    # ... ten minutes of nothing but failures are.
+    now[0] = 601.0
+    with pytest.raises(MLflowUnavailable, match=r"unreachable for 600 s \(51 flushes.*3 metric"):
         m.flush()
     # The unsent points go into the checkpoint and out after the resume.
     resumed = MLflowMetrics(FlakyClient(), "run")

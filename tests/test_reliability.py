@@ -148,43 +148,81 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_mlflow_server_outage_mid_run_loses_no_metric(tmp_path, reference):
-    """Kill the tracking server during training, bring it back: every step logged once."""
+def _wait_for_new_checkpoints(tmp, proc, count, timeout=600.0):
+    """Block until the run wrote ``count`` checkpoints newer than its newest now."""
+    ckpt_dir = pathlib.Path(tmp) / "ckpt" / RUN_KEY
+    start = latest_checkpoint(ckpt_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        newer = [p for p in ckpt_dir.glob("step*.ckpt") if start is None or p.name > start.name]
+        if len(newer) >= count:
+            return
+        time.sleep(0.2)
+
+
+def test_mlflow_server_outage_loses_no_metric(tmp_path, reference):
+    """Kill the tracking server mid-run and bring it back; then let it be down at the end.
+
+    Every env step is logged exactly once in both cases: the first run rides
+    out the outage; the second stops with one line after training, and
+    ``--resume last`` finishes the job once the server is back.
+    """
     from mlflow import MlflowClient
     from mlflow_server import MlflowServer
 
     _, ref_metric_steps = reference
+    assert ref_metric_steps == list(range(120, 481, 40))  # learning from 100, a log every 40
     server = MlflowServer(tmp_path).start()
     # MLflow's HTTP client retries a failed call for minutes by default; with no
     # retries every flush during the outage fails fast and is kept for later.
     env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    args = [a if not a.startswith("tracking_uri=") else f"tracking_uri={server.uri}"
-            for a in _args(tmp_path)]  # fmt: skip
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def args(steps):
+        return [a if not a.startswith("tracking_uri=") else f"tracking_uri={server.uri}"
+                for a in _args(tmp_path, steps=steps)]  # fmt: skip
+
+    def logged_steps():
+        client = MlflowClient(server.uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("eaudeqn-atari").experiment_id])
+        history = client.get_metric_history(run.info.run_id, "td_loss/member_0")
+        return run, sorted(m.step for m in history)
+
     try:
-        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        proc = subprocess.Popen([*RECIPE, *args], cwd=tmp_path, env=env, **pipes)
+        # 1. Down for two checkpoints in the middle of a 960-step run.
+        proc = subprocess.Popen([*RECIPE, *args(960)], cwd=tmp_path, env=env, **pipes)
         _wait_for_checkpoint(tmp_path, proc)
         server.stop(signal.SIGKILL)
-        down_at = latest_checkpoint(tmp_path / "ckpt" / RUN_KEY)
-        # Down until training has gone on for at least two more checkpoints.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = sorted((tmp_path / "ckpt" / RUN_KEY).glob("step*.ckpt"))
-            if done and done[-1].name > down_at.name and len(done) >= 2:
-                break
-            time.sleep(0.2)
+        _wait_for_new_checkpoints(tmp_path, proc, 2)
+        assert proc.poll() is None, "the run ended before the server came back"
         server.start()
-        out, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
         assert "warning: MLflow store unreachable" in err and "MLflow store back" in err
-        client = MlflowClient(server.uri)
-        exp = client.get_experiment_by_name("eaudeqn-atari")
-        (run,) = client.search_runs([exp.experiment_id])
+        run, steps = logged_steps()
         assert run.info.status == "FINISHED"
-        history = client.get_metric_history(run.info.run_id, "td_loss/member_0")
-        steps = sorted(m.step for m in history)
-        assert steps == ref_metric_steps  # no duplicate, no missing step
-        assert client.get_model_version_by_alias("rel-breakout", "final") is not None
+        assert steps == list(range(120, 961, 40))  # no duplicate, no missing step
+
+        # 2. Down at the end of a continuation: one line, nothing lost, resume finishes.
+        proc = subprocess.Popen([*RECIPE, *args(1200), "--resume", "last"], cwd=tmp_path,
+                                env=env, **pipes)  # fmt: skip
+        _wait_for_new_checkpoints(tmp_path, proc, 1)
+        server.stop(signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 1, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert (
+            last.startswith("error: MLflow store failed after training") and "--resume last" in last
+        )
+        server.start()
+        out = subprocess.run([*RECIPE, *args(1200), "--resume", "last"], cwd=tmp_path, env=env,
+                             **pipes)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        run, steps = logged_steps()
+        assert run.info.status == "FINISHED"
+        assert steps == list(range(120, 1201, 40))
+        version = MlflowClient(server.uri).get_model_version_by_alias("rel-breakout", "final")
+        assert version.tags["env_steps"] == "1200"
     finally:
         server.stop()
 

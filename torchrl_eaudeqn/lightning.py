@@ -251,10 +251,12 @@ class MLflowMetrics:
     Nothing is lost silently:
 
     * a flush that fails (tracking server down, database locked) keeps the
-      buffer and is retried at the next flush; after ``max_failures``
-      failed flushes in a row :class:`MLflowUnavailable` stops training (the
-      recipe then checkpoints, and the unsent metrics travel in the checkpoint,
-      see ``pending``);
+      buffer and is retried at the next flush; once the store has failed
+      every flush for ``max_outage_s`` seconds (and at least 3 in a row),
+      :class:`MLflowUnavailable` stops training (the recipe then
+      checkpoints, and the unsent metrics travel in the checkpoint, see
+      ``pending``). Time, not a count of flushes: how many flushes an
+      outage spans depends on ``log_every`` and the run's speed;
     * each successful flush records the newest env step it sent in the run's
       ``torchrl_eaudeqn.flushed_step`` tag; a resumed run
       (:meth:`resume_from_store`) skips points at or below it, and below each
@@ -270,12 +272,20 @@ class MLflowMetrics:
         1
     """
 
-    def __init__(self, client: Any, run_id: str | None, max_failures: int = 20) -> None:
+    def __init__(
+        self,
+        client: Any,
+        run_id: str | None,
+        max_outage_s: float = 1800.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.pending: list[Any] = []
         self.skip_through = -1
-        self.max_failures = max_failures
+        self.max_outage_s = max_outage_s
+        self.clock = clock
+        self._down_since = 0.0
         self.failures = 0
         self.last_error: str | None = None
         self._tag_due = -1  # newest env step sent whose flushed-step tag is not written yet
@@ -334,15 +344,18 @@ class MLflowMetrics:
             first = str(err).splitlines()[0] if str(err) else ""
             self.last_error = f"{type(err).__name__}: {first}"
             if self.failures == 1:
+                self._down_since = self.clock()
                 print(
                     f"warning: MLflow store unreachable ({self.last_error}); keeping "
                     f"{len(self.pending)} metric points, retrying at each log",
                     file=sys.stderr,
                 )
-            if self.failures >= self.max_failures:
+            down = self.clock() - self._down_since
+            if self.failures >= 3 and down >= self.max_outage_s:
                 raise MLflowUnavailable(
-                    f"MLflow tracking store unreachable for {self.failures} flushes in a row "
-                    f"({self.last_error}); {len(self.pending)} metric points kept in the checkpoint"
+                    f"MLflow tracking store unreachable for {down:.0f} s ({self.failures} "
+                    f"flushes in a row; {self.last_error}); {len(self.pending)} metric points "
+                    "kept in the checkpoint"
                 ) from None
             return False
         if self.failures:

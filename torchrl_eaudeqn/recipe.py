@@ -34,6 +34,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -343,6 +344,7 @@ def run_recipe(
         is checkpointed first and the MLflow run ends FINISHED, FAILED or KILLED.
     """
     import lightning as L
+    from mlflow.exceptions import MlflowException
 
     from .lightning import MLflowMetrics, MLflowUnavailable
 
@@ -395,11 +397,25 @@ def run_recipe(
                 128 + stop.received,
                 "KILLED",
             )
-        result = module.evaluate(cfg.eval_episodes)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
-            client.log_artifact(run_id, str(png))
-        summary = register(module, result, run_id)
+        # Training is over and saved (the final checkpoint holds any metric
+        # points the store has not taken). What follows needs the store.
+        try:
+            _flush_patiently(metrics)
+            result = module.evaluate(cfg.eval_episodes)
+            _flush_patiently(metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
+                client.log_artifact(run_id, str(png))
+            summary = register(module, result, run_id)
+        except (MLflowUnavailable, MlflowException, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return stopped(
+                f"error: MLflow store failed after training ({first[:300]}); training is "
+                "saved: once the store is back, --resume last logs what is missing, "
+                "evaluates, plots and registers",
+                1,
+                "FAILED",
+            )
         status = "FINISHED"
         print(f"done: {module.env_steps} env steps, {summary}, run {run_id}")
         return 0
@@ -407,6 +423,21 @@ def run_recipe(
         status = "KILLED"
         raise
     finally:
-        metrics.flush()
         with contextlib.suppress(Exception):  # the store may be the thing that failed
+            metrics.flush()
+        with contextlib.suppress(Exception):
             client.set_terminated(run_id, status)
+
+
+def _flush_patiently(metrics: Any, waits: Sequence[float] = (1, 2, 4, 8, 15)) -> None:
+    """Flush, giving a store outage ~30 s; :class:`MLflowUnavailable` if it stays down."""
+    from .lightning import MLflowUnavailable
+
+    for wait in (*waits, None):
+        if metrics.flush():
+            return
+        if wait is None:
+            raise MLflowUnavailable(
+                f"{len(metrics.pending)} metric points not taken: {metrics.last_error}"
+            )
+        time.sleep(wait)
