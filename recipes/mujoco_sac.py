@@ -30,7 +30,7 @@ from torchrl_eaudeqn.lightning import (  # noqa: E402
     SACLightningModule,
     TargetSelectionCallback,
 )
-from torchrl_eaudeqn.registry import register_network  # noqa: E402
+from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # noqa: E402
 
 #: Registry kind of a deterministic SAC actor (obs float32 [B, obs_dim] -> action [B, act_dim]).
 KIND = "sac_actor"
@@ -103,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             "critic_sparsity_overall": float(critic["overall"][k]),
             **{f"critic_sparsity.{n}": float(s[k]) for n, s in critic["per_layer"].items()},
         }
+        # The study grid (recipes/study.py) reads these from the run's tags: the
+        # final deterministic evaluation and the registered (selected) actor's
+        # sparsity over its prunable weights, as the version tag computes it.
+        client = module.metrics.client
+        actor_sparsity = network_sparsity_tags(policy)["sparsity_prunable"]
+        client.set_tag(run_id, "final_eval_return", f"{result['eval/return_mean']:.6f}")
+        client.set_tag(run_id, "final_sparsity", f"{actor_sparsity:.6f}")
+        client.set_tag(run_id, "final_critic_sparsity", f"{tags['critic_sparsity_prunable']:.6f}")
         common = dict(
             example_input=torch.zeros(1, module.observation_dim),
             tags=tags,
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         build_callbacks=build_callbacks,
         register=register,
         plot_panels=PLOT,
-        run_tags={"method": cfg.method, "env": cfg.env, "hidden": f"{cfg.hidden}x{cfg.depth}"},
+        run_tags=cfg.tags,
         plot_name="return_sparsity.png",
     )
 

@@ -11,7 +11,8 @@
     # the seeded regression reference (tests/data/regression_cartpole.json)
     python recipes/study.py regression --write
 
-Every run is one `recipes/control_dqn.py` process with one torch thread,
+Every run is one recipe process (`recipes/control_dqn.py`; a grid's `recipe:`
+picks `recipes/atari_dqn.py` or `recipes/mujoco_sac.py`) with one torch thread,
 tracked in MLflow (default `sqlite:///study.db`) under the grid's experiment.
 `run` executes on Ray when it is installed (`--backend auto`: Ray in this
 process, or the cluster at `--address`), else on a thread pool.
@@ -208,7 +209,13 @@ def _plt():
     return plt
 
 
-COLORS = {"dqn": "tab:gray", "eaudeqn": "tab:blue", "polyprune": "tab:orange"}
+COLORS = {
+    "dqn": "tab:gray",
+    "sac": "tab:gray",
+    "eaudeqn": "tab:blue",
+    "eaudesac": "tab:blue",
+    "polyprune": "tab:orange",
+}
 
 
 def _width_names(records: list[study.RunRecord]) -> list[str]:
@@ -261,7 +268,7 @@ def plot_score_curves(records, bounds, out: pathlib.Path, reps: int) -> None:
             )
             y, lo, hi = point, ci[0], ci[1]
             x = (frac[:-1] + frac[1:]) / 2 * budget
-            ax.plot(x, y, color=COLORS[method], label=study.METHOD_LABELS[method])
+            ax.plot(x, y, color=COLORS[method], label=study.method_label(method, records))
             ax.fill_between(x, lo, hi, color=COLORS[method], alpha=0.2)
         ax.set_title(f"width: {w}")
         ax.set_xlabel("env steps")
@@ -282,7 +289,7 @@ def plot_sparsity_curves(records, out: pathlib.Path) -> None:
     cmap = {w: palette[i % len(palette)] for i, w in enumerate(widths)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks, strict=True):
-        for method, style in (("eaudeqn", "-"), ("polyprune", ":")):
+        for method, style in (("eaudeqn", "-"), ("eaudesac", "-"), ("polyprune", ":")):
             for w in widths:
                 rs = [r for r in records if (r.task, r.method, r.width_name) == (t, method, w)]
                 if not rs:
@@ -291,9 +298,9 @@ def plot_sparsity_curves(records, out: pathlib.Path) -> None:
                 curves = np.array([study.binned_curve(r.sparsity, edges) for r in rs])
                 x = (edges[:-1] + edges[1:]) / 2
                 mean = np.nanmean(curves, axis=0)
-                label = f"{study.METHOD_LABELS[method].split()[0]} {w}"
+                label = f"{study.method_label(method, records).split()[0]} {w}"
                 ax.plot(x, mean, style, color=cmap[w], label=label)
-                if method == "eaudeqn":
+                if method in ("eaudeqn", "eaudesac"):
                     ax.fill_between(
                         x, np.nanmin(curves, 0), np.nanmax(curves, 0), color=cmap[w], alpha=0.15
                     )
@@ -301,7 +308,7 @@ def plot_sparsity_curves(records, out: pathlib.Path) -> None:
         ax.set_xlabel("env steps")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("sparsity of the acting network")
+    axes[0][0].set_ylabel("sparsity of the acting network (actor)")
     axes[0][-1].legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -314,13 +321,14 @@ def plot_sparsity_vs_width(records, out: pathlib.Path) -> None:
     tasks = sorted({r.task for r in records})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks, strict=True):
-        for method in ("eaudeqn", "polyprune"):
+        for method in ("eaudeqn", "eaudesac", "polyprune"):
             rs = [r for r in records if r.task == t and r.method == method]
             if not rs:
                 continue
             widths = sorted({r.width for r in rs})
             means = [np.mean([r.final_sparsity for r in rs if r.width == w]) for w in widths]
-            ax.plot(widths, means, "o-", color=COLORS[method], label=study.METHOD_LABELS[method])
+            label = study.method_label(method, records)
+            ax.plot(widths, means, "o-", color=COLORS[method], label=label)
             ax.scatter(
                 [r.width for r in rs], [r.final_sparsity for r in rs], color=COLORS[method],
                 alpha=0.35, s=12,
@@ -345,13 +353,15 @@ def plot_score_vs_sparsity(records, bounds, out: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in study.METHODS:
         rs = [r for r in records if r.method == method]
+        if not rs:
+            continue
         ax.scatter(
             [r.final_sparsity for r in rs],
             [study.normalise(r.final_score, bounds[r.task]) for r in rs],
             s=[size[r.width_name] for r in rs],
             color=COLORS[method],
             alpha=0.6,
-            label=study.METHOD_LABELS[method],
+            label=study.method_label(method, records),
         )
     ax.set_xlabel("final sparsity (marker size: width)")
     ax.set_ylabel("final normalised score")
@@ -399,7 +409,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             e, a = est[(method, w)], auc_est[(method, w)]
             sp = [r.final_sparsity for r in records if (r.method, r.width_name) == (method, w)]
             lines.append(
-                f"| {study.METHOD_LABELS[method]} | {w} | {e['runs']} x {e['tasks']} | "
+                f"| {study.method_label(method, records)} | {w} | {e['runs']} x {e['tasks']} | "
                 f"{_fmt(e, 'iqm')} | {_fmt(e, 'mean')} | {_fmt(a, 'iqm')} | "
                 f"{np.mean(sp):.3f} ({min(sp):.3f}-{max(sp):.3f}) |"
             )
@@ -408,9 +418,12 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "final_sparsity": sp,
             }  # fmt: skip
     # Per task: raw final returns and sparsity, so the normalisation can be checked.
+    # MuJoCo runs also have a critic: its sparsity gets a column when there are any.
+    critic = any(math.isfinite(r.critic_sparsity) for r in records)
     task_lines = [
-        "| task | method | width | seeds | final return (mean +- sd) | final sparsity (mean) |",
-        "|---|---|---|---|---|---|",
+        "| task | method | width | seeds | final return (mean +- sd) | final sparsity (mean) |"
+        + (" critic sparsity (mean) |" if critic else ""),
+        "|---|---|---|---|---|---|" + ("---|" if critic else ""),
     ]
     for t in sorted(bounds):
         for method in study.METHODS:
@@ -419,12 +432,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 if not rs:
                     continue
                 sc = [r.final_score for r in rs]
+                cs = [r.critic_sparsity for r in rs]
                 task_lines.append(
-                    f"| {t} | {study.METHOD_LABELS[method]} | {w} ({rs[0].width}) | {len(rs)} | "
-                    f"{np.mean(sc):.1f} +- {np.std(sc):.1f} | "
+                    f"| {t} | {study.method_label(method, records)} | {w} ({rs[0].width}) | "
+                    f"{len(rs)} | {np.mean(sc):.1f} +- {np.std(sc):.1f} | "
                     f"{np.mean([r.final_sparsity for r in rs]):.3f} |"
+                    + (f" {np.mean(cs):.3f} |" if critic else "")
                 )
-    bound_lines = ["| task | random score | reference (dense DQN, widest, mean) |", "|---|---|---|"]
+    bound_lines = [
+        "| task | random score | reference (dense DQN or SAC, widest, mean) |",
+        "|---|---|---|",
+    ]
     bound_lines += [f"| {t} | {lo:.1f} | {hi:.1f} |" for t, (lo, hi) in sorted(bounds.items())]
     tables = "\n".join(
         ["## Aggregate (normalised scores)", "", *lines, "", "## Per task", "", *task_lines, "",
@@ -434,7 +452,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     results.mkdir(parents=True, exist_ok=True)
     (results / "tables.md").write_text(tables)
     summary["runs"] = [
-        {k: v for k, v in vars(r).items() if k not in ("returns", "sparsity", "updates")}
+        {
+            k: v
+            for k, v in vars(r).items()
+            if k not in ("returns", "sparsity", "updates")
+            and not (k == "critic_sparsity" and math.isnan(v))  # no critic: no key
+        }
         for r in records
     ]
     summary["target_updates"] = {

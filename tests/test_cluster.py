@@ -8,6 +8,7 @@ run's Ray worker SIGKILLed after its first checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 
@@ -297,12 +298,98 @@ def test_paper_atari_grid_is_450_runs_of_the_atari_recipe():
 
 def test_bad_recipe_kind_in_a_grid_names_the_task(tmp_path):
     grid = tmp_path / "g.yaml"
-    grid.write_text("experiment: e\nseeds: [0]\nmethods: [dqn]\nrecipe: mujoco\n"
+    grid.write_text("experiment: e\nseeds: [0]\nmethods: [dqn]\nrecipe: brax\n"
                     "tasks:\n  T: {config: c.yaml, widths: {w: 8}}\n")  # fmt: skip
     with pytest.raises(
-        ValueError, match=r"task 'T': recipe 'mujoco' is not one of \['control', 'atari'\]"
+        ValueError,
+        match=r"task 'T': recipe 'brax' is not one of \['control', 'atari', 'mujoco'\]",
     ):
         study.load_grid(grid)
+
+
+# --------------------------------------------------------------------------- MuJoCo grid
+def test_mujoco_cell_argv_is_the_sac_recipes_command_line():
+    from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.config import SACConfig
+
+    cell = study.Cell("HalfCheetah-v5", "eaudesac", "narrow", 64, 0, "h.yaml", recipe="mujoco")
+    argv = cell.argv("sqlite:///x.db", "e", "ckpt", threads=2, extra=["device=cpu"])
+    assert argv == [
+        "--config", "h.yaml", "env=HalfCheetah-v5", "method=eaudesac", "hidden=64", "seed=0",
+        "tracking_uri=sqlite:///x.db", "experiment=e", "checkpoint_dir=ckpt",
+        "progress_bar=false", "threads=2",
+        "run_tags=study.key=HalfCheetah-v5/eaudesac/narrow/seed0,study.width_name=narrow",
+        "device=cpu",
+    ]  # fmt: skip
+    assert study.default_recipe("mujoco").name == "mujoco_sac.py"
+    # the grid's cells parse with the recipe's own parser, and tag their runs with the key
+    cells = study.expand_grid(study.load_grid(ROOT / "configs/study/mujoco.yaml"))
+    assert {(c.method, c.width) for c in cells} == {
+        (m, w) for m in ("sac", "eaudesac", "polyprune") for w in (64, 256)
+    }
+    for c in cells:
+        _, cfg = recipe.parse_args(SACConfig, c.argv("sqlite:///x.db", "e", "ckpt"),
+                                   default_config=None)  # fmt: skip
+        assert (cfg.env, cfg.method, cfg.hidden, cfg.seed) == (c.task, c.method, c.width, 0)
+        assert cfg.tags[study.KEY_TAG] == c.key and cfg.tags["hidden"] == f"{c.width}x2"
+        assert (cfg.env_steps, cfg.learning_starts, cfg.selection_period) == (10000, 2000, 500)
+        assert cfg.prune_end <= cfg.env_steps  # PolyPruneSAC reaches 95% inside the budget
+
+
+def test_grid_methods_must_be_methods_of_the_tasks_recipe(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("experiment: e\nseeds: [0]\nmethods: [dqn, polyprune]\nrecipe: mujoco\n"
+                    "tasks:\n  Hopper-v5: {config: c.yaml, widths: {w: 8}}\n")  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"task 'Hopper-v5': methods \['dqn'\] are not methods "
+        r"of recipe 'mujoco' \(expected \['sac', 'eaudesac', 'polyprune'\]\)",
+    ):
+        study.load_grid(grid)  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"methods: \['eaudeqn'\] are not methods of task "
+        r"'HalfCheetah-v5'",
+    ):
+        study.expand_grid(study.load_grid(ROOT / "configs/study/mujoco.yaml"),
+                          methods=["eaudeqn"])  # fmt: skip
+
+
+def test_collect_runs_reads_mujoco_runs(tmp_path):
+    """Params, tags and metric keys as recipes/mujoco_sac.py logs them (SACConfig fields)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mujoco")
+    for method, score, actor, critic in (("sac", 900.0, 0.0, 0.0),
+                                         ("eaudesac", 700.0, 0.8, 0.6)):  # fmt: skip
+        key = f"HalfCheetah-v5/{method}/narrow/seed0"
+        run = client.create_run(exp, tags={study.KEY_TAG: key, "study.width_name": "narrow",
+                                           "final_eval_return": f"{score:.6f}",
+                                           "final_sparsity": f"{actor:.6f}",
+                                           "final_critic_sparsity": f"{critic:.6f}"})  # fmt: skip
+        rid = run.info.run_id
+        for k, v in {"env": "HalfCheetah-v5", "method": method, "hidden": 64, "depth": 2,
+                     "seed": 0, "env_steps": 10000}.items():  # fmt: skip
+            client.log_param(rid, k, v)
+        client.log_metric(rid, "eval_random/return_mean", -300.0, step=0)
+        client.log_metric(rid, "episode_return", -100.0, step=1000)
+        client.log_metric(rid, "sparsity/actor_selected", actor / 2, step=5000)
+        client.log_metric(rid, "sparsity/critic_selected", critic / 2, step=5000)
+        client.log_metric(rid, "selection/actor_sparsity", actor / 2, step=5000)
+        client.set_terminated(rid, "FINISHED")
+    sac, eau = sorted(study.collect_runs(uri, "mujoco"), key=lambda r: r.method != "sac")
+    assert (eau.task, eau.method, eau.width_name, eau.width, eau.env_steps, eau.recipe) == (
+        "HalfCheetah-v5", "eaudesac", "narrow", 64, 10000, "mujoco")  # fmt: skip
+    assert (eau.final_score, eau.random_score) == (700.0, -300.0)
+    assert (eau.final_sparsity, eau.critic_sparsity) == (0.8, 0.6)  # the tags, not the curves
+    assert eau.returns == [(1000, -100.0)]
+    assert eau.sparsity == [(5000, 0.4)] and eau.updates == [(5000, 0.4)]
+    # dense SAC is the normalisation reference of a MuJoCo task
+    assert study.task_bounds([sac, eau]) == {"HalfCheetah-v5": (-300.0, 900.0)}
+    assert study.method_label("polyprune", [dataclasses.replace(eau, method="polyprune")]) == (
+        "PolyPruneSAC (95%)")  # fmt: skip
 
 
 def test_collect_runs_reads_atari_runs(tmp_path):

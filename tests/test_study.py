@@ -221,6 +221,55 @@ def test_report_writes_tables_and_figures(tmp_path):
     assert summary["groups"]["dqn/wide"]["iqm"] == pytest.approx(1.0)
 
 
+def test_report_reads_a_mujoco_grid(tmp_path):
+    """A MuJoCo grid (recipe: mujoco) as recipes/mujoco_sac.py logs it: env/hidden params,
+    final return and actor/critic sparsity tags; dense SAC is the reference."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mj.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mj")
+    finals = {"sac": ([1000, 900], 0.0), "eaudesac": ([800, 700], 0.9),
+              "polyprune": ([500, 400], 0.95)}  # fmt: skip
+    for method, (scores, sparsity) in finals.items():
+        for seed, score in enumerate(scores):
+            tags = {
+                study.KEY_TAG: f"HalfCheetah-v5/{method}/narrow/seed{seed}",
+                "study.width_name": "narrow",
+                "final_eval_return": str(score),
+                "final_sparsity": str(sparsity),
+                "final_critic_sparsity": str(sparsity / 2),
+            }
+            run = client.create_run(exp, tags=tags)
+            rid = run.info.run_id
+            for k, v in {"env": "HalfCheetah-v5", "method": method, "hidden": 64, "depth": 2,
+                         "seed": seed, "env_steps": 100}.items():  # fmt: skip
+                client.log_param(rid, k, v)
+            client.log_metric(rid, "eval_random/return_mean", -50.0, step=0)
+            client.log_metric(rid, "episode_return", float(score), step=50)
+            client.log_metric(rid, "sparsity/actor_selected", sparsity, step=50)
+            client.set_terminated(rid, "FINISHED")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "experiment: mj\nrecipe: mujoco\nseeds: [0, 1]\nmethods: [sac, eaudesac, polyprune]\n"
+        "tasks:\n  HalfCheetah-v5:\n    config: c.yaml\n    widths: {narrow: 64}\n"
+    )
+    rc = _load_recipe().main(
+        ["report", "--grid", str(grid), "--tracking-uri", uri, "--reps", "200",
+         "--figures", str(tmp_path / "figs"), "--results", str(tmp_path / "res")]
+    )  # fmt: skip
+    assert rc == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 4
+    tables = (tmp_path / "res/tables.md").read_text()
+    assert (
+        "| HalfCheetah-v5 | EauDeSAC | narrow (64) | 2 | 750.0 +- 50.0 | 0.900 | 0.450 |" in tables
+    )
+    assert "SAC (dense)" in tables and "PolyPruneSAC (95%)" in tables
+    summary = json.loads((tmp_path / "res/summary.json").read_text())
+    assert summary["bounds"]["HalfCheetah-v5"] == [-50.0, 950.0]
+    assert summary["groups"]["eaudesac/narrow"]["iqm"] == pytest.approx(800 / 1000)
+
+
 # --------------------------------------------------------------------------- regression
 def test_seeded_regression_reference():
     """A seeded CPU run reproduces the stored losses, selections and sparsities.

@@ -236,6 +236,7 @@ class SACConfig:
     tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
+    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
     log_every: int = _f(1000, "env steps between metric logs", min=1)
     register_name: str = _f(
         "", "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)"
@@ -280,11 +281,27 @@ class SACConfig:
                 f"selection_period: must be a multiple of train_freq ({self.train_freq}), "
                 f"got {self.selection_period}"
             )
+        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
+            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
 
     @property
     def members(self) -> int:
         """Members actually used: K for eaudesac, 1 for the baselines."""
         return self.num_members if self.method == "eaudesac" else 1
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of a new run: method, env, hidden (``<hidden>x<depth>``), and ``run_tags``.
+
+        Example:
+            >>> SACConfig(run_tags="study.key=HalfCheetah-v5/sac/narrow/seed0").tags["study.key"]
+            'HalfCheetah-v5/sac/narrow/seed0'
+        """
+        tags = {"method": self.method, "env": self.env, "hidden": f"{self.hidden}x{self.depth}"}
+        for item in filter(None, self.run_tags.split(",")):
+            key, _, value = item.partition("=")
+            tags[key.strip()] = value.strip()
+        return tags
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:

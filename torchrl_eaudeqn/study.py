@@ -4,7 +4,7 @@
   widths x seeds) into :class:`Cell` s, each with a stable grid key;
 * :func:`finished_keys` / :func:`run_grid`: run the cells that MLflow does
   not hold as ``FINISHED`` (tag ``study.key``), in parallel worker
-  processes (``recipes/control_dqn.py``), one torch thread each;
+  processes (the task's recipe, :data:`RECIPES`), one torch thread each;
   :func:`run_cell` is one attempt of one cell (resumed from the cell's
   newest checkpoint when there is one), shared with the Ray backend
   (:mod:`torchrl_eaudeqn.cluster`);
@@ -50,6 +50,7 @@ __all__ = [
     "interval_estimates",
     "load_grid",
     "mark_stale_runs",
+    "method_label",
     "normalised_scores",
     "run_cell",
     "run_grid",
@@ -64,10 +65,32 @@ KEY_TAG = "study.key"
 #: the Ray backend, the Ray worker running it is killed too).
 FAULT_ENV = "EAUDEQN_STUDY_FAULT"
 #: Recipe kinds a grid can drive, and their scripts (relative to the checkout).
-RECIPES = {"control": "recipes/control_dqn.py", "atari": "recipes/atari_dqn.py"}
+RECIPES = {
+    "control": "recipes/control_dqn.py",
+    "atari": "recipes/atari_dqn.py",
+    "mujoco": "recipes/mujoco_sac.py",
+}
+#: The methods of each recipe kind, named as the recipe names them (``method=``):
+#: a grid lists them the same way, so keys, ``--methods`` and MLflow agree.
+RECIPE_METHODS = {
+    "control": ("dqn", "eaudeqn", "polyprune"),
+    "atari": ("dqn", "eaudeqn", "polyprune"),
+    "mujoco": ("sac", "eaudesac", "polyprune"),
+}
+#: The first flag of each recipe kind: the task's name, and the width's (per hidden layer).
+_TASK_FLAG = {"control": "task", "atari": "game", "mujoco": "env"}
+_WIDTH_FLAG = {"control": "width", "atari": "width", "mujoco": "hidden"}
 #: Method order in tables and figures.
-METHODS = ("dqn", "eaudeqn", "polyprune")
-METHOD_LABELS = {"dqn": "DQN (dense)", "eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN (95%)"}
+METHODS = ("dqn", "sac", "eaudeqn", "eaudesac", "polyprune")
+#: The dense baselines: a task's normalisation reference (:func:`task_bounds`).
+DENSE_METHODS = ("dqn", "sac")
+METHOD_LABELS = {
+    "dqn": "DQN (dense)",
+    "sac": "SAC (dense)",
+    "eaudeqn": "EauDeQN",
+    "eaudesac": "EauDeSAC",
+    "polyprune": "PolyPruneQN (95%)",
+}
 
 T = TypeVar("T")
 
@@ -103,8 +126,10 @@ class TaskSpec:
     """One task of a grid: its base config, the widths to run and the recipe kind.
 
     ``recipe`` is a key of :data:`RECIPES`: ``control`` (``recipes/control_dqn.py``,
-    the task is its ``task=``) or ``atari`` (``recipes/atari_dqn.py``, the task is
-    its ``game=``).
+    the task is its ``task=``), ``atari`` (``recipes/atari_dqn.py``, the task is
+    its ``game=``) or ``mujoco`` (``recipes/mujoco_sac.py``, the task is its
+    ``env=`` and the width its ``hidden=``; methods ``sac``, ``eaudesac``,
+    ``polyprune``: :data:`RECIPE_METHODS`).
 
     Example:
         >>> TaskSpec("configs/study/cartpole.yaml", {"narrow": 32}).widths["narrow"]
@@ -174,20 +199,25 @@ class Cell:
         threads: int = 1,
         extra: Sequence[str] = (),
     ) -> list[str]:
-        """Arguments of the cell's recipe (``recipes/control_dqn.py``, ``recipes/atari_dqn.py``).
+        """Arguments of the cell's recipe (:data:`RECIPES`).
 
-        ``extra`` overrides come last (e.g. ``device=cuda`` on a GPU worker).
+        The task and the width go to the recipe's own flags (``task``/``game``/
+        ``env``; ``width``/``hidden``). ``extra`` overrides come last (e.g.
+        ``device=cuda`` on a GPU worker).
 
         Example:
             >>> Cell("Pong", "dqn", "small", 32, 0, "a.yaml", recipe="atari").argv("u", "e", "c")[2]
             'game=Pong'
+            >>> Cell("Hopper-v5", "sac", "narrow", 64, 0, "m.yaml", recipe="mujoco").argv(
+            ...     "u", "e", "c")[2:5]
+            ['env=Hopper-v5', 'method=sac', 'hidden=64']
         """
         return [
             "--config",
             self.config,
-            f"{'game' if self.recipe == 'atari' else 'task'}={self.task}",
+            f"{_TASK_FLAG[self.recipe]}={self.task}",
             f"method={self.method}",
-            f"width={self.width}",
+            f"{_WIDTH_FLAG[self.recipe]}={self.width}",
             f"seed={self.seed}",
             *self.overrides,
             f"tracking_uri={tracking_uri}",
@@ -229,6 +259,13 @@ def load_grid(path: str | pathlib.Path) -> GridSpec:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"{path}: unknown methods {bad} (expected {METHODS})")
+    for name, t in tasks.items():
+        bad = [m for m in methods if m not in RECIPE_METHODS[t.recipe]]
+        if bad:
+            raise ValueError(
+                f"{path}: task {name!r}: methods {bad} are not methods of recipe "
+                f"{t.recipe!r} (expected {list(RECIPE_METHODS[t.recipe])})"
+            )
     return GridSpec(
         str(data["experiment"]),
         tuple(int(s) for s in data["seeds"]),
@@ -250,6 +287,9 @@ def expand_grid(
 
     Seed-major order means a grid cut short still holds complete seeds of
     every method, width and task, which is what the aggregation needs.
+
+    Raises:
+        ValueError: an unknown task, or a method its task's recipe does not have.
     """
     seeds = spec.seeds if seeds is None else tuple(seeds)
     task_names = list(spec.tasks) if tasks is None else list(tasks)
@@ -261,6 +301,12 @@ def expand_grid(
     for seed in seeds:
         for task in task_names:
             t = spec.tasks[task]
+            bad = [m for m in methods if m not in RECIPE_METHODS[t.recipe]]
+            if bad:
+                raise ValueError(
+                    f"methods: {bad} are not methods of task {task!r} "
+                    f"(recipe {t.recipe}: {list(RECIPE_METHODS[t.recipe])})"
+                )
             for wname, width in t.widths.items():
                 if widths is not None and wname not in widths:
                     continue
@@ -620,8 +666,13 @@ class RunRecord:
     returns: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     #: ``(env step, acting member's sparsity)`` pairs.
     sparsity: list[tuple[int, float]] = dataclasses.field(default_factory=list)
-    #: ``(env step, sparsity of the selected network)`` at every target update.
+    #: ``(env step, sparsity of the selected network)`` at every target update
+    #: (MuJoCo: the selected actor's, at every selection).
     updates: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    #: recipe kind (:data:`RECIPES`), told apart by the run's task parameter.
+    recipe: str = "control"
+    #: MuJoCo: final sparsity of the selected critic (twin-Q); NaN for the Q-learning recipes.
+    critic_sparsity: float = float("nan")
 
 
 def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> list[RunRecord]:
@@ -645,21 +696,33 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
             return []
         return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
+    def first_history(run_id: str, *keys: str) -> list[tuple[int, float]]:
+        for k in keys:  # the recipes name the same curve differently
+            if found := history(run_id, k):
+                return found
+        return []
+
     records = []
     for key, run in sorted(latest.items()):
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        # control recipe: task, eval/return_mean; Atari recipe: game, eval/score_mean
+        # control recipe: task, width, eval/return_mean; Atari recipe: game, width,
+        # eval/score_mean; MuJoCo recipe: env, hidden, eval/return_mean (the selected
+        # actor's sparsity: sparsity/actor_selected).
         final = t.get("final_eval_return", m.get("eval/return_mean", m.get("eval/score_mean")))
         if final is None:
             continue
-        sparsity = float(t.get("final_sparsity", m.get("sparsity/member_0", 0.0)))
+        kind = "control" if "task" in p else "atari" if "game" in p else "mujoco"
+        width = p.get("width") or p["hidden"]
+        last = m.get("sparsity/member_0", m.get("sparsity/actor_selected", 0.0))
+        sparsity = float(t.get("final_sparsity", last))
+        rid = run.info.run_id
         records.append(
             RunRecord(
                 key=key,
-                task=p.get("task") or p["game"],
+                task=p.get("task") or p.get("game") or p["env"],
                 method=p["method"],
-                width_name=t.get("study.width_name", p["width"]),
-                width=int(p["width"]),
+                width_name=t.get("study.width_name", width),
+                width=int(width),
                 seed=int(p["seed"]),
                 env_steps=int(p["env_steps"]),
                 final_score=float(final),
@@ -667,20 +730,28 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
                     m.get("eval_random/return_mean", m.get("eval_random/score_mean", np.nan))
                 ),
                 final_sparsity=sparsity,
-                returns=history(run.info.run_id, "episode_return")
-                or history(run.info.run_id, "episode_score"),
-                sparsity=history(run.info.run_id, "sparsity/member_0"),
-                updates=history(run.info.run_id, "target_update/selected_sparsity"),
+                returns=first_history(rid, "episode_return", "episode_score"),
+                sparsity=first_history(rid, "sparsity/member_0", "sparsity/actor_selected"),
+                updates=first_history(
+                    rid, "target_update/selected_sparsity", "selection/actor_sparsity"
+                ),
+                recipe=kind,
+                critic_sparsity=float(
+                    t.get("final_critic_sparsity", m.get("sparsity/critic_selected", np.nan))
+                ),
             )
         )
     return records
 
 
 def task_bounds(
-    records: Sequence[RunRecord], reference_method: str = "dqn"
+    records: Sequence[RunRecord], reference_method: str | None = None
 ) -> dict[str, tuple[float, float]]:
     """Per task ``(random, reference)``: the mean random-policy score over all runs, and the
     mean final score of ``reference_method`` at the task's widest width.
+
+    ``reference_method=None``: the task's dense baseline (:data:`DENSE_METHODS`:
+    ``dqn``, or ``sac`` on a MuJoCo task).
 
     Example:
         >>> rs = [RunRecord("a", "T", "dqn", "wide", 64, 0, 1, 10.0, 2.0, 0.0),
@@ -692,13 +763,31 @@ def task_bounds(
     for task in sorted({r.task for r in records}):
         rs = [r for r in records if r.task == task]
         random = float(np.nanmean([r.random_score for r in rs]))
-        ref_rs = [r for r in rs if r.method == reference_method]
+        ref = reference_method or next(
+            (d for d in DENSE_METHODS if any(r.method == d for r in rs)), "dqn"
+        )
+        ref_rs = [r for r in rs if r.method == ref]
         if not ref_rs:
-            raise ValueError(f"task {task!r}: no {reference_method!r} runs to normalise against")
+            raise ValueError(f"task {task!r}: no {ref!r} runs to normalise against")
         widest = max(r.width for r in ref_rs)
         reference = float(np.mean([r.final_score for r in ref_rs if r.width == widest]))
         bounds[task] = (random, reference)
     return bounds
+
+
+def method_label(method: str, records: Sequence[RunRecord] = ()) -> str:
+    """The method's name in tables and figures (PolyPrune is named after its recipe's agent).
+
+    Example:
+        >>> r = RunRecord("k", "HalfCheetah-v5", "polyprune", "w", 64, 0, 1, 0.0, 0.0, 0.9,
+        ...               recipe="mujoco")
+        >>> method_label("polyprune"), method_label("polyprune", [r])
+        ('PolyPruneQN (95%)', 'PolyPruneSAC (95%)')
+    """
+    runs = [r for r in records if r.method == method]
+    if method == "polyprune" and runs and all(r.recipe == "mujoco" for r in runs):
+        return "PolyPruneSAC (95%)"
+    return METHOD_LABELS[method]
 
 
 def normalise(score: float | np.ndarray, bounds: tuple[float, float]) -> float | np.ndarray:
