@@ -34,10 +34,8 @@ from torchrl.modules import EGreedyModule
 
 from .config import ConfigError, _f, _validate
 from .envs import make_control_env
-from .lightning import MLflowMetrics, OnlineRLModule, build_updater
-from .modules import MaskedEnsembleQValueActor, mlp
-from .objectives import EauDeQNLoss
-from .sparsity import sparsity_stats
+from .lightning import EnsembleDQNModule, MLflowMetrics
+from .modules import mlp
 
 __all__ = [
     "MINATAR_GAMES",
@@ -268,7 +266,7 @@ def make_task_env(cfg: ControlConfig, seed: int, eval: bool = False) -> EnvBase:
 
 
 # --------------------------------------------------------------------------- module
-class ControlDQNModule(OnlineRLModule):
+class ControlDQNModule(EnsembleDQNModule):
     """EauDeQN, PolyPruneQN or DQN on a small discrete task, trained online.
 
     Each ``training_step`` collects ``train_freq`` env steps with TorchRL's
@@ -323,28 +321,12 @@ class ControlDQNModule(OnlineRLModule):
             net = minatar_cnn(obs_shape[0], self.n_actions, cfg.width)
         else:
             net = mlp(obs_shape[-1], self.n_actions, hidden=(cfg.width, cfg.width))
-        use_vmap = {"auto": None, "true": True, "false": False}[cfg.use_vmap]
-        self.actor = MaskedEnsembleQValueActor(
-            net, cfg.members, action_spec=action_spec, use_vmap=use_vmap
-        )
-        self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
-        self.loss_module.make_value_estimator(gamma=cfg.gamma)
-        self.optimizer = torch.optim.Adam(
-            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
-        )
-        self.updater = build_updater(cfg, self.loss_module, self.optimizer)
-        self.explore = EGreedyModule(
-            action_spec,
-            eps_init=cfg.eps_start,
-            eps_end=cfg.eps_end,
-            annealing_num_steps=cfg.eps_decay_steps,
-        )
+        self._build_ensemble(net, action_spec)
         self.replay = ReplayBuffer(
             storage=LazyTensorStorage(cfg.buffer_size),
             sampler=RandomSampler(),
             batch_size=cfg.batch_size,
         )
-        self._member_losses: list[torch.Tensor] = []
         self._collector: Collector | None = None
         self._iter: Iterator[TensorDictBase] | None = None
 
@@ -389,29 +371,6 @@ class ControlDQNModule(OnlineRLModule):
         opt.step()
         self._member_losses.append(losses["loss_per_member"])
         return {"loss_per_member": losses["loss_per_member"]}
-
-    def _log_metrics(self, step: int) -> dict[str, float]:
-        m = self.metrics
-        sparsity = self.actor.sparsity()
-        m.add("epsilon", float(self.explore.eps), step)
-        for k, s in enumerate(sparsity.tolist()):
-            m.add(f"sparsity/member_{k}", s, step)
-        target = sparsity_stats(
-            dict(self.loss_module.target_value_network_params.flatten_keys(".").items()),
-            dict(self.loss_module.target_masks.flatten_keys(".").items()),
-        )
-        m.add("sparsity/target", float(target["prunable"]), step)
-        stats = self.actor.sparsity_stats()
-        m.add("sparsity/selected_overall", float(stats["overall"][self.actor.selected]), step)
-        if self._member_losses:
-            mean = torch.stack(self._member_losses).mean(0).tolist()
-            for k, v in enumerate(mean):
-                m.add(f"td_loss/member_{k}", v, step)
-            self._member_losses.clear()
-        history = self.updater.history
-        selected = history[-1].get("selected", 0) if history else 0
-        m.add("selected_member", selected, step)
-        return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -71,6 +71,7 @@ from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 __all__ = [
     "FLUSHED_TAG",
     "DQNLightningModule",
+    "EnsembleDQNModule",
     "MLflowMetrics",
     "MLflowUnavailable",
     "OnlineRLModule",
@@ -650,7 +651,72 @@ class OnlineRLModule(L.LightningModule):
         self.replay.loads(Path(path))
 
 
-class DQNLightningModule(OnlineRLModule):
+class EnsembleDQNModule(OnlineRLModule):
+    """What the DQN-family modules share: the ensemble, its loss, optimizer, updater and metrics.
+
+    Subclasses (:class:`DQNLightningModule` for Atari,
+    :class:`~torchrl_eaudeqn.control.ControlDQNModule` for the study's small
+    tasks) build their network and replay, call :meth:`_build_ensemble`, and
+    say how exploration is read (:meth:`epsilon_now`).
+
+    Example:
+        >>> from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
+        >>> module = ControlDQNModule(ControlConfig(task="CartPole-v1", width=8, num_members=3))
+        >>> isinstance(module, EnsembleDQNModule), module.actor.num_members, module.epsilon_now()
+        (True, 3, 1.0)
+    """
+
+    def _build_ensemble(self, net: torch.nn.Module, action_spec: Any) -> None:
+        cfg = self.cfg
+        use_vmap = {"auto": None, "true": True, "false": False}[cfg.use_vmap]
+        self.actor = MaskedEnsembleQValueActor(
+            net, cfg.members, action_spec=action_spec, use_vmap=use_vmap
+        )
+        self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
+        self.loss_module.make_value_estimator(gamma=cfg.gamma)
+        # fused Adam: the default (foreach) implementation was 8x the dense
+        # step's optimizer time for K=5 on CPU (docs/benchmarks.md).
+        self.optimizer = torch.optim.Adam(
+            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
+        )
+        self.updater = build_updater(cfg, self.loss_module, self.optimizer)
+        self.explore = EGreedyModule(
+            action_spec,
+            eps_init=cfg.eps_start,
+            eps_end=cfg.eps_end,
+            annealing_num_steps=cfg.eps_decay_steps,
+        )
+        self._member_losses: list[torch.Tensor] = []
+
+    def epsilon_now(self) -> float:
+        """The exploration rate acting uses now (TorchRL's annealed ``EGreedyModule``)."""
+        return float(self.explore.eps)
+
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        m = self.metrics
+        sparsity = self.actor.sparsity()
+        m.add("epsilon", self.epsilon_now(), step)
+        for k, s in enumerate(sparsity.tolist()):
+            m.add(f"sparsity/member_{k}", s, step)
+        target = sparsity_stats(
+            dict(self.loss_module.target_value_network_params.flatten_keys(".").items()),
+            dict(self.loss_module.target_masks.flatten_keys(".").items()),
+        )
+        m.add("sparsity/target", float(target["prunable"]), step)
+        stats = self.actor.sparsity_stats()
+        m.add("sparsity/selected_overall", float(stats["overall"][self.actor.selected]), step)
+        if self._member_losses:
+            mean = torch.stack(self._member_losses).mean(0).tolist()
+            for k, v in enumerate(mean):
+                m.add(f"td_loss/member_{k}", v, step)
+            self._member_losses.clear()
+        history = self.updater.history
+        selected = history[-1].get("selected", 0) if history else 0
+        m.add("selected_member", selected, step)
+        return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
+
+
+class DQNLightningModule(EnsembleDQNModule):
     """EauDeQN, PolyPruneQN or DQN on one Atari game, trained online.
 
     Args:
@@ -684,27 +750,7 @@ class DQNLightningModule(OnlineRLModule):
         probe.close()
         self.n_actions = int(action_spec.space.n)
         width = int(cfg.width) if str(cfg.width).isdigit() else cfg.width
-        use_vmap = {"auto": None, "true": True, "false": False}[cfg.use_vmap]
-        self.actor = MaskedEnsembleQValueActor(
-            nature_cnn(self.n_actions, width),
-            cfg.members,
-            action_spec=action_spec,
-            use_vmap=use_vmap,
-        )
-        self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
-        self.loss_module.make_value_estimator(gamma=cfg.gamma)
-        # fused Adam: the default (foreach) implementation was 8x the dense
-        # step's optimizer time for K=5 on CPU (docs/benchmarks.md).
-        self.optimizer = torch.optim.Adam(
-            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
-        )
-        self.updater = build_updater(cfg, self.loss_module, self.optimizer)
-        self.explore = EGreedyModule(
-            action_spec,
-            eps_init=cfg.eps_start,
-            eps_end=cfg.eps_end,
-            annealing_num_steps=cfg.eps_decay_steps,
-        )
+        self._build_ensemble(nature_cnn(self.n_actions, width), action_spec)
         self.replay = FrameReplayBuffer(
             capacity=cfg.buffer_size,
             frame_shape=(84, 84),
@@ -714,7 +760,6 @@ class DQNLightningModule(OnlineRLModule):
             action_encoding="one_hot",
             n_actions=self.n_actions,
         )
-        self._member_losses: list[torch.Tensor] = []
         self._collector: Collector | None = None
         self._iter: Iterator[TensorDictBase] | None = None
         self._fast: AtariCollector | None = None
@@ -889,29 +934,10 @@ class DQNLightningModule(OnlineRLModule):
         self._member_losses.append(losses["loss_per_member"])
         return {"loss_per_member": losses["loss_per_member"]}
 
-    def _log_metrics(self, step: int) -> dict[str, float]:
-        m = self.metrics
-        sparsity = self.actor.sparsity()
-        eps = self.epsilon() if self.cfg.collector == "lean" else float(self.explore.eps)
-        m.add("epsilon", eps, step)
-        for k, s in enumerate(sparsity.tolist()):
-            m.add(f"sparsity/member_{k}", s, step)
-        target = sparsity_stats(
-            dict(self.loss_module.target_value_network_params.flatten_keys(".").items()),
-            dict(self.loss_module.target_masks.flatten_keys(".").items()),
-        )
-        m.add("sparsity/target", float(target["prunable"]), step)
-        stats = self.actor.sparsity_stats()
-        m.add("sparsity/selected_overall", float(stats["overall"][self.actor.selected]), step)
-        if self._member_losses:
-            mean = torch.stack(self._member_losses).mean(0).tolist()
-            for k, v in enumerate(mean):
-                m.add(f"td_loss/member_{k}", v, step)
-            self._member_losses.clear()
-        history = self.updater.history
-        selected = history[-1].get("selected", 0) if history else 0
-        m.add("selected_member", selected, step)
-        return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
+    def epsilon_now(self) -> float:
+        if self.cfg.collector == "lean":
+            return self.epsilon()
+        return float(self.explore.eps)
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
