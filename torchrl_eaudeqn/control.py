@@ -30,7 +30,6 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv
-from torchrl.modules import EGreedyModule
 
 from .config import ConfigError, _f, _validate
 from .envs import make_control_env
@@ -371,44 +370,6 @@ class ControlDQNModule(EnsembleDQNModule):
         opt.step()
         self._member_losses.append(losses["loss_per_member"])
         return {"loss_per_member": losses["loss_per_member"]}
-
-    # ---------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(
-        self, episodes: int, epsilon: float | None = None, prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Play ``episodes`` episodes (epsilon ``eval_epsilon``); log and return the returns.
-
-        ``epsilon=1.0, prefix="eval_random"`` scores a uniformly random policy.
-        """
-        cfg = self.cfg
-        eps = cfg.eval_epsilon if epsilon is None else epsilon
-        if "eval" not in self._envs:
-            self._envs["eval"] = self.env_fn(seed=cfg.seed + 10_000, eval=True)
-        env = self._envs["eval"]
-        greedy = EGreedyModule(self.explore.spec, eps_init=eps, eps_end=eps).to(self.device)
-        policy = TensorDictSequential(self.actor.policy, greedy)
-        returns, lengths = [], []
-        from torchrl.envs import ExplorationType, set_exploration_type
-
-        with set_exploration_type(ExplorationType.RANDOM):
-            for _ in range(episodes):
-                td = env.rollout(
-                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
-                )
-                returns.append(float(td.get(("next", "reward")).sum()))
-                lengths.append(td.shape[-1])
-        return self._record_eval(
-            {
-                f"{prefix}/return_mean": float(np.mean(returns)),
-                f"{prefix}/return_std": float(np.std(returns)),
-                f"{prefix}/episode_length": float(np.mean(lengths)),
-                f"{prefix}/episodes": float(len(returns)),
-            }
-        )
-
-    def evaluate_random_baseline(self) -> dict[str, float]:
-        return self.evaluate(self.cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
 
 
 # --------------------------------------------------------------------------- regression

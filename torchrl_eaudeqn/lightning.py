@@ -479,6 +479,40 @@ class OnlineRLModule(L.LightningModule):
         """Score a uniformly random policy the way :meth:`evaluate` scores the agent."""
         raise NotImplementedError
 
+    #: what an evaluation episode sums, and the metric name (``eval/<name>_mean``)
+    EVAL_REWARD_KEY: tuple[str, str] = ("next", "reward")
+    EVAL_NAME: str = "return"
+    #: extra keyword arguments of ``env_fn`` for the evaluation env
+    EVAL_ENV_KWARGS: dict[str, Any] = {}
+
+    def _play_eval(
+        self, policy: Any, episodes: int, exploration: ExplorationType, prefix: str
+    ) -> dict[str, float]:
+        """Play ``episodes`` episodes in the (kept) evaluation env; log and return the stats."""
+        cfg = self.cfg
+        if "eval" not in self._envs:
+            self._envs["eval"] = self.env_fn(
+                seed=cfg.seed + 10_000, eval=True, **self.EVAL_ENV_KWARGS
+            )
+        env = self._envs["eval"]
+        totals, lengths = [], []
+        with set_exploration_type(exploration):
+            for _ in range(episodes):
+                td = env.rollout(
+                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
+                )
+                totals.append(float(td.get(self.EVAL_REWARD_KEY).sum()))
+                lengths.append(td.shape[-1])
+        name = self.EVAL_NAME
+        return self._record_eval(
+            {
+                f"{prefix}/{name}_mean": float(np.mean(totals)),
+                f"{prefix}/{name}_std": float(np.std(totals)),
+                f"{prefix}/episode_length": float(np.mean(lengths)),
+                f"{prefix}/episodes": float(len(totals)),
+            }
+        )
+
     def _log_metrics(self, step: int) -> dict[str, float]:
         """Add metrics at ``step``; return extra progress-bar entries."""
         return {}
@@ -715,6 +749,22 @@ class EnsembleDQNModule(OnlineRLModule):
         m.add("selected_member", selected, step)
         return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
 
+    @torch.no_grad()
+    def evaluate(
+        self, episodes: int, epsilon: float | None = None, prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Play ``episodes`` episodes (epsilon ``eval_epsilon``); log and return the returns.
+
+        ``epsilon=1.0, prefix="eval_random"`` scores a uniformly random policy.
+        """
+        eps = self.cfg.eval_epsilon if epsilon is None else epsilon
+        greedy = EGreedyModule(self.explore.spec, eps_init=eps, eps_end=eps).to(self.device)
+        policy = TensorDictSequential(self.actor.policy, greedy)
+        return self._play_eval(policy, episodes, ExplorationType.RANDOM, prefix)
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        return self.evaluate(self.cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
+
 
 class DQNLightningModule(EnsembleDQNModule):
     """EauDeQN, PolyPruneQN or DQN on one Atari game, trained online.
@@ -735,6 +785,11 @@ class DQNLightningModule(EnsembleDQNModule):
 
         ``recipes/atari_dqn.py`` wires it to a Lightning ``Trainer``, MLflow and the registry.
     """
+
+    # The raw game score (rewards are clipped only for learning), one env.
+    EVAL_REWARD_KEY = ("next", "score_reward")
+    EVAL_NAME = "score"
+    EVAL_ENV_KWARGS = {"num_envs": 1}
 
     def __init__(
         self,
@@ -939,40 +994,6 @@ class DQNLightningModule(EnsembleDQNModule):
             return self.epsilon()
         return float(self.explore.eps)
 
-    # ---------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(
-        self, episodes: int, epsilon: float | None = None, prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Play ``episodes`` episodes (epsilon ``eval_epsilon``); log and return the scores.
-
-        ``epsilon=1.0, prefix="eval_random"`` scores a uniformly random policy.
-        """
-        cfg = self.cfg
-        eps = cfg.eval_epsilon if epsilon is None else epsilon
-        if "eval" not in self._envs:
-            self._envs["eval"] = self.env_fn(seed=cfg.seed + 10_000, num_envs=1, eval=True)
-        env = self._envs["eval"]
-        greedy = EGreedyModule(self.explore.spec, eps_init=eps, eps_end=eps).to(self.device)
-        policy = TensorDictSequential(self.actor.policy, greedy)
-        scores = []
-        with set_exploration_type(ExplorationType.RANDOM):
-            for _ in range(episodes):
-                td = env.rollout(
-                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
-                )
-                scores.append(float(td.get(("next", "score_reward")).sum()))
-        return self._record_eval(
-            {
-                f"{prefix}/score_mean": float(np.mean(scores)),
-                f"{prefix}/score_std": float(np.std(scores)),
-                f"{prefix}/episodes": float(len(scores)),
-            }
-        )
-
-    def evaluate_random_baseline(self) -> dict[str, float]:
-        return self.evaluate(self.cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
-
     # --------------------------------------------------------- checkpoints
     def _checkpoint_extras(self) -> dict[str, Any]:
         fast = self._fast.state_dict() if self._fast is not None else self._fast_state
@@ -1170,27 +1191,8 @@ class SACLightningModule(OnlineRLModule):
 
         ``random=True, prefix="eval_random"`` scores uniformly random actions.
         """
-        cfg = self.cfg
-        if "eval" not in self._envs:
-            self._envs["eval"] = self.env_fn(seed=cfg.seed + 10_000, eval=True)
-        env = self._envs["eval"]
         policy = None if random else self.actor.policy
-        returns, lengths = [], []
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            for _ in range(episodes):
-                td = env.rollout(
-                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
-                )
-                returns.append(float(td.get(("next", "reward")).sum()))
-                lengths.append(td.shape[-1])
-        return self._record_eval(
-            {
-                f"{prefix}/return_mean": float(np.mean(returns)),
-                f"{prefix}/return_std": float(np.std(returns)),
-                f"{prefix}/episode_length": float(np.mean(lengths)),
-                f"{prefix}/episodes": float(len(returns)),
-            }
-        )
+        return self._play_eval(policy, episodes, ExplorationType.DETERMINISTIC, prefix)
 
     def evaluate_random_baseline(self) -> dict[str, float]:
         return self.evaluate(self.cfg.eval_episodes, random=True, prefix="eval_random")
