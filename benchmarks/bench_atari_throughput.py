@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -38,6 +37,7 @@ os.environ.setdefault("RL_WARNINGS", "False")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from _report import machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import AtariConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.envs import make_atari_env  # noqa: E402
@@ -45,7 +45,6 @@ from torchrl_eaudeqn.lightning import DQNLightningModule, TargetSelectionCallbac
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
 
 
 def make_module(
@@ -150,10 +149,7 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]))
     out = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        **machine_info(),
         "game": args.game,
         "timed_env_steps": args.steps,
         "rows": rows,
@@ -175,7 +171,7 @@ def main() -> None:
         )
     print("\n".join(table))
     if not args.quick:
-        _write_docs_section(
+        write_docs_section(
             "atari_throughput:cpu",
             f"## Atari training throughput (CPU, {out['threads']} threads, {args.game}, "
             f"width {args.width})\n\nFrom `benchmarks/results/{name}.json`; "
@@ -183,17 +179,6 @@ def main() -> None:
             "train_freq x bare update rate of the same agent, measured in the same run.\n\n"
             + "\n".join(table),
         )
-
-
-def _write_docs_section(tag: str, body: str) -> None:
-    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -37,6 +36,7 @@ os.environ.setdefault("RL_WARNINGS", "False")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from _report import machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import SACConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.envs import make_continuous_env  # noqa: E402
@@ -44,7 +44,6 @@ from torchrl_eaudeqn.lightning import SACLightningModule, TargetSelectionCallbac
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
 
 
 def run_delay_s() -> float | None:
@@ -168,10 +167,7 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]))
     out = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        **machine_info(),
         "env": args.env,
         "timed_env_steps": args.steps,
         "rows": rows,
@@ -193,7 +189,7 @@ def main() -> None:
         )
     print("\n".join(table))
     if not args.quick:
-        _write_docs_section(
+        write_docs_section(
             "sac_throughput:cpu",
             f"## MuJoCo SAC training throughput (CPU, {out['threads']} threads, {args.env}, "
             f"{rows[0]['hidden']}, batch {rows[0]['batch_size']})\n\n"
@@ -204,17 +200,6 @@ def main() -> None:
             "learning; CPU wait = cores' worth of time this process waited for a CPU "
             "(0 = quiet machine).\n\n" + "\n".join(table),
         )
-
-
-def _write_docs_section(tag: str, body: str) -> None:
-    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
 
 
 if __name__ == "__main__":
