@@ -24,7 +24,7 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session(python=PY)
 def tests(session: nox.Session) -> None:
     """Fast unit, property and smoke tests (the CI run)."""
-    _install(session, "test,study")
+    _install(session, "test,study,onnx")
     session.run("pytest", *(session.posargs or ["-q"]), env=ENV)
 
 

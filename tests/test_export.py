@@ -331,3 +331,67 @@ def test_evaluate_plays_the_compact_form(registered, capsys):
     assert "episode 1/1: score" in out and "in 20 steps" in out
     assert "stored form: compact (CSR layers: 1,3,5,8,10)" in out
     assert "game=Pong" in out and "artifact_bytes" not in out
+
+
+# ----------------------------------------------------------------------------- ONNX
+def _onnx_run(data: bytes, x: torch.Tensor) -> torch.Tensor:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def test_onnx_export_of_compact_large_nature_cnn_keeps_the_size_gain(tmp_path):
+    """95%-sparse width 2048: the ONNX file stores the big weight sparse (<= 15% of dense)
+    and ONNX Runtime gives the masked network's Q-values, from the masked or compact form."""
+    onnx = pytest.importorskip("onnx")
+    from torchrl_eaudeqn import export_onnx
+
+    torch.manual_seed(0)
+    dense = nature_cnn(18, "large").eval()
+    net = prune_(nature_cnn(18, "large"), 0.95)
+    example = torch.zeros(1, 4, 84, 84, dtype=torch.uint8)
+    dense_bytes = len(export_onnx(dense, example))
+    path = tmp_path / "agent.onnx"
+    from_compact = export_onnx(compact(net), example, str(path))
+    assert path.read_bytes() == from_compact
+    assert dense_bytes > 4 * 6_500_000
+    assert len(from_compact) <= 0.15 * dense_bytes, len(from_compact) / dense_bytes
+    model = onnx.load_from_string(from_compact)
+    stored_sparse = sorted(list(s.dims) for s in model.graph.sparse_initializer)
+    # Sparse where values + int64 indices (12 bytes per non-zero) beat 4 bytes per weight.
+    want_sparse = sorted(
+        list(p.shape)
+        for p in net.parameters()
+        if p.numel() >= 1024 and 12 * int(p.count_nonzero()) < 4 * p.numel()
+    )
+    assert [2048, 3136] in stored_sparse and stored_sparse == want_sparse
+    x = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        want = net(x)
+    assert close(_onnx_run(from_compact, x), want)
+    assert close(_onnx_run(export_onnx(net, example), x), want)  # the masked form too
+
+
+def test_onnx_export_mlp_dense_layers_stay_dense_and_errors():
+    pytest.importorskip("onnx")
+    from torchrl_eaudeqn import export_onnx
+
+    torch.manual_seed(1)
+    net = prune_(mlp(17, 6, hidden=(64, 64)), 0.9)
+    data = export_onnx(net, torch.zeros(1, 17), sparse_min_numel=10**9)  # nothing sparse
+    x = torch.randn(4, 17)
+    with torch.no_grad():
+        assert close(_onnx_run(data, x), net(x))
+    assert len(export_onnx(net, torch.zeros(1, 17))) < len(data)
+    with pytest.raises(ValueError, match="example_input"):
+        export_onnx(net, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="sparse_min_numel"):
+        export_onnx(net, torch.zeros(1, 17), sparse_min_numel=1.5)
+
+
+def test_onnx_export_without_the_extra_says_how_to_install(monkeypatch):
+    from torchrl_eaudeqn import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"torchrl_eaudeqn\[onnx\]"):
+        export_onnx(mlp(3, 2), torch.zeros(1, 3))
