@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             sticky_actions=cfg.sticky_actions,
             max_episode_steps=cfg.eval_max_steps if eval else cfg.max_episode_steps,
             num_envs=num_envs,
+            end_of_life=cfg.terminal_on_life_loss and not eval,
         )
 
     def build_module(metrics: MLflowMetrics) -> DQNLightningModule:

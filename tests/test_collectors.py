@@ -162,3 +162,94 @@ def test_state_dict_with_envs_resumes_bit_for_bit(tmp_path):
         b.close()
     assert seen_episodes > 0
     a.close()
+
+
+def test_terminal_on_life_loss_marks_lost_lives_and_the_replay_keeps_the_stacks():
+    """A lost life is a learning terminal; the game, its score and its stacks go on.
+
+    Same seed with and without the option: identical transitions and episodes
+    (reading the lives consumes no randomness), ``terminated`` differs exactly
+    at the steps where ALE's lives dropped. In the frame replay, the stack
+    after a life-loss terminal is the continuing one the agent saw (not a
+    zero-padded episode start).
+    """
+    from torchrl_eaudeqn.replay import FrameReplayBuffer
+
+    def run(option):
+        env_fn = functools.partial(make_atari_gym_env, "Breakout", max_episode_steps=400)
+        net = nature_cnn(4, "small")
+        col = AtariCollector(
+            [env_fn], lambda: net, 4, seed=7, threaded=False, terminal_on_life_loss=option
+        )
+        lives = []
+        steps = []
+        for _ in range(300):
+            lives.append(col.envs[0].unwrapped.ale.lives() if col._stacks is not None else 5)
+            steps.append(col.collect(1, epsilon=1.0))
+        col.close()
+        cat = {
+            k: np.concatenate([getattr(s, k) for s in steps], axis=1)
+            for k in ("observation", "next_observation", "action", "terminated", "truncated")
+        }
+        return cat, [e for s in steps for e in s.episodes], lives
+
+    plain, plain_eps, _ = run(False)
+    lost, lost_eps, lives = run(True)
+    assert plain_eps == lost_eps and len(plain_eps) >= 1  # whole games, same scores
+    for k in ("observation", "next_observation", "action", "truncated"):
+        np.testing.assert_array_equal(plain[k], lost[k])
+    extra = lost["terminated"][0] & ~plain["terminated"][0]
+    assert not (plain["terminated"][0] & ~lost["terminated"][0]).any()
+    assert extra.sum() >= 4  # Breakout has 5 lives; random play loses several
+    # Every extra terminal is a step after which the next step starts with fewer lives
+    # and the same game (no reset: the next observation continues the stack).
+    for t in np.flatnonzero(extra):
+        assert t + 1 < len(lives) and lives[t + 1] < lives[t]
+        np.testing.assert_array_equal(lost["observation"][0, t + 1], lost["next_observation"][0, t])
+        assert lost["observation"][0, t + 1, :-1].any()  # not a zero-padded start
+
+    rb = FrameReplayBuffer(1000, frame_shape=(84, 84), stack=4, seed=0)
+    rb.extend_stream(
+        0,
+        lost["observation"][0],
+        lost["action"][0],
+        np.zeros(300, np.float32),
+        lost["next_observation"][0],
+        lost["terminated"][0],
+        lost["truncated"][0],
+    )
+    seen = {
+        (o.tobytes(), n.tobytes()): bool(te)
+        for o, n, te in zip(
+            lost["observation"][0],
+            lost["next_observation"][0],
+            lost["terminated"][0],
+            strict=True,
+        )
+    }
+    batch = rb.sample(600)
+    terms = 0
+    for o, n, te in zip(
+        batch["observation"].numpy(),
+        batch["next", "observation"].numpy(),
+        batch["next", "terminated"].reshape(-1).tolist(),
+        strict=True,
+    ):
+        assert seen[(o.tobytes(), n.tobytes())] == te
+        terms += te
+    assert terms > 0
+
+
+def test_make_atari_env_end_of_life_flags_lost_lives():
+    for n in (1, 2):
+        torch.manual_seed(0)
+        env = make_atari_env("Breakout", seed=0, end_of_life=True, num_envs=n)
+        td = env.rollout(300, break_when_any_done=False)
+        env.close()
+        eol = td["next", "end-of-life"].reshape(n, -1)
+        done = td["next", "done"].reshape(n, -1)
+        # Every env loses lives on its own; a game over is also a lost life.
+        assert (eol.sum(-1) > done.sum(-1)).all()
+        assert (eol | ~done).all()
+    with pytest.raises(ValueError, match="end_of_life"):
+        make_atari_env("Breakout", end_of_life="yes")

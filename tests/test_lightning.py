@@ -25,7 +25,13 @@ def _fit(overrides):
     )  # fmt: skip
 
     def env_fn(seed, num_envs, eval):
-        return make_atari_env(cfg.game, seed=seed, num_envs=num_envs, max_episode_steps=60)
+        return make_atari_env(
+            cfg.game,
+            seed=seed,
+            num_envs=num_envs,
+            max_episode_steps=60,
+            end_of_life=cfg.terminal_on_life_loss and not eval,
+        )
 
     module = DQNLightningModule(cfg, env_fn)
     trainer = L.Trainer(
@@ -75,3 +81,32 @@ def test_lean_collector_prunes_and_acts_with_the_selected_member():
     x = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
     torch.testing.assert_close(net(x), module.actor.member_values(module.actor.selected, x))
     assert module.epsilon() < 1.0
+
+
+@pytest.mark.parametrize("collector", ["lean", "torchrl"])
+def test_terminal_on_life_loss_reaches_the_replay(collector):
+    """RoadRunner under random play loses lives within tens of steps: with the option the
+    replay holds more terminals than games ended; without it, exactly one per game."""
+
+    def terminals(module):
+        arrays = module.replay._arrays
+        return int((arrays["terminated"] & arrays["valid"]).sum())
+
+    plain = _fit(["method=dqn", f"collector={collector}", "max_episode_steps=400"])
+    lost = _fit(
+        ["method=dqn", f"collector={collector}", "max_episode_steps=400",
+         "terminal_on_life_loss=true"]
+    )  # fmt: skip
+    assert terminals(plain) <= plain.episodes
+    assert terminals(lost) > lost.episodes
+
+
+def test_periodic_evaluation_skips_the_last_step(monkeypatch):
+    """eval_every evaluates during training but not at the final step (the recipe's final
+    evaluation logs that one)."""
+    seen = []
+    monkeypatch.setattr(
+        DQNLightningModule, "evaluate", lambda self, episodes, **kw: seen.append(self.env_steps)
+    )
+    _fit(["method=dqn", "eval_every=100"])
+    assert seen == [100, 200]

@@ -67,7 +67,10 @@ class CollectedSteps:
 
     ``observation``/``next_observation`` are uint8 stacks ``[N, T, stack, 84, 84]``;
     ``reward`` is the learning reward (clipped when asked), ``score_reward`` the raw
-    game reward. ``episodes`` lists ``(env, score, length)`` of episodes that ended.
+    game reward. ``terminated`` is the learning terminal: the game's end, and
+    also a lost life when the collector was built with ``terminal_on_life_loss``
+    (the game goes on). ``episodes`` lists ``(env, score, length)`` of whole
+    games that ended.
     """
 
     observation: np.ndarray
@@ -99,6 +102,11 @@ class AtariCollector:
         seed: seeds the envs (env ``i`` gets ``seed + i``) and the exploration RNG.
         device: where the acting network runs.
         threaded: collect in a worker thread (:meth:`submit`/:meth:`result`).
+        terminal_on_life_loss: mark a lost life ``terminated`` for learning
+            (Nature DQN's trick: the bootstrap stops where a life ends, which
+            makes dying costly in the targets) while the game goes on; episode
+            scores and lengths stay whole-game. Dopamine, and so the paper,
+            does not do this.
 
     Example:
         >>> from torchrl_eaudeqn.envs import make_atari_gym_env
@@ -122,6 +130,7 @@ class AtariCollector:
         seed: int = 0,
         device: str | torch.device = "cpu",
         threaded: bool = True,
+        terminal_on_life_loss: bool = False,
     ) -> None:
         if not env_fns:
             raise ValueError("env_fns must hold at least one env constructor")
@@ -130,6 +139,7 @@ class AtariCollector:
         self.n_actions = int(n_actions)
         self.frame_stack = int(frame_stack)
         self.clip_rewards = bool(clip_rewards)
+        self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
         n = len(self.envs)
@@ -217,7 +227,10 @@ class AtariCollector:
             acts = self._act(eps, network)
             action[:, t] = acts
             for i, env in enumerate(self.envs):
-                frame, r, te, tr, _ = env.step(int(acts[i]))
+                # Read from ALE before the step rather than kept here, so a
+                # restored emulator needs no extra state.
+                lives = env.unwrapped.ale.lives() if self.terminal_on_life_loss else 0
+                frame, r, te, tr, info = env.step(int(acts[i]))
                 self._last_action[i] = acts[i]
                 stack = self._stacks[i]
                 stack[:-1] = stack[1:]
@@ -226,6 +239,8 @@ class AtariCollector:
                 score[i, t] = r
                 reward[i, t] = min(1.0, max(-1.0, r)) if self.clip_rewards else r
                 term[i, t], trunc[i, t] = te, tr
+                if self.terminal_on_life_loss and info.get("lives", lives) < lives:
+                    term[i, t] = True
                 self._score[i] += r
                 self._length[i] += 1
                 if te or tr:

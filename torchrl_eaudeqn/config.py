@@ -74,6 +74,11 @@ class AtariConfig:
     sticky_actions: float = _f(0.25, "repeat-action probability", min=0.0, max=1.0)
     frame_skip: int = _f(4, "frames per agent step (max-pooled)", min=1)
     max_episode_steps: int = _f(27_000, "agent-step cap per episode", min=1)
+    terminal_on_life_loss: bool = _f(
+        False,
+        "a lost life ends the learning target (Nature DQN; not the paper's Dopamine "
+        "setting); the game goes on and scores stay whole-game",
+    )
     num_envs: int = _f(1, "envs stepped together (for fast learners)", min=1)
     collector: str = _f(
         "lean",

@@ -31,6 +31,7 @@ from torchrl.envs import (
     CatFrames,
     Compose,
     DoubleToFloat,
+    EndOfLifeTransform,
     EnvBase,
     GymEnv,
     GymWrapper,
@@ -298,6 +299,7 @@ def make_atari_env(
     device: str | torch.device = "cpu",
     categorical_action_encoding: bool = False,
     parallel: bool | None = None,
+    end_of_life: bool = False,
 ) -> EnvBase:
     """Atari with Dopamine-style preprocessing (the EauDeQN paper's setting).
 
@@ -322,6 +324,9 @@ def make_atari_env(
         parallel: with ``num_envs > 1``, ``True`` for a :class:`~torchrl.envs.ParallelEnv`,
             ``False`` for a :class:`~torchrl.envs.SerialEnv`, ``None`` picks
             parallel only when there are more CPU cores than envs.
+        end_of_life: also write ``("next", "end-of-life")``, true where a life
+            was lost (TorchRL's :class:`~torchrl.envs.EndOfLifeTransform`); the
+            episode goes on. For a life-loss learning terminal.
 
     Returns:
         A TorchRL env; batch size ``[]`` or ``[num_envs]``.
@@ -345,6 +350,7 @@ def make_atari_env(
     _check_int("num_envs", num_envs, minimum=1)
     _check_bool("categorical_action_encoding", categorical_action_encoding)
     _check_bool("parallel", parallel, allow_none=True)
+    _check_bool("end_of_life", end_of_life)
     dev = _check_device(device)
 
     base = functools.partial(
@@ -356,7 +362,10 @@ def make_atari_env(
         noop_max,
         categorical_action_encoding,
     )
-    env = _batched(base, _atari_transforms(frame_stack, clip_rewards), num_envs, parallel, dev)
+    transforms = _atari_transforms(frame_stack, clip_rewards)
+    if end_of_life:
+        transforms.append(EndOfLifeTransform())
+    env = _batched(base, transforms, num_envs, parallel, dev)
     if seed is not None:
         env.set_seed(seed)
     return env

@@ -571,7 +571,9 @@ class OnlineRLModule(L.LightningModule):
         out = self.collect_and_learn()
         if self.env_steps - self._last_log >= cfg.log_every:
             self._log_progress()
-        if cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every:
+        # Not at the last step: the recipe's final evaluation logs that step.
+        due = cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every
+        if due and self.env_steps < cfg.env_steps:
             self._last_eval = self.env_steps
             self.evaluate(cfg.eval_episodes)
         return out
@@ -844,6 +846,7 @@ class DQNLightningModule(EnsembleDQNModule):
             seed=cfg.seed + self.env_steps,
             device=self.device,
             threaded=self.overlap,
+            terminal_on_life_loss=cfg.terminal_on_life_loss,
         )
         if self._fast_state is not None:
             self._fast.load_state_dict(self._fast_state)
@@ -970,6 +973,14 @@ class DQNLightningModule(EnsembleDQNModule):
         cfg = self.cfg
         while self._credit > 0:
             batch_td = next(self._iter)
+            if cfg.terminal_on_life_loss:
+                nxt = batch_td.get("next")
+                if "end-of-life" not in nxt.keys():
+                    raise KeyError(
+                        "terminal_on_life_loss needs the training env to write "
+                        "('next', 'end-of-life'): make_atari_env(..., end_of_life=True)"
+                    )
+                nxt.set("terminated", nxt.get("terminated") | nxt.get("end-of-life"))
             self.replay.extend(batch_td)  # [num_envs, T] maps to one stream per env
             data = batch_td.reshape(-1)
             n = data.numel()
