@@ -52,6 +52,13 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     ):
         assert key in run.data.metrics, key
     assert "score_sparsity.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    # The paper's measure of learning (training-episode scores), first vs last tenth.
+    assert "training episode score first/last tenth of the steps" in first.stdout
+    hist = client.get_metric_history(run.info.run_id, "episode_score")
+    last = [m.value for m in hist if m.step > 270]
+    if last:  # random Breakout episodes last ~180 steps: one may not end in the last 30
+        got = run.data.metrics["train/episode_score_last_tenth"]
+        assert got == pytest.approx(sum(last) / len(last))
     ckpt_dir = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0"
     # every 80 env steps and at the end, the newest 3 kept, each with its checksum
     assert sorted(p.name for p in ckpt_dir.glob("step*.ckpt")) == [

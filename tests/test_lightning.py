@@ -101,12 +101,20 @@ def test_terminal_on_life_loss_reaches_the_replay(collector):
     assert terminals(lost) > lost.episodes
 
 
-def test_periodic_evaluation_skips_the_last_step(monkeypatch):
-    """eval_every evaluates during training but not at the final step (the recipe's final
-    evaluation logs that one)."""
+def test_periodic_evaluation_sees_the_masked_network_and_skips_the_last_step(monkeypatch):
+    """eval_every evaluates during training, with every pruned weight exactly 0 (the
+    evaluation runs inside training_step, after the optimizer step and before the
+    updater callback re-applies the masks), and not at the final step (the recipe's
+    final evaluation logs that one)."""
     seen = []
-    monkeypatch.setattr(
-        DQNLightningModule, "evaluate", lambda self, episodes, **kw: seen.append(self.env_steps)
-    )
-    _fit(["method=dqn", "eval_every=100"])
-    assert seen == [100, 200]
+
+    def fake_evaluate(self, episodes, **kw):
+        params = self.actor.flat_params()
+        revived = sum(int((params[n][~m] != 0).sum()) for n, m in self.actor.flat_masks().items())
+        seen.append((self.env_steps, float(self.actor.sparsity().max()), revived))
+
+    monkeypatch.setattr(DQNLightningModule, "evaluate", fake_evaluate)
+    _fit(["eval_every=100", "max_speed=0.3"])
+    assert [s for s, _, _ in seen] == [100, 200]
+    assert seen[-1][1] > 0.0  # members are pruned by then
+    assert [r for _, _, r in seen] == [0, 0]

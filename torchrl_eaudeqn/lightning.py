@@ -569,11 +569,24 @@ class OnlineRLModule(L.LightningModule):
         # step per ``train_freq`` env steps holds for any ``num_envs``.
         self._credit += cfg.train_freq
         out = self.collect_and_learn()
-        if self.env_steps - self._last_log >= cfg.log_every:
-            self._log_progress()
+        log_due = self.env_steps - self._last_log >= cfg.log_every
         # Not at the last step: the recipe's final evaluation logs that step.
-        due = cfg.eval_every and self.env_steps - self._last_eval >= cfg.eval_every
-        if due and self.env_steps < cfg.env_steps:
+        eval_due = (
+            cfg.eval_every
+            and self.env_steps - self._last_eval >= cfg.eval_every
+            and self.env_steps < cfg.env_steps
+        )
+        if log_due or eval_due:
+            # The optimizer step just ran and the updater callback has not yet
+            # re-applied the masks: Adam has moved pruned weights off zero
+            # (right after a selection's optimizer reset, each by ~lr), and an
+            # evaluation here scored a different network from the one that
+            # acts and is registered (RoadRunner, width 512: 980 at the 50k
+            # evaluation; the checkpoint of that step scores 0 in every replay).
+            self.updater.apply_masks_()
+        if log_due:
+            self._log_progress()
+        if eval_due:
             self._last_eval = self.env_steps
             self.evaluate(cfg.eval_episodes)
         return out

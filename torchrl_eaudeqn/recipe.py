@@ -270,6 +270,35 @@ def plot_run(
     return out
 
 
+def training_score_summary(client: Any, run_id: str, key: str, env_steps: int) -> dict[str, float]:
+    """Mean training-episode score in the first and the last tenth of the run's env steps.
+
+    The Dopamine protocol (the paper's) reports training-episode scores; a
+    single evaluation of the final network can be far off them early in
+    training (docs/benchmarks.md, quick preset). Read from the MLflow store,
+    so a resumed run counts the episodes logged before the resume. NaN for a
+    tenth in which no episode ended.
+
+    Example:
+        >>> from types import SimpleNamespace as M
+        >>> class Client:
+        ...     def get_metric_history(self, run_id, key):
+        ...         return [M(step=s, value=v) for s, v in [(5, 0.0), (8, 2.0), (95, 10.0)]]
+        >>> training_score_summary(Client(), "run", "episode_score", 100)
+        {'first_tenth': 1.0, 'last_tenth': 10.0}
+    """
+    hist = client.get_metric_history(run_id, key)
+    tenth = max(1, env_steps // 10)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {
+        "first_tenth": mean([m.value for m in hist if m.step <= tenth]),
+        "last_tenth": mean([m.value for m in hist if m.step > env_steps - tenth]),
+    }
+
+
 def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
     """A Lightning ``Trainer`` for an online module: safe checkpoints, progress bar, no validation.
 
@@ -403,6 +432,12 @@ def run_recipe(
             _flush_patiently(metrics)
             result = module.evaluate(cfg.eval_episodes)
             _flush_patiently(metrics)
+            learned = training_score_summary(
+                client, run_id, module.episode_metric, module.env_steps
+            )
+            for name, value in learned.items():
+                metrics.add(f"train/{module.episode_metric}_{name}", value, module.env_steps)
+            _flush_patiently(metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
                 client.log_artifact(run_id, str(png))
@@ -417,7 +452,11 @@ def run_recipe(
                 "FAILED",
             )
         status = "FINISHED"
-        print(f"done: {module.env_steps} env steps, {summary}, run {run_id}")
+        print(
+            f"done: {module.env_steps} env steps, {summary}, training "
+            f"{module.episode_metric.replace('_', ' ')} first/last tenth of the steps "
+            f"{learned['first_tenth']:.1f} -> {learned['last_tenth']:.1f}, run {run_id}"
+        )
         return 0
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"

@@ -732,7 +732,12 @@ class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
             [target.get(k).data for k in keys], [src.get(k).data for k in keys], tau
         )
 
-    def _apply_masks(self) -> None:
+    def apply_masks_(self) -> None:
+        """Zero every pruned actor and critic weight now.
+
+        ``step`` does it after each optimizer step; call it before using the
+        networks in between.
+        """
         self.actor.apply_masks_()
         self.critic.apply_masks_()
 
@@ -853,7 +858,7 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
     def init_(self) -> None:
         """Apply masks, copy the selected critic into the target, build the first members."""
         self.loss_module._has_update_associated["qvalue_network"] = True
-        self._apply_masks()
+        self.apply_masks_()
         self.polyak_update(1.0)
         if self.prune_at_init:
             self._rebuild(self.critic.selected, self.actor.selected)
@@ -916,7 +921,7 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
                 f"per-member losses must have shapes [{self.critic.num_members}] (critic) and "
                 f"[{self.actor.num_members}] (actor), got {tuple(lc.shape)} and {tuple(la.shape)}"
             )
-        self._apply_masks()
+        self.apply_masks_()
         self.polyak_update()
         self.critic_loss_sums += lc
         self.actor_loss_sums += la
@@ -997,7 +1002,7 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
 
     def init_(self) -> None:
         self.loss_module._has_update_associated["qvalue_network"] = True
-        self._apply_masks()
+        self.apply_masks_()
         self.polyak_update(1.0)
         self.initialized = True
 
@@ -1022,5 +1027,5 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
                     "critic_sparsity": [float(self.critic.sparsity()[0])],
                 }
             )
-        self._apply_masks()
+        self.apply_masks_()
         self.polyak_update()

@@ -58,6 +58,15 @@ class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
         self.history: list[dict[str, Any]] = []
         self.initialized = False
 
+    def apply_masks_(self) -> None:
+        """Zero every pruned weight now (``step`` does it after each optimizer step).
+
+        Between an optimizer step and :meth:`step`, Adam may have moved pruned
+        weights off zero; anything that uses the network in that window (an
+        evaluation inside ``training_step``) calls this first.
+        """
+        self.actor.apply_masks_()
+
     # ------------------------------------------------------------ helpers
     def _copy_member_to_target(self, k: int) -> None:
         loss = self.loss_module
