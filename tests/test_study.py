@@ -200,22 +200,29 @@ def test_aggregation_on_synthetic_runs_matches_closed_form(tmp_path):
     np.testing.assert_allclose(auc[("eaudeqn", "wide")].ravel(), [0.0, 0.4, 0.6, 10.0])
 
 
-def test_report_writes_tables_and_figures(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'agg.db'}"
-    _fake_runs(uri, {("dqn", "wide"): [10, 9, 11], ("eaudeqn", "wide"): [8, 9, 10],
-                     ("polyprune", "wide"): [5, 6, 7]})  # fmt: skip
+def _report(tmp_path, uri: str, grid_text: str) -> str:
+    """Run `study.py report` on a grid over the runs in `uri`; return tables.md (4 figures)."""
     grid = tmp_path / "grid.yaml"
-    grid.write_text(
-        "experiment: synthetic\nseeds: [0, 1, 2]\nmethods: [dqn, eaudeqn, polyprune]\n"
-        "tasks:\n  T:\n    config: c.yaml\n    widths: {wide: 64}\n"
-    )
+    grid.write_text(grid_text)
     rc = _load_recipe().main(
         ["report", "--grid", str(grid), "--tracking-uri", uri, "--reps", "200",
          "--figures", str(tmp_path / "figs"), "--results", str(tmp_path / "res")]
     )  # fmt: skip
     assert rc == 0
     assert len(list((tmp_path / "figs").glob("*.png"))) == 4
-    tables = (tmp_path / "res/tables.md").read_text()
+    return (tmp_path / "res/tables.md").read_text()
+
+
+def test_report_writes_tables_and_figures(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'agg.db'}"
+    _fake_runs(uri, {("dqn", "wide"): [10, 9, 11], ("eaudeqn", "wide"): [8, 9, 10],
+                     ("polyprune", "wide"): [5, 6, 7]})  # fmt: skip
+    tables = _report(
+        tmp_path,
+        uri,
+        "experiment: synthetic\nseeds: [0, 1, 2]\nmethods: [dqn, eaudeqn, polyprune]\n"
+        "tasks:\n  T:\n    config: c.yaml\n    widths: {wide: 64}\n",
+    )
     assert "EauDeQN" in tables and "PolyPruneQN" in tables
     summary = json.loads((tmp_path / "res/summary.json").read_text())
     assert summary["groups"]["dqn/wide"]["iqm"] == pytest.approx(1.0)
@@ -249,18 +256,12 @@ def test_report_reads_a_mujoco_grid(tmp_path):
             client.log_metric(rid, "episode_return", float(score), step=50)
             client.log_metric(rid, "sparsity/actor_selected", sparsity, step=50)
             client.set_terminated(rid, "FINISHED")
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(
+    tables = _report(
+        tmp_path,
+        uri,
         "experiment: mj\nrecipe: mujoco\nseeds: [0, 1]\nmethods: [sac, eaudesac, polyprune]\n"
-        "tasks:\n  HalfCheetah-v5:\n    config: c.yaml\n    widths: {narrow: 64}\n"
+        "tasks:\n  HalfCheetah-v5:\n    config: c.yaml\n    widths: {narrow: 64}\n",
     )
-    rc = _load_recipe().main(
-        ["report", "--grid", str(grid), "--tracking-uri", uri, "--reps", "200",
-         "--figures", str(tmp_path / "figs"), "--results", str(tmp_path / "res")]
-    )  # fmt: skip
-    assert rc == 0
-    assert len(list((tmp_path / "figs").glob("*.png"))) == 4
-    tables = (tmp_path / "res/tables.md").read_text()
     assert (
         "| HalfCheetah-v5 | EauDeSAC | narrow (64) | 2 | 750.0 +- 50.0 | 0.900 | 0.450 |" in tables
     )
