@@ -401,8 +401,9 @@ class OnlineRLModule(L.LightningModule):
     One ``training_step`` = ``train_freq`` env steps of credit and at most one
     gradient step; the "dataset" yields until ``cfg.env_steps`` env steps are
     collected, so a resumed run continues where it stopped. Subclasses
-    build the networks, the loss, ``optimizer``, ``updater`` and ``replay``
-    in ``__init__`` and implement:
+    build the networks, the loss, ``optimizer``, ``updater`` (with
+    ``step(losses)`` and ``apply_masks_()``) and ``replay`` in ``__init__``
+    and implement:
 
     * :meth:`collect_and_learn`: spend the credit on env steps (store them,
       call :meth:`_episode_end` for finished episodes), then take one
