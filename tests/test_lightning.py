@@ -118,3 +118,20 @@ def test_periodic_evaluation_sees_the_masked_network_and_skips_the_last_step(mon
     assert [s for s, _, _ in seen] == [100, 200]
     assert seen[-1][1] > 0.0  # members are pruned by then
     assert [r for _, _, r in seen] == [0, 0]
+
+
+def test_learning_starts_beyond_the_buffer_and_no_replay_scan_per_step(monkeypatch):
+    """learning_starts > buffer_size: learning waits for a full buffer, then starts (it
+    used to wait on len(replay), which stays a few slots below capacity once the buffer
+    wraps, so it never started). The loop never calls len(replay), an O(capacity) scan
+    (13 ms at 1M slots)."""
+    from torchrl_eaudeqn.replay import FrameReplayBuffer
+
+    def no_scan(self):
+        raise AssertionError("len(FrameReplayBuffer) called in the training loop")
+
+    monkeypatch.setattr(FrameReplayBuffer, "__len__", no_scan)
+    module = _fit(["method=dqn", "collector=lean", "buffer_size=64", "learning_starts=100"])
+    assert module.replay.num_stored == 64
+    steps = {int(s["step"]) for s in module.optimizer.state.values()}
+    assert steps == {51}  # env steps 100..300, one update per 4

@@ -559,8 +559,12 @@ class OnlineRLModule(L.LightningModule):
         cfg = self.cfg
         # After a resume the replay starts empty (its contents are not in the
         # checkpoint): learning waits until it holds learning_starts again.
+        # num_stored is O(1); len(replay) scans the whole capacity (13 ms at 1M,
+        # twice per gradient step) and, once the buffer wraps, stays a few
+        # slots below capacity, so with learning_starts >= buffer_size it never
+        # reached the threshold and learning never began.
         warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
-        return self.env_steps >= cfg.learning_starts and len(self.replay) >= warm
+        return self.env_steps >= cfg.learning_starts and self.replay.num_stored >= warm
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
         cfg = self.cfg

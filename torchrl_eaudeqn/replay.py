@@ -212,8 +212,29 @@ class FrameReplayBuffer:
         return int(sum(a.nbytes for a in self._arrays.values()))
 
     def __len__(self) -> int:
-        """Number of transitions that :meth:`sample` can return now (a scan: O(capacity))."""
+        """Number of transitions that :meth:`sample` can return now (a scan: O(capacity)).
+
+        13 ms at the paper's 1M capacity, whatever the fill: per-step checks
+        should use :attr:`num_stored`.
+        """
         return int(self._sampleable_mask().sum())
+
+    @property
+    def num_stored(self) -> int:
+        """Transitions written and still held, in O(1); reaches ``capacity`` when full.
+
+        An upper bound of ``len(self)``, which also leaves out the slots whose
+        frame history was overwritten (a few per stream once it wraps).
+
+        Example:
+            >>> rb = FrameReplayBuffer(10, frame_shape=(1,), stack=2)
+            >>> f = lambda *v: torch.tensor(v, dtype=torch.uint8).reshape(2, 1)
+            >>> for t in range(15):
+            ...     rb.add(f(t, t + 1), 0, 0.0, f(t + 1, t + 2), terminated=False)
+            >>> rb.num_stored, len(rb)
+            (10, 8)
+        """
+        return int(self._size.sum())
 
     def __repr__(self) -> str:
         return (
