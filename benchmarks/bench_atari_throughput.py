@@ -236,8 +236,7 @@ def main() -> None:
             "train_freq x bare update rate of the same agent, measured in the same run, "
             f"in blocks of {args.reps} bare updates after every {args.segment} learning "
             f"env steps; ratio = median over segments. Replay capacity {args.buffer_size:,}; "
-            f"{args.steps} learning env steps per row.\n\n"
-            + "\n".join(table),
+            f"{args.steps} learning env steps per row.\n\n" + "\n".join(table),
         )
 
 
