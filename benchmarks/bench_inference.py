@@ -23,6 +23,11 @@ Sizes: bytes of the ``torch.export.save`` archive (the registered ``pt2``
 file) and of the tensors (``state_size_bytes``). FLOPs: 2 x multiply-adds of
 the Linear/Conv layers per sample, all and non-zero weights only.
 
+Filter pruning: the Nature CNNs are also pruned with ``structure="filters"``
+(each convolution loses as many weights as the global ranking takes from it,
+as whole filters), and ``compact()`` removes those channels: forms
+``filters`` (eager) and ``filters_exported``.
+
 Layer kernels (the evidence behind the ``"auto"`` rule): single Linear and
 Conv2d layers with uniformly random unstructured masks at densities 1-50%,
 dense kernel against the compact (``embedding_bag``) kernel and, for Linear,
@@ -143,15 +148,21 @@ def make_input(spec: NetSpec, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, *spec.input_shape, generator=g)
 
 
-def pruned(net: nn.Module, sparsity: float) -> nn.Module:
+def pruned(net: nn.Module, sparsity: float, structure: str = "weights") -> nn.Module:
     """A copy of ``net`` with global magnitude pruning to ``sparsity`` applied (zeros kept)."""
     net = copy.deepcopy(net).eval().requires_grad_(False)
     if sparsity > 0:
         params = dict(net.named_parameters())
         names = prunable_parameter_names(net)
-        masks = magnitude_masks({n: params[n] for n in names}, sparsity, scope="global")
+        masks = magnitude_masks(
+            {n: params[n] for n in names}, sparsity, scope="global", structure=structure
+        )
         apply_masks_(params, masks)
     return net
+
+
+def _has_conv(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
 def export_module(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -268,6 +279,7 @@ def bench_networks(
         }
         del dense_prog
         variants = {}
+        filters: dict[float, tuple[nn.Module, nn.Module]] = {}
         max_err = 0.0
         for s in sparsities:
             masked = pruned(dense, s)
@@ -301,6 +313,30 @@ def bench_networks(
                 "masked_pt2_bytes": masked_pt2,
                 **flops,
             }
+            if _has_conv(dense) and s > 0:
+                # prune_structure "filters": the same per-layer budget, whole filters.
+                masked_f = pruned(dense, s, structure="filters")
+                small_f = compact(masked_f)
+                prog_f = export_module(small_f, example)
+                small_f_exported = prog_f.module()
+                with torch.no_grad():
+                    ref_f = masked_f(x32)
+                    scale_f = ref_f.abs().max().clamp_min(1e-12)
+                    for got in (small_f(x32), small_f_exported(x32)):
+                        max_err = max(max_err, float((got - ref_f).abs().max() / scale_f))
+                flops_f = count_flops(small_f, make_input(spec, 2, seed))
+                entry["sparsities"][f"{s:g}"]["filters"] = {
+                    "removed_channels": small_f.removed_channels,
+                    "compact_pt2_bytes": pt2_bytes(prog_f),
+                    "compact_state_bytes": compact_summary(small_f)["bytes"],
+                    "formats": {
+                        layer["name"]: layer["format"]
+                        for layer in compact_summary(small_f)["layers"]
+                    },
+                    **flops_f,
+                }
+                filters[s] = (small_f, small_f_exported)
+                del prog_f
             variants[s] = (masked, small, small_exported, by_size)
             del prog
         entry["max_relative_error"] = max_err
@@ -319,6 +355,11 @@ def bench_networks(
                 forms[f"compact_exported@{s:g}"] = Form(
                     f"compact_exported@{s:g}", small_exported, x
                 )
+            for s, (small_f, small_f_exported) in filters.items():
+                forms[f"filters@{s:g}"] = Form(f"filters@{s:g}", small_f, x)
+                forms[f"filters_exported@{s:g}"] = Form(
+                    f"filters_exported@{s:g}", small_f_exported, x
+                )
             time_group(list(forms.values()), repeats, block_ms, warmup_s, rng)
             res = {k: f.summary() for k, f in forms.items()}
             for s in variants:
@@ -334,6 +375,13 @@ def bench_networks(
                     ),
                     "masked_vs_dense": paired_ratio(forms[f"masked@{sk}"], forms["dense"]),
                 }
+                if s in filters:
+                    res[f"speedup@{sk}"]["filters_vs_dense"] = paired_ratio(
+                        forms[f"filters@{sk}"], forms["dense"]
+                    )
+                    res[f"speedup@{sk}"]["filters_exported_vs_dense_exported"] = paired_ratio(
+                        forms[f"filters_exported@{sk}"], forms["dense_exported"]
+                    )
             entry[f"batch{batch}"] = res
             print(
                 f"  {key} batch {batch}: dense {res['dense']['median_ms']:.3f} ms, "
@@ -341,7 +389,7 @@ def bench_networks(
                 file=sys.stderr,
             )
         out[key] = entry
-        del variants, dense_exported
+        del variants, filters, dense_exported
         gc.collect()
     return out
 
@@ -510,6 +558,17 @@ def verdicts(nets: dict) -> dict:
             "met": min(sp["compact_vs_dense"], sp["compact_exported_vs_dense_exported"])
             >= TARGET_SPEEDUP_B32,
         }
+        if "filters_vs_dense" in sp:
+            f = s["filters"]
+            out["speed_filters"] = {
+                "what": "the same, pruned with prune_structure 'filters' (conv channels removed)",
+                "eager": sp["filters_vs_dense"],
+                "exported_vs_dense_exported": sp["filters_exported_vs_dense_exported"],
+                "size_ratio": f["compact_pt2_bytes"] / large["dense_pt2_bytes"],
+                "target": TARGET_SPEEDUP_B32,
+                "met": min(sp["filters_vs_dense"], sp["filters_exported_vs_dense_exported"])
+                >= TARGET_SPEEDUP_B32,
+            }
     return out
 
 
@@ -613,6 +672,30 @@ def markdown_section(result: dict) -> str:
                     else ""
                 ),
             ]
+        with_filters = [sk for sk, s in net["sparsities"].items() if "filters" in s]
+        if with_filters:
+            lines += [
+                "",
+                "Pruned with `prune_structure: filters` (each convolution loses the same "
+                "number of weights as above, as whole filters, which `compact()` removes):",
+                "",
+                "| sparsity | channels kept (conv1, conv2, conv3) | MFLOPs per sample | "
+                "compact ms | speedup compact | speedup exported | `pt2` bytes |",
+                "|---:|---|---:|---:|---:|---:|---:|",
+            ]
+            for sk in with_filters:
+                f = net["sparsities"][sk]["filters"]
+                sp1, sp32 = b1[f"speedup@{sk}"], b32[f"speedup@{sk}"]
+                kept = ", ".join(f"{n - r}/{n}" for r, n in f["removed_channels"].values()) or "all"
+                lines.append(
+                    f"| {float(sk) * 100:g}% | {kept} | {f['flops'] / 1e6:.2f} | "
+                    f"{pair(f'filters@{sk}')} | "
+                    f"{sp1['filters_vs_dense']:.2f}x / {sp32['filters_vs_dense']:.2f}x | "
+                    f"{sp1['filters_exported_vs_dense_exported']:.2f}x / "
+                    f"{sp32['filters_exported_vs_dense_exported']:.2f}x | "
+                    f"{_bytes(f['compact_pt2_bytes'])} "
+                    f"({100 * f['compact_pt2_bytes'] / dense_pt2:.1f}%) |"
+                )
         lines.append("")
     channels = result.get("channels")
     if channels:
@@ -684,6 +767,13 @@ def markdown_section(result: dict) -> str:
                 f"- Speed, {sp['what']} >= {sp['target']:g}x: eager **{sp['eager']:.2f}x**, "
                 f"exported vs exported dense **{sp['exported_vs_dense_exported']:.2f}x** "
                 f"({'met' if sp['met'] else 'not met'})."
+            )
+        if "speed_filters" in v:
+            sf = v["speed_filters"]
+            lines.append(
+                f"- Speed, {sf['what']}: eager **{sf['eager']:.2f}x**, exported vs exported "
+                f"dense **{sf['exported_vs_dense_exported']:.2f}x** "
+                f"({'met' if sf['met'] else 'not met'}), artifact {sf['size_ratio']:.1%} of dense."
             )
         lines.append("")
     return "\n".join(lines)

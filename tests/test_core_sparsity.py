@@ -124,3 +124,44 @@ def test_pruning_is_exact_monotone_and_keeps_largest(sizes, s1, s2, scope, seed)
         if kept.numel() and dropped.numel():
             assert kept.min() >= dropped.max()
     assert not math.isnan(s1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    convs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 3)), min_size=1, max_size=3),
+    linears=st.lists(st.integers(1, 60), max_size=2),
+    s1=st.floats(0, 0.95),
+    s2=st.floats(0, 0.95),
+    scope=st.sampled_from(["global", "layer"]),
+    seed=st.integers(0, 2**16),
+)
+def test_filter_pruning_removes_whole_filters_smallest_first(convs, linears, s1, s2, scope, seed):
+    """structure='filters': every conv filter is kept or pruned whole, pruning never
+    regrows, each conv loses at least what the unstructured ranking takes from it,
+    pruned filters have the smallest mean |w|, and the count is exact up to one filter
+    per convolution."""
+    g = torch.Generator().manual_seed(seed)
+    w = {f"c{i}": torch.randn(o, c, 2, 2, generator=g) for i, (o, c) in enumerate(convs)}
+    w |= {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(linears)}
+    m1 = magnitude_masks(w, s1, scope=scope, structure="filters")
+    m2 = magnitude_masks(w, s2, scope=scope, masks=m1, structure="filters")
+    plain = magnitude_masks(w, s1, scope=scope)
+    groups = [list(w)] if scope == "global" else [[n] for n in w]
+    for m, s in ((m1, s1), (m2, max(s1, s2))):
+        for n in w:
+            assert not (m2[n] & ~m1[n]).any()
+            if n.startswith("c"):
+                rows = m[n].flatten(1)
+                assert bool((rows.all(1) | ~rows.any(1)).all())  # whole filters
+                means = w[n].abs().flatten(1).mean(1)
+                if rows.all(1).any() and (~rows.any(1)).any() and m is m1:
+                    assert means[~rows.any(1)].max() <= means[rows.all(1)].min()
+        for group in groups:
+            total = sum(w[n].numel() for n in group)
+            pruned = sum(int((~m[n]).sum()) for n in group)
+            # Each convolution rounds up to whole filters: at most one filter less a weight.
+            slack = sum(w[n][0].numel() - 1 for n in group if n.startswith("c"))
+            assert round(s * total) <= pruned <= round(s * total) + slack
+    for n in w:
+        if n.startswith("c"):
+            assert int((~m1[n]).sum()) >= int((~plain[n]).sum())

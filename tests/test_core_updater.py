@@ -221,6 +221,8 @@ def test_bad_inputs_name_the_argument():
         TargetSelectionUpdater(loss, torch.optim.Adam(loss.parameters()), period=0)
     with pytest.raises(ValueError, match="scope"):
         TargetSelectionUpdater(loss, torch.optim.Adam(loss.parameters()), scope="row")
+    with pytest.raises(ValueError, match="structure must be 'weights' or 'filters'"):
+        TargetSelectionUpdater(loss, torch.optim.Adam(loss.parameters()), structure="rows")
     with pytest.raises(TypeError, match="loss_module"):
         TargetSelectionUpdater(DQNLoss(nn.Linear(3, 2), action_space="one-hot"))
     up = TargetSelectionUpdater(loss, torch.optim.Adam(loss.parameters()))
@@ -246,3 +248,46 @@ def test_polyprune_follows_schedule_and_hard_updates():
     assert (4, "target") in events and (8, "target") in events and (12, "target") in events
     for name, m in loss.target_masks.flatten_keys(".").items():
         assert torch.equal(m, actor.flat_masks()[name][0])
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_filter_structure_prunes_whole_conv_filters_in_every_member(scope):
+    """structure='filters' through the updaters: each member's and the target's conv
+    masks are whole filters after selections and rebuilds (EauDeQN) and after the
+    schedule's mask updates (PolyPrune); the Linear layers stay unstructured."""
+    from torchrl_eaudeqn.modules import nature_cnn
+
+    def whole_filters(masks):
+        for name, m in masks.items():
+            if m.dim() >= 4:  # [K, out, in, kh, kw]
+                rows = m.flatten(2)
+                assert bool((rows.all(-1) | ~rows.any(-1)).all()), name
+
+    torch.manual_seed(0)
+    actor = MaskedEnsembleQValueActor(nature_cnn(4, "small"), 3, action_spec=OneHot(4))
+    loss = EauDeQNLoss(actor)
+    loss.make_value_estimator(gamma=0.9)
+    opt = torch.optim.Adam(loss.parameters())
+    up = TargetSelectionUpdater(
+        loss, opt, period=2, speed_policy=LinearSpeedGrid(0.6), scope=scope, structure="filters"
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        up.step(torch.rand(3, generator=g))
+        up.step(torch.rand(3, generator=g))
+        masks = actor.flat_masks()
+        whole_filters(masks)
+        whole_filters({n: m.unsqueeze(0) for n, m in loss.target_masks.flatten_keys(".").items()})
+        convs = [n for n, m in masks.items() if m.dim() >= 4]
+        assert any(bool((~m[2].flatten(1).any(1)).any()) for n, m in masks.items() if n in convs)
+    assert actor.sparsity()[2] > actor.sparsity()[0]
+
+    actor1 = MaskedEnsembleQValueActor(nature_cnn(4, "small"), 1, action_spec=OneHot(4))
+    poly = PolyPruneUpdater(
+        EauDeQNLoss(actor1), period=4, final_sparsity=0.9, start=0, end=4, prune_every=2,
+        scope=scope, structure="filters",
+    )  # fmt: skip
+    for _ in range(4):
+        poly.step()
+    whole_filters(actor1.flat_masks())
+    assert float(actor1.sparsity()[0]) >= 0.9

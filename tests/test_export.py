@@ -21,6 +21,7 @@ from torchrl_eaudeqn.export import (
     compact_summary,
     count_flops,
     exported_size_bytes,
+    remove_dead_channels,
     state_size_bytes,
 )
 from torchrl_eaudeqn.modules import mlp, nature_cnn
@@ -238,6 +239,72 @@ def test_size_claim_large_nature_cnn_at_95_percent():
     x = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
     with torch.no_grad():
         assert close(small(x), net(x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dead1=st.sets(st.integers(0, 5), max_size=5),
+    dead2=st.sets(st.integers(0, 4), max_size=4),
+    dead3=st.sets(st.integers(0, 6), max_size=6),
+    pad=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**16),
+)
+def test_remove_dead_channels_keeps_outputs(dead1, dead2, dead3, pad, seed):
+    """Zeroed filters/neurons (biases positive or negative: ReLU(b) > 0 is a constant
+    the next layer absorbs) are removed and the outputs stay the same; into a padded
+    convolution only channels whose constant is 0 can go."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=pad), nn.Tanh(),
+        nn.Flatten(), nn.Linear(5 * (6 + 2 * pad) ** 2, 7), nn.ReLU(), nn.Linear(7, 4),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for layer, dead in ((net[0], dead1), (net[2], dead2), (net[5], dead3)):
+            for c in dead:
+                layer.weight[c] = 0
+    x = torch.randn(3, 3, 10, 10)
+    with torch.no_grad():
+        before = net(x)
+        small = compact(net, rule="dense")
+        after = small(x)
+    assert close(after, before)
+    const1 = torch.relu(net[0].bias)
+    removable1 = {c for c in dead1 if pad == 0 or const1[c] == 0}
+    expected = {"0": removable1, "2": dead2, "5": dead3}
+    for name, dead in expected.items():
+        if dead and len(dead) < net[int(name)].weight.shape[0]:
+            assert small.removed_channels[name] == (len(dead), net[int(name)].weight.shape[0])
+        else:
+            assert name not in small.removed_channels
+    assert small[7].out_features == 4  # the outputs are never removed
+    assert small[7].in_features == 7 - len(dead3)
+    assert remove_dead_channels(small) == {}  # nothing left to remove
+
+
+def test_filter_pruned_large_nature_cnn_loses_channels_and_stays_small():
+    """prune_structure 'filters' at 95%: the convolutions lose whole filters (as many
+    weights as the global ranking takes from them), compact() removes them, the
+    outputs match the masked network and the artifact stays under the size target."""
+    torch.manual_seed(0)
+    dense = nature_cnn(18, "large").eval()
+    net = nature_cnn(18, "large").eval()
+    params = dict(net.named_parameters())
+    names = prunable_parameter_names(net)
+    masks = magnitude_masks({n: params[n] for n in names}, 0.95, structure="filters")
+    apply_masks_(params, masks)
+    assert network_sparsity_tags(net)["sparsity_prunable"] == pytest.approx(0.95, abs=1e-3)
+    small = compact(net)
+    removed = small.removed_channels
+    assert set(removed) == {"1", "3", "5"}  # the three convolutions
+    assert all(0 < r < n for r, n in removed.values())
+    assert small[8].in_features == 64 * 49 - 49 * removed["5"][0]
+    x = torch.randint(0, 256, (4, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        assert close(small(x), net(x))
+    flops = count_flops(small, x[:1])["flops"]
+    assert flops < 0.7 * count_flops(dense, x[:1])["flops"]
+    example = torch.zeros(1, 4, 84, 84, dtype=torch.uint8)
+    assert exported_size_bytes(small, example) <= 0.15 * exported_size_bytes(dense, example)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -135,3 +135,23 @@ def test_learning_starts_beyond_the_buffer_and_no_replay_scan_per_step(monkeypat
     assert module.replay.num_stored == 64
     steps = {int(s["step"]) for s in module.optimizer.state.values()}
     assert steps == {51}  # env steps 100..300, one update per 4
+
+
+def test_prune_structure_filters_from_the_config_to_the_compact_agent():
+    """prune_structure=filters in a real run: the members lose whole conv filters and
+    the compact form of the sparsest member drops those channels, same outputs."""
+    from torchrl_eaudeqn.export import compact
+
+    module = _fit(["collector=lean", "max_speed=0.3", "prune_structure=filters"])
+    assert module.updater.structure == "filters"
+    masks = module.actor.flat_masks()
+    convs = {n: m for n, m in masks.items() if m.dim() == 5}  # [K, out, in, kh, kw]
+    for m in convs.values():
+        rows = m.flatten(2)
+        assert bool((rows.all(-1) | ~rows.any(-1)).all())
+    net = module.actor.member_network(int(module.actor.sparsity().argmax()))
+    small = compact(net)
+    assert small.removed_channels
+    x = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), net(x), rtol=1e-5, atol=1e-5)

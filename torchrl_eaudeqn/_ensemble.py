@@ -226,6 +226,7 @@ def rebuild_members(
     j: int,
     speeds: Sequence[float],
     scope: Literal["global", "layer"] = "global",
+    structure: Literal["weights", "filters"] = "weights",
 ) -> None:
     """Member 0 <- member ``j``; member ``k >= 1`` <- ``j`` pruned to ``s_j + v_k (1 - s_j)``.
 
@@ -251,21 +252,31 @@ def rebuild_members(
             new_masks = masks
         elif scope == "global":
             target = min(s_global + v * (1.0 - s_global), below_one)
-            new_masks = magnitude_masks(prunable, target, scope="global", masks=masks)
+            new_masks = magnitude_masks(
+                prunable, target, scope="global", masks=masks, structure=structure
+            )
         else:
             targets = {n: min((1 - kept[n] / numel[n]) * (1 - v) + v, below_one) for n in masks}
-            new_masks = magnitude_masks(prunable, targets, scope="layer", masks=masks)
+            new_masks = magnitude_masks(
+                prunable, targets, scope="layer", masks=masks, structure=structure
+            )
         write_member(ens, k, weights, new_masks)
     ens.selected = 0
 
 
 def prune_member_to(
-    ens: MaskedEnsemble, k: int, sparsity: float, scope: Literal["global", "layer"] = "global"
+    ens: MaskedEnsemble,
+    k: int,
+    sparsity: float,
+    scope: Literal["global", "layer"] = "global",
+    structure: Literal["weights", "filters"] = "weights",
 ) -> None:
     """Magnitude-prune member ``k`` to ``sparsity`` (never regrowing)."""
     weights = {n: p[k].detach().clone() for n, p in ens.flat_params().items()}
     masks = {n: m[k].clone() for n, m in ens.flat_masks().items()}
-    new = magnitude_masks({n: weights[n] for n in masks}, sparsity, scope=scope, masks=masks)
+    new = magnitude_masks(
+        {n: weights[n] for n in masks}, sparsity, scope=scope, masks=masks, structure=structure
+    )
     write_member(ens, k, weights, new)
 
 

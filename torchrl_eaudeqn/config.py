@@ -51,6 +51,12 @@ class AtariConfig:
     speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
     max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
     prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
+    prune_structure: str = _f(
+        "weights",
+        "weights | filters: convolutions lose whole output filters, which the compact "
+        "export removes (faster inference)",
+        choices=("weights", "filters"),
+    )
     reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
     # PolyPruneQN
     final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)

@@ -81,6 +81,7 @@ __all__ = [
     "export_onnx",
     "exported_size_bytes",
     "measure_latency_ms",
+    "remove_dead_channels",
     "state_size_bytes",
     "supports_compact_conv",
 ]
@@ -544,12 +545,124 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+# Elementwise modules a constant channel passes through unchanged in shape.
+_ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
+    nn.Softplus, nn.Hardtanh, nn.Identity, nn.Dropout,
+)  # fmt: skip
+
+
+@torch.no_grad()
+def remove_dead_channels(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """Drop the output channels whose weights are all zero, in place; exact up to rounding.
+
+    In every ``nn.Sequential`` inside ``module``, a ``Conv2d`` or ``Linear``
+    whose output channel (filter, neuron) has only zero weights outputs a
+    constant, ``act(bias)``. When the next layer (after elementwise
+    activations, and a ``Flatten`` between a convolution and a ``Linear``)
+    is a ``Linear`` or an unpadded, ungrouped ``Conv2d``, that constant's
+    contribution moves into the next layer's bias and the channel is
+    removed from both layers (with a padded convolution only channels whose
+    constant is 0 go). The network gets smaller and keeps its dense kernels:
+    what filter pruning (``prune_structure: filters``) buys at inference.
+    The last layer's outputs are never removed.
+
+    Returns:
+        ``{layer name: (channels removed, channels before)}`` for the layers it shrank.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight[1].zero_()
+        >>> x = torch.randn(5, 4)
+        >>> before = net(x)
+        >>> remove_dead_channels(net)
+        {'0': (1, 3)}
+        >>> net[0].out_features, net[2].in_features, torch.allclose(net(x), before, atol=1e-6)
+        (2, 2, True)
+    """
+    removed: dict[str, tuple[int, int]] = {}
+    for seq_name, seq in module.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        layers = list(seq)
+        for i, producer in enumerate(layers):
+            if not isinstance(producer, nn.Conv2d | nn.Linear) or producer.weight.is_meta:
+                continue
+            if isinstance(producer, nn.Conv2d) and producer.groups != 1:
+                continue
+            j, acts, flatten = i + 1, [], False
+            while j < len(layers) and isinstance(layers[j], _ELEMENTWISE):
+                acts.append(layers[j])
+                j += 1
+            if isinstance(producer, nn.Conv2d) and j < len(layers):
+                f = layers[j]
+                if isinstance(f, nn.Flatten) and f.start_dim in (1, -3) and f.end_dim == -1:
+                    flatten, j = True, j + 1
+                    while j < len(layers) and isinstance(layers[j], _ELEMENTWISE):
+                        acts.append(layers[j])
+                        j += 1
+            if j >= len(layers):
+                continue
+            consumer = layers[j]
+            n_out = producer.weight.shape[0]
+            dead = ~producer.weight.reshape(n_out, -1).any(1)
+            if not dead.any() or dead.all():
+                continue
+            w = producer.weight
+            const = torch.zeros(n_out, dtype=w.dtype, device=w.device)
+            if producer.bias is not None:
+                const = producer.bias.detach().clone()
+            for act in acts:
+                if not isinstance(act, nn.Dropout):  # identity at inference
+                    const = act(const)
+            if isinstance(consumer, nn.Conv2d) and not flatten:
+                if consumer.groups != 1 or consumer.weight.shape[1] != n_out:
+                    continue
+                pad = consumer.padding
+                padded = pad == "same" or (not isinstance(pad, str) and any(_pair(pad)))
+                if padded and consumer.padding_mode == "zeros":
+                    dead &= const == 0  # borders see zero padding, not the constant
+                if not dead.any():
+                    continue
+                # A constant input channel adds c * (sum of its kernel) to every output pixel.
+                add = (consumer.weight[:, dead].sum((2, 3)) * const[dead]).sum(1)
+                consumer.weight = nn.Parameter(consumer.weight[:, ~dead].clone())
+                consumer.in_channels = int((~dead).sum())
+            elif isinstance(consumer, nn.Linear):
+                if isinstance(producer, nn.Conv2d) and not flatten:
+                    continue  # a Linear on the width axis
+                per = consumer.in_features // n_out
+                if per * n_out != consumer.in_features or (per != 1 and not flatten):
+                    continue
+                cols = dead.repeat_interleave(per)  # Flatten is channel-major
+                add = consumer.weight[:, cols] @ const[dead].repeat_interleave(per)
+                consumer.weight = nn.Parameter(consumer.weight[:, ~cols].clone())
+                consumer.in_features = int((~cols).sum())
+            else:
+                continue
+            if consumer.bias is None:
+                consumer.bias = nn.Parameter(torch.zeros_like(add))
+            consumer.bias = nn.Parameter(consumer.bias + add)
+            producer.weight = nn.Parameter(producer.weight[~dead].clone())
+            if producer.bias is not None:
+                producer.bias = nn.Parameter(producer.bias[~dead].clone())
+            if isinstance(producer, nn.Conv2d):
+                producer.out_channels = int((~dead).sum())
+            else:
+                producer.out_features = int((~dead).sum())
+            name = ".".join(filter(None, [seq_name, str(i)]))
+            removed[name] = (int(dead.sum()), n_out)
+    return removed
+
+
 def compact(
     net: nn.Module,
     *,
     rule: Rule = "auto",
     example_input: torch.Tensor | None = None,
     index_dtype: IndexDType = "auto",
+    remove_channels: bool = True,
 ) -> nn.Module:
     """A copy of ``net`` for inference, with sparse layers stored and computed in CSR form.
 
@@ -567,6 +680,9 @@ def compact(
             times each layer on the input it receives from this batch.
         index_dtype: column index dtype of the CSR arrays (``"auto"``: int16
             when the layer has at most 32768 columns).
+        remove_channels: first drop the channels whose weights are all zero
+            (:func:`remove_dead_channels`; what ``prune_structure: filters``
+            produces), recorded in the result's ``removed_channels`` attribute.
 
     Returns:
         The compact module (the layer itself when ``net`` is a single layer).
@@ -589,6 +705,8 @@ def compact(
         raise ValueError("rule='measure' needs example_input")
     _index_dtype(1, index_dtype)  # validates the name
     module = copy.deepcopy(net).eval().requires_grad_(False)
+    removed = remove_dead_channels(module) if remove_channels else {}
+    module.requires_grad_(False)
     candidates = _candidates(module)
     inputs: dict[str, torch.Tensor] = {}
     if rule == "measure":
@@ -599,6 +717,7 @@ def compact(
             if not name:
                 return new
             _set_submodule(module, name, new)
+    module.removed_channels = removed
     return module
 
 
@@ -722,7 +841,8 @@ def compact_summary(module: nn.Module) -> dict[str, Any]:
     Returns:
         ``{"layers": [{"name", "type", "format", "shape", "nnz", "density",
         "bytes", "dense_bytes"}], "bytes": int, "dense_bytes": int,
-        "ratio": float}`` where ``bytes`` is :func:`state_size_bytes` of
+        "ratio": float, "removed_channels": {name: (removed, before)}}``
+        where ``bytes`` is :func:`state_size_bytes` of
         ``module`` and ``dense_bytes`` that of its dense equivalent (all
         weights stored, float32 for a float32 model).
 
@@ -782,6 +902,7 @@ def compact_summary(module: nn.Module) -> dict[str, Any]:
         "bytes": total,
         "dense_bytes": dense_total,
         "ratio": total / max(dense_total, 1),
+        "removed_channels": dict(getattr(module, "removed_channels", {})),
     }
 
 

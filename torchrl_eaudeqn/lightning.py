@@ -163,6 +163,7 @@ def build_updater(
             end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
             prune_every=max(1, cfg.prune_every // per),
             scope=cfg.prune_scope,
+            structure=cfg.prune_structure,
         )
     if cfg.method == "dqn":
         policy = make_speed_policy("grid", max_speed=0.0)
@@ -178,6 +179,7 @@ def build_updater(
         period=period,
         speed_policy=make_speed_policy(cfg.speed_policy, **kwargs),
         scope=cfg.prune_scope,
+        structure=cfg.prune_structure,
         reset_optimizer=cfg.reset_optimizer,
     )
 

@@ -46,6 +46,7 @@ PRUNABLE_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 PruningScope = Literal["global", "layer"]
+PruningStructure = Literal["weights", "filters"]
 
 
 def prunable_parameter_names(module: nn.Module) -> list[str]:
@@ -83,6 +84,7 @@ def magnitude_masks(
     *,
     scope: PruningScope = "global",
     masks: Mapping[str, torch.Tensor] | None = None,
+    structure: PruningStructure = "weights",
 ) -> dict[str, torch.Tensor]:
     """Masks that keep the largest-magnitude weights.
 
@@ -102,11 +104,19 @@ def magnitude_masks(
             different sparsities); ``"layer"`` prunes each tensor to its own
             target (uniform sparsity).
         masks: current masks; ``None`` means all kept.
+        structure: ``"weights"`` ranks single weights (unstructured);
+            ``"filters"`` prunes convolution weights (3 dims or more) by whole
+            output filters, ranked by the mean ``|w|`` of their kept weights
+            among the single weights of the other tensors, so that the
+            compact export can drop the filter and its channel
+            (:func:`torchrl_eaudeqn.export.compact`). Unstructured pruning of
+            the convolutions buys no inference speed; removed channels do.
 
     Returns:
         ``{name: bool mask}``; the number of pruned entries is exactly
         ``round(sparsity * numel)`` over the scope (or the current number, if
-        larger).
+        larger). With ``structure="filters"`` it is at least that and at most
+        one filter (less one weight) more per convolution.
 
     Example:
         >>> w = {"a": torch.tensor([1.0, -3.0, 0.5, 2.0])}
@@ -115,6 +125,8 @@ def magnitude_masks(
     """
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if structure not in ("weights", "filters"):
+        raise ValueError(f"structure must be 'weights' or 'filters', got {structure!r}")
     if not weights:
         raise ValueError("weights is empty: the network has no prunable Linear/Conv weight")
     names = list(weights)
@@ -138,26 +150,65 @@ def magnitude_masks(
 
     out: dict[str, torch.Tensor] = {}
     for group, target in groups:
-        # Scores: |w| for kept entries, -1 for pruned ones, so topk never
-        # resurrects a pruned weight and the kept count is exact.
-        scores = torch.cat(
-            [
-                torch.where(current[n], weights[n].detach().abs(), -1.0).flatten().float()
-                for n in group
-            ]
-        )
-        total = scores.numel()
-        alive = int(sum(int(current[n].sum()) for n in group))
-        keep = min(alive, total - int(round(target * total)))
-        flat = torch.zeros(total, dtype=torch.bool, device=scores.device)
-        if keep > 0:
-            flat[torch.topk(scores, keep, sorted=False).indices] = True
-        offset = 0
-        for n in group:
-            numel = weights[n].numel()
-            out[n] = flat[offset : offset + numel].view_as(weights[n])
-            offset += numel
+        total = sum(weights[n].numel() for n in group)
+        n_pruned = int(round(target * total))
+        masks_g = _keep_largest(weights, current, group, n_pruned)
+        convs = [n for n in group if weights[n].dim() >= 3]
+        if structure == "filters" and convs:
+            # The unstructured ranking decides how many weights each
+            # convolution loses; whole filters decide which. The other
+            # tensors of the group then make up the exact total.
+            for n in convs:
+                masks_g[n] = _prune_filters(weights[n], current[n], int((~masks_g[n]).sum()))
+            rest = [n for n in group if n not in convs]
+            if rest:
+                left = n_pruned - sum(int((~masks_g[n]).sum()) for n in convs)
+                masks_g.update(_keep_largest(weights, current, rest, left))
+        out.update(masks_g)
     return out
+
+
+def _keep_largest(
+    weights: Mapping[str, torch.Tensor],
+    current: Mapping[str, torch.Tensor],
+    group: list[str],
+    n_pruned: int,
+) -> dict[str, torch.Tensor]:
+    """Prune ``group`` to ``n_pruned`` entries (or its current count, if larger) by |w|."""
+    # Scores: |w| for kept entries, -1 for pruned ones, so topk never
+    # resurrects a pruned weight and the kept count is exact.
+    scores = torch.cat(
+        [torch.where(current[n], weights[n].detach().abs(), -1.0).flatten().float() for n in group]
+    )
+    total = scores.numel()
+    alive = int(sum(int(current[n].sum()) for n in group))
+    keep = max(0, min(alive, total - n_pruned))
+    flat = torch.zeros(total, dtype=torch.bool, device=scores.device)
+    if keep > 0:
+        flat[torch.topk(scores, keep, sorted=False).indices] = True
+    out, offset = {}, 0
+    for n in group:
+        numel = weights[n].numel()
+        out[n] = flat[offset : offset + numel].view_as(weights[n])
+        offset += numel
+    return out
+
+
+def _prune_filters(weight: torch.Tensor, current: torch.Tensor, n_pruned: int) -> torch.Tensor:
+    """Remove whole output filters, smallest mean |kept w| first, until >= ``n_pruned`` are 0."""
+    mask = current.clone()
+    missing = n_pruned - int((~mask).sum())
+    if missing <= 0:
+        return mask
+    kept = mask.flatten(1).sum(1)
+    mean = torch.where(mask, weight.detach().abs(), 0.0).flatten(1).sum(1).float()
+    mean = mean / kept.clamp(min=1)
+    live = (kept > 0).nonzero()[:, 0]
+    order = live[torch.argsort(mean[live], stable=True)]
+    cum = torch.cumsum(kept[order], 0)
+    n_filters = int(torch.searchsorted(cum, torch.tensor(missing, dtype=cum.dtype))) + 1
+    mask[order[:n_filters]] = False
+    return mask
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
         period: int,
         scope: Literal["global", "layer"],
         require_optimizer: bool,
+        structure: Literal["weights", "filters"] = "weights",
     ) -> None:
         # TargetNetUpdater.__init__ assumes source/target parameter pairs of the
         # same shape; ours are an ensemble [K] and one network, so we do our own.
@@ -41,6 +42,9 @@ class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
         if scope not in ("global", "layer"):
             raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.scope = scope
+        if structure not in ("weights", "filters"):
+            raise ValueError(f"structure must be 'weights' or 'filters', got {structure!r}")
+        self.structure = structure
         self.loss_module = loss_module
         self.actor = loss_module.value_network
         if optimizer is None and require_optimizer:
@@ -114,6 +118,10 @@ class TargetSelectionUpdater(_MaskedUpdater):
             :class:`~torchrl_eaudeqn.sparsity.LinearSpeedGrid` ``(0.01)``.
         scope: magnitude ranking ``"global"`` (all layers together) or
             ``"layer"`` (each layer pruned to the same fraction).
+        structure: ``"weights"`` (unstructured) or ``"filters"``: convolutions
+            lose whole output filters (as many weights as the ranking takes
+            from them), which the compact export removes
+            (:func:`~torchrl_eaudeqn.sparsity.magnitude_masks`).
         reset_optimizer: reset the members' optimizer state at each target
             update (released config: ``true``).
         prune_at_init: start the first period with pruned copies (``True``,
@@ -144,9 +152,15 @@ class TargetSelectionUpdater(_MaskedUpdater):
         scope: Literal["global", "layer"] = "global",
         reset_optimizer: bool = True,
         prune_at_init: bool = True,
+        structure: Literal["weights", "filters"] = "weights",
     ) -> None:
         super().__init__(
-            loss_module, optimizer, period=period, scope=scope, require_optimizer=reset_optimizer
+            loss_module,
+            optimizer,
+            period=period,
+            scope=scope,
+            require_optimizer=reset_optimizer,
+            structure=structure,
         )
         self.speed_policy = LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
         if not isinstance(self.speed_policy, PruningSpeedPolicy):
@@ -178,7 +192,7 @@ class TargetSelectionUpdater(_MaskedUpdater):
                 f"speed_policy returned {len(speeds)} speeds for {self.actor.num_members} members"
             )
         self.speeds = speeds
-        rebuild_members(self.actor, j, speeds, scope=self.scope)
+        rebuild_members(self.actor, j, speeds, scope=self.scope, structure=self.structure)
         if self.reset_optimizer:
             self._reset_optimizer()
 
@@ -293,6 +307,7 @@ class PolyPruneUpdater(_MaskedUpdater):
         prune_every: steps between mask updates.
         power: exponent of the schedule (3).
         scope: ``"global"`` or ``"layer"`` magnitude ranking.
+        structure: ``"weights"`` or ``"filters"`` (see :class:`TargetSelectionUpdater`).
 
     Example:
         >>> from torchrl.data import OneHot
@@ -317,9 +332,15 @@ class PolyPruneUpdater(_MaskedUpdater):
         prune_every: int = 1000,
         power: float = 3.0,
         scope: Literal["global", "layer"] = "global",
+        structure: Literal["weights", "filters"] = "weights",
     ) -> None:
         super().__init__(
-            loss_module, optimizer, period=period, scope=scope, require_optimizer=False
+            loss_module,
+            optimizer,
+            period=period,
+            scope=scope,
+            require_optimizer=False,
+            structure=structure,
         )
         if self.actor.num_members != 1:
             raise ValueError(
@@ -345,7 +366,9 @@ class PolyPruneUpdater(_MaskedUpdater):
         self.num_steps += 1
         t = self.num_steps
         if self.schedule.due(t):
-            prune_member_to(self.actor, 0, self.target_sparsity(t), scope=self.scope)
+            prune_member_to(
+                self.actor, 0, self.target_sparsity(t), scope=self.scope, structure=self.structure
+            )
             self.history.append(
                 {"step": t, "event": "prune", "sparsity": [float(self.actor.sparsity()[0])]}
             )
