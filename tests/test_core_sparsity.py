@@ -126,7 +126,7 @@ def test_pruning_is_exact_monotone_and_keeps_largest(sizes, s1, s2, scope, seed)
     assert not math.isnan(s1)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     convs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 3)), min_size=1, max_size=3),
     linears=st.lists(st.integers(1, 60), max_size=2),
@@ -136,10 +136,10 @@ def test_pruning_is_exact_monotone_and_keeps_largest(sizes, s1, s2, scope, seed)
     seed=st.integers(0, 2**16),
 )
 def test_filter_pruning_removes_whole_filters_smallest_first(convs, linears, s1, s2, scope, seed):
-    """structure='filters': every conv filter is kept or pruned whole, pruning never
-    regrows, each conv loses at least what the unstructured ranking takes from it,
-    pruned filters have the smallest mean |w|, and the count is exact up to one filter
-    per convolution."""
+    """structure='filters': every conv filter is kept or pruned whole, at least one
+    stays, pruning never regrows, each conv loses the unstructured ranking's count
+    rounded to the nearest whole filter, pruned filters have the smallest mean |w|,
+    and the other tensors make up the exact total when they can."""
     g = torch.Generator().manual_seed(seed)
     w = {f"c{i}": torch.randn(o, c, 2, 2, generator=g) for i, (o, c) in enumerate(convs)}
     w |= {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(linears)}
@@ -153,15 +153,25 @@ def test_filter_pruning_removes_whole_filters_smallest_first(convs, linears, s1,
             if n.startswith("c"):
                 rows = m[n].flatten(1)
                 assert bool((rows.all(1) | ~rows.any(1)).all())  # whole filters
-                means = w[n].abs().flatten(1).mean(1)
-                if rows.all(1).any() and (~rows.any(1)).any() and m is m1:
-                    assert means[~rows.any(1)].max() <= means[rows.all(1)].min()
+                assert bool(rows.any(1).any())  # one filter at least stays
         for group in groups:
             total = sum(w[n].numel() for n in group)
             pruned = sum(int((~m[n]).sum()) for n in group)
-            # Each convolution rounds up to whole filters: at most one filter less a weight.
-            slack = sum(w[n][0].numel() - 1 for n in group if n.startswith("c"))
-            assert round(s * total) <= pruned <= round(s * total) + slack
+            rest = [n for n in group if not n.startswith("c")]
+            rest_room = sum(int(m[n].sum()) for n in rest)  # what the rest could still lose
+            if rest and rest_room and pruned != round(s * total):
+                # Only when the convs' rounding overshot what the rest had already lost.
+                assert pruned > round(s * total)
+            slack = sum(w[n][0].numel() for n in group if n.startswith("c"))
+            assert abs(pruned - round(s * total)) <= slack
     for n in w:
         if n.startswith("c"):
-            assert int((~m1[n]).sum()) >= int((~plain[n]).sum())
+            rows = m1[n].flatten(1)
+            filter_size = rows.shape[1]
+            want = int((~plain[n]).sum())
+            got = int((~m1[n]).sum())
+            if rows.shape[0] > 1 and want < (rows.shape[0] - 1) * filter_size:
+                assert abs(got - want) * 2 <= filter_size
+            means = w[n].abs().flatten(1).mean(1)
+            if (~rows.any(1)).any():
+                assert means[~rows.any(1)].max() <= means[rows.all(1)].min()

@@ -342,6 +342,8 @@ def test_registered_compact_tags(registered):
     tags, net = registered["mv"].tags, registered["net"]
     assert tags[registered["format_tag"]] == "compact"
     assert tags["compact_layers"] == "1,3,5,8,10"
+    assert tags["removed_channels"] == "none"  # unstructured 90%: no all-zero filter
+    assert compact(net, rule="sparse").removed_channels == {}
     for key, value in network_sparsity_tags(net).items():  # the weights, not the storage
         assert float(tags[key]) == pytest.approx(value, abs=1e-12), key
     assert int(tags["dense_state_bytes"]) == state_size_bytes(net)

@@ -439,6 +439,10 @@ def _format_tags(module: nn.Module, dense_bytes: int, compact: bool) -> dict[str
             layer["name"] for layer in compact_summary(module)["layers"] if layer["format"] == "csr"
         ]
         tags["compact_layers"] = ",".join(sparse) or "none"
+        removed = getattr(module, "removed_channels", {})
+        tags["removed_channels"] = (
+            ",".join(f"{n}:{r}/{total}" for n, (r, total) in removed.items()) or "none"
+        )
     return tags
 
 
