@@ -679,14 +679,15 @@ def markdown_section(result: dict) -> str:
                 "Pruned with `prune_structure: filters` (each convolution loses the same "
                 "number of weights as above, as whole filters, which `compact()` removes):",
                 "",
-                "| sparsity | channels kept (conv1, conv2, conv3) | MFLOPs per sample | "
+                "| sparsity | channels kept (layers that lost some) | MFLOPs per sample | "
                 "compact ms | speedup compact | speedup exported | `pt2` bytes |",
                 "|---:|---|---:|---:|---:|---:|---:|",
             ]
             for sk in with_filters:
                 f = net["sparsities"][sk]["filters"]
                 sp1, sp32 = b1[f"speedup@{sk}"], b32[f"speedup@{sk}"]
-                kept = ", ".join(f"{n - r}/{n}" for r, n in f["removed_channels"].values()) or "all"
+                removed = f["removed_channels"]
+                kept = ", ".join(f"{k}: {n - r}/{n}" for k, (r, n) in removed.items()) or "all"
                 lines.append(
                     f"| {float(sk) * 100:g}% | {kept} | {f['flops'] / 1e6:.2f} | "
                     f"{pair(f'filters@{sk}')} | "
