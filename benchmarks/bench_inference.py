@@ -161,6 +161,14 @@ def pruned(net: nn.Module, sparsity: float, structure: str = "weights") -> nn.Mo
     return net
 
 
+@torch.no_grad()
+def relative_error(reference: nn.Module, forms: Sequence[nn.Module], x: torch.Tensor) -> float:
+    """Largest |form(x) - reference(x)| over the forms, relative to the largest reference output."""
+    ref = reference(x)
+    scale = ref.abs().max().clamp_min(1e-12)
+    return max(float((form(x) - ref).abs().max() / scale) for form in forms)
+
+
 def _has_conv(net: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in net.modules())
 
@@ -290,11 +298,7 @@ def bench_networks(
             small_exported = prog.module()
             summary = compact_summary(small)
             x32 = make_input(spec, 32, seed + 1)
-            with torch.no_grad():
-                ref = masked(x32)
-                scale = ref.abs().max().clamp_min(1e-12)
-                for got in (small(x32), small_exported(x32)):
-                    max_err = max(max_err, float((got - ref).abs().max() / scale))
+            max_err = max(max_err, relative_error(masked, (small, small_exported), x32))
             flops = count_flops(masked, make_input(spec, 2, seed))
             masked_pt2 = pt2_bytes(export_module(masked, example)) if s == 0.95 else None
             entry["sparsities"][f"{s:g}"] = {
@@ -319,11 +323,7 @@ def bench_networks(
                 small_f = compact(masked_f)
                 prog_f = export_module(small_f, example)
                 small_f_exported = prog_f.module()
-                with torch.no_grad():
-                    ref_f = masked_f(x32)
-                    scale_f = ref_f.abs().max().clamp_min(1e-12)
-                    for got in (small_f(x32), small_f_exported(x32)):
-                        max_err = max(max_err, float((got - ref_f).abs().max() / scale_f))
+                max_err = max(max_err, relative_error(masked_f, (small_f, small_f_exported), x32))
                 flops_f = count_flops(small_f, make_input(spec, 2, seed))
                 entry["sparsities"][f"{s:g}"]["filters"] = {
                     "removed_channels": small_f.removed_channels,
