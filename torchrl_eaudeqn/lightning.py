@@ -153,6 +153,8 @@ def build_updater(
     """The config's updater; periods given in env steps become gradient steps."""
     per = cfg.train_freq
     period = max(1, cfg.target_period // per)
+    # ControlConfig (MLPs, no convolutions) has no prune_structure field.
+    structure = getattr(cfg, "prune_structure", "weights")
     if cfg.method == "polyprune":
         return PolyPruneUpdater(
             loss,
@@ -163,7 +165,7 @@ def build_updater(
             end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
             prune_every=max(1, cfg.prune_every // per),
             scope=cfg.prune_scope,
-            structure=cfg.prune_structure,
+            structure=structure,
         )
     if cfg.method == "dqn":
         policy = make_speed_policy("grid", max_speed=0.0)
@@ -179,7 +181,7 @@ def build_updater(
         period=period,
         speed_policy=make_speed_policy(cfg.speed_policy, **kwargs),
         scope=cfg.prune_scope,
-        structure=cfg.prune_structure,
+        structure=structure,
         reset_optimizer=cfg.reset_optimizer,
     )
 
@@ -561,12 +563,14 @@ class OnlineRLModule(L.LightningModule):
         cfg = self.cfg
         # After a resume the replay starts empty (its contents are not in the
         # checkpoint): learning waits until it holds learning_starts again.
-        # num_stored is O(1); len(replay) scans the whole capacity (13 ms at 1M,
-        # twice per gradient step) and, once the buffer wraps, stays a few
-        # slots below capacity, so with learning_starts >= buffer_size it never
-        # reached the threshold and learning never began.
+        # FrameReplayBuffer: num_stored is O(1), while its len() scans the whole
+        # capacity (13 ms at 1M, twice per gradient step) and, once the buffer
+        # wraps, stays a few slots below capacity, so with learning_starts >=
+        # buffer_size learning never began. TorchRL's buffers: len() is O(1).
         warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
-        return self.env_steps >= cfg.learning_starts and self.replay.num_stored >= warm
+        stored = getattr(self.replay, "num_stored", None)
+        size = len(self.replay) if stored is None else stored
+        return self.env_steps >= cfg.learning_starts and size >= warm
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
         cfg = self.cfg
