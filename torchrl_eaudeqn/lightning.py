@@ -563,14 +563,16 @@ class OnlineRLModule(L.LightningModule):
         cfg = self.cfg
         # After a resume the replay starts empty (its contents are not in the
         # checkpoint): learning waits until it holds learning_starts again.
-        # FrameReplayBuffer: num_stored is O(1), while its len() scans the whole
-        # capacity (13 ms at 1M, twice per gradient step) and, once the buffer
-        # wraps, stays a few slots below capacity, so with learning_starts >=
-        # buffer_size learning never began. TorchRL's buffers: len() is O(1).
         warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
-        stored = getattr(self.replay, "num_stored", None)
-        size = len(self.replay) if stored is None else stored
-        return self.env_steps >= cfg.learning_starts and size >= warm
+        return self.env_steps >= cfg.learning_starts and self._replay_stored() >= warm
+
+    def _replay_stored(self) -> int:
+        """Transitions the replay holds, cheaply (called twice per gradient step).
+
+        TorchRL's buffers answer ``len()`` in O(1); a subclass whose replay
+        does not overrides this.
+        """
+        return len(self.replay)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
         cfg = self.cfg
@@ -846,6 +848,12 @@ class DQNLightningModule(EnsembleDQNModule):
         self._fast: AtariCollector | None = None
         self._fast_state: dict[str, Any] | None = None
         self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
+
+    def _replay_stored(self) -> int:
+        # FrameReplayBuffer's len() scans the whole capacity (13 ms at 1M) and,
+        # once the buffer wraps, stays a few slots below capacity (so with
+        # learning_starts >= buffer_size learning never began); num_stored is O(1).
+        return self.replay.num_stored
 
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
