@@ -12,6 +12,7 @@ from torchrl_eaudeqn import (
     apply_masks_,
     magnitude_masks,
     make_speed_policy,
+    nature_cnn,
     polynomial_sparsity,
     prunable_parameter_names,
     sparsity_stats,
@@ -138,8 +139,10 @@ def test_pruning_is_exact_monotone_and_keeps_largest(sizes, s1, s2, scope, seed)
 def test_filter_pruning_removes_whole_filters_smallest_first(convs, linears, s1, s2, scope, seed):
     """structure='filters': every conv filter is kept or pruned whole, at least one
     stays, pruning never regrows, each conv loses the unstructured ranking's count
-    rounded to the nearest whole filter, pruned filters have the smallest mean |w|,
-    and the other tensors make up the exact total when they can."""
+    rounded to the nearest whole filter (from already filter-pruned masks: the
+    ranking's fraction of the kept weights, times the conv's size), pruned filters
+    have the smallest mean |w|, and the other tensors make up the exact total when
+    they can."""
     g = torch.Generator().manual_seed(seed)
     w = {f"c{i}": torch.randn(o, c, 2, 2, generator=g) for i, (o, c) in enumerate(convs)}
     w |= {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(linears)}
@@ -175,3 +178,45 @@ def test_filter_pruning_removes_whole_filters_smallest_first(convs, linears, s1,
             means = w[n].abs().flatten(1).mean(1)
             if (~rows.any(1)).any():
                 assert means[~rows.any(1)].max() <= means[rows.all(1)].min()
+    # Asking again for the sparsity it has takes nothing more (a group whose
+    # whole filters missed the total does not have it yet).
+    again = magnitude_masks(w, s1, scope=scope, masks=m1, structure="filters")
+    for group in groups:
+        total = sum(w[n].numel() for n in group)
+        if sum(int((~m1[n]).sum()) for n in group) == round(s1 * total):
+            assert all(torch.equal(again[n], m1[n]) for n in group)
+
+
+def test_filter_pruned_conv_counts_each_weight_once_closed_form():
+    """A conv with half its filters gone: its 4 kept weights stand for all 8. At
+    50% of 16 the threshold 3.5 takes the dense layer's 4 smallest; 2 of the conv's
+    kept weights (1, 2) are below it, standing for 4 = what it has already lost, so
+    it keeps both filters. The first version counted its 4 zeros plus 1 and 2 and
+    removed the filter [1, 2]."""
+    conv = torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0], [5.0, 6.0]]).view(4, 1, 1, 2)
+    fc = torch.tensor([0.5, 1.5, 2.5, 3.5, 7.0, 8.0, 9.0, 10.0])
+    current = {"conv": conv != 0, "fc": torch.ones(8, dtype=torch.bool)}
+    m = magnitude_masks({"conv": conv, "fc": fc}, 0.5, masks=current, structure="filters")
+    assert m["conv"].flatten(1).any(1).tolist() == [False, True, False, True]
+    assert m["fc"].tolist() == [False] * 4 + [True] * 4
+
+
+def test_filter_pruning_in_small_steps_does_not_compound():
+    """Pruning a fixed Nature CNN to 90% in 90 steps of 1% keeps about the filters
+    one step keeps. Counting the removed filters' zeros again at every step (the
+    first version) left 2/32, 1/64, 1/64 filters after such a schedule."""
+    torch.manual_seed(0)
+    net = nature_cnn(6, 256)  # the dense layer is large enough to make up the total
+    w = {n: p.detach().clone() for n, p in net.named_parameters() if n.endswith("weight")}
+    one = magnitude_masks(w, 0.9, structure="filters")
+    masks = None
+    for i in range(1, 91):
+        masks = magnitude_masks(w, i / 100, masks=masks, structure="filters")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * total)
+    for n in w:
+        if w[n].dim() == 4:
+            kept_one = int(one[n].flatten(1).any(1).sum())
+            kept_steps = int(masks[n].flatten(1).any(1).sum())
+            assert kept_one < w[n].shape[0]  # the test prunes filters at all
+            assert abs(kept_steps - kept_one) <= 0.15 * w[n].shape[0], (n, kept_steps, kept_one)

@@ -105,11 +105,16 @@ def magnitude_masks(
             target (uniform sparsity).
         masks: current masks; ``None`` means all kept.
         structure: ``"weights"`` ranks single weights (unstructured);
-            ``"filters"``: the ranking decides how many weights each
-            convolution (3 dims or more) loses; it loses that many, rounded
-            to the nearest whole number of output filters (those with the
-            smallest mean ``|w|`` of their kept weights; at least one filter
-            stays), and the other tensors make up the total. The compact
+            ``"filters"``: a magnitude threshold decides how many weights
+            each convolution (3 dims or more) loses, counting each kept
+            weight of a convolution that has lost filters ``numel / kept``
+            times (its kept filters stand for the whole layer, so a removed
+            filter is counted once, not again at every step); it loses that
+            many, rounded to the nearest whole number of output filters
+            (those with the smallest mean ``|w|`` of their kept weights; at
+            least one filter stays), and the other tensors make up the
+            total. From dense masks this is the plain ranking's count; many
+            small steps end near one large step. The compact
             export then drops those channels
             (:func:`torchrl_eaudeqn.export.compact`): unstructured zeros in a
             convolution buy no inference speed, removed channels do.
@@ -164,18 +169,19 @@ def magnitude_masks(
     for group, target in groups:
         total = sum(weights[n].numel() for n in group)
         n_pruned = int(round(target * total))
-        masks_g = _keep_largest(weights, current, group, n_pruned)
         convs = [n for n in group if weights[n].dim() >= 3]
-        if structure == "filters" and convs:
-            # The unstructured ranking decides how many weights each
-            # convolution loses; whole filters decide which. The other
-            # tensors of the group then make up the exact total.
-            for n in convs:
-                masks_g[n] = _prune_filters(weights[n], current[n], int((~masks_g[n]).sum()))
-            rest = [n for n in group if n not in convs]
-            if rest:
-                left = n_pruned - sum(int((~masks_g[n]).sum()) for n in convs)
-                masks_g.update(_keep_largest(weights, current, rest, left))
+        if structure == "weights" or not convs:
+            out.update(_keep_largest(weights, current, group, n_pruned))
+            continue
+        # A magnitude threshold decides how many weights each convolution
+        # loses; whole filters decide which. The other tensors of the group
+        # then make up the exact total.
+        budget = _filter_budgets(weights, current, group, convs, n_pruned)
+        masks_g = {n: _prune_filters(weights[n], current[n], budget[n]) for n in convs}
+        rest = [n for n in group if n not in convs]
+        if rest:
+            left = n_pruned - sum(int((~masks_g[n]).sum()) for n in convs)
+            masks_g.update(_keep_largest(weights, current, rest, left))
         out.update(masks_g)
     return out
 
@@ -204,6 +210,66 @@ def _keep_largest(
         out[n] = flat[offset : offset + numel].view_as(weights[n])
         offset += numel
     return out
+
+
+def _filter_budgets(
+    weights: Mapping[str, torch.Tensor],
+    current: Mapping[str, torch.Tensor],
+    group: list[str],
+    convs: list[str],
+    n_pruned: int,
+) -> dict[str, int]:
+    """How many weights each convolution of ``group`` should have lost in all.
+
+    The plain ranking's count is not it once filters are gone: a
+    filter-pruned convolution's zeros are counted again at every step, and
+    so are the small weights still inside its kept filters (the ones
+    unstructured pruning would already have taken), so each step takes
+    filters again. Measured on a fixed random Nature CNN (width 512),
+    pruning to 95% in 95 steps of 1% that way left 2/32, 1/64, 1/64 filters
+    where one step leaves 23, 39, 37; a 50k-step training run did the same.
+    Here a convolution's kept weights stand for its whole distribution: each
+    counts ``numel / kept`` times, so the convolution's budget at a
+    threshold is that multiple of its kept weights below it (and never less
+    than what it has already lost); the threshold is the smallest one at
+    which the group reaches ``n_pruned``. From a dense network every weight
+    counts once and this is the plain ranking.
+    """
+    rest = [n for n in group if n not in convs]
+    if group == convs and len(convs) == 1:
+        return {convs[0]: max(n_pruned, int((~current[convs[0]]).sum()))}
+    alive = {n: torch.sort(weights[n].detach().abs()[current[n]].float()).values for n in group}
+    already = {n: weights[n].numel() - alive[n].numel() for n in group}
+    stands_for = {n: weights[n].numel() / max(1, alive[n].numel()) for n in convs}
+
+    def below(n: str, tau: torch.Tensor | None) -> int:
+        return 0 if tau is None else int(torch.searchsorted(alive[n], tau, right=True))
+
+    def budgets(tau: torch.Tensor | None) -> dict[str, int]:
+        return {n: max(already[n], round(stands_for[n] * below(n, tau))) for n in convs}
+
+    def pruned(tau: torch.Tensor | None) -> int:
+        return sum(budgets(tau).values()) + sum(already[n] + below(n, tau) for n in rest)
+
+    if pruned(None) >= n_pruned:
+        return budgets(None)
+    # Smallest threshold (among the kept magnitudes) that reaches n_pruned;
+    # pruned() is monotone in it. One sort per target update, not per step.
+    cand = torch.sort(torch.cat([alive[n] for n in group])).values
+    lo, hi = 0, cand.numel() - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pruned(cand[mid]) >= n_pruned:
+            hi = mid
+        else:
+            lo = mid + 1
+    if not rest:
+        # Nothing makes up the total: take the threshold just below when it
+        # lands nearer (a convolution's count moves in steps of numel / kept).
+        below_tau = cand[lo - 1] if lo > 0 else None
+        if n_pruned - pruned(below_tau) <= pruned(cand[lo]) - n_pruned:
+            return budgets(below_tau)
+    return budgets(cand[lo])
 
 
 def _prune_filters(weight: torch.Tensor, current: torch.Tensor, n_pruned: int) -> torch.Tensor:
