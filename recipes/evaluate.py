@@ -286,6 +286,10 @@ STORAGE_TAGS = {
     "latency_threads",
     "latency_ms_b1",
     "latency_ms_b32",
+    "dense_latency_ms_b1",
+    "dense_latency_ms_b32",
+    "speedup_b1",
+    "speedup_b32",
 }
 
 
@@ -303,11 +307,14 @@ def describe_storage(tags: dict[str, str]) -> str | None:
         )
     except (KeyError, ValueError):
         pass
-    latency = [
-        f"{float(tags[k]):.3f} ms at batch {k.removeprefix('latency_ms_b')}"
-        for k in ("latency_ms_b1", "latency_ms_b32")
-        if k in tags
-    ]
+    latency = []
+    for batch in (1, 32):
+        if f"latency_ms_b{batch}" not in tags:
+            continue
+        text = f"{float(tags[f'latency_ms_b{batch}']):.3f} ms at batch {batch}"
+        if f"speedup_b{batch}" in tags:  # compact versions: timed beside the dense form
+            text += f" ({float(tags[f'speedup_b{batch}']):.2f}x the dense form)"
+        latency.append(text)
     if latency:
         line += f"; latency {', '.join(latency)} ({tags.get('latency_threads', '?')} threads)"
     return line

@@ -74,6 +74,7 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     assert 0.0 < float(tags["sparsity_prunable"]) < 1.0 and int(tags["env_steps"]) == 300
     assert tags["torchrl_eaudeqn.format"] == "compact"  # register_format default
     assert int(tags["artifact_bytes"]) > 0 and float(tags["latency_ms_b1"]) > 0
+    assert float(tags["speedup_b32"]) > 0  # compact vs the same weights kept dense
 
     # Resume from the last checkpoint with a larger budget: same MLflow run, more steps.
     second = _run([*_tiny(tmp_path, 400), "--resume", "last"], tmp_path)

@@ -352,6 +352,9 @@ def test_registered_compact_tags(registered):
     assert int(tags["state_bytes"]) < int(tags["artifact_bytes"]) < 0.5 * state_size_bytes(net)
     assert float(tags["latency_ms_b1"]) > 0 and float(tags["latency_ms_b32"]) > 0
     assert int(tags["latency_threads"]) == torch.get_num_threads()
+    # The baseline: the same weights, zeros kept dense, timed beside the compact form.
+    for b in (1, 32):
+        assert float(tags[f"dense_latency_ms_b{b}"]) > 0 and float(tags[f"speedup_b{b}"]) > 0
 
 
 RELOAD = r"""
@@ -399,7 +402,8 @@ def test_evaluate_plays_the_compact_form(registered, capsys):
     out = capsys.readouterr().out
     assert "episode 1/1: score" in out and "in 20 steps" in out
     assert "stored form: compact (CSR layers: 1,3,5,8,10)" in out
-    assert "game=Pong" in out and "artifact_bytes" not in out
+    assert "x the dense form)" in out  # the speedup tag, measured at registration
+    assert "game=Pong" in out and "artifact_bytes" not in out and "speedup_b32" not in out
 
 
 # ----------------------------------------------------------------------------- ONNX

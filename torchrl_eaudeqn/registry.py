@@ -30,6 +30,7 @@ import io
 import os
 import re
 import socket
+import statistics
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -451,8 +452,17 @@ def _artifact_tags(
     example: torch.Tensor,
     latency_batches: Sequence[int],
     dynamic_batch: bool,
+    dense_program: torch.export.ExportedProgram | None = None,
 ) -> dict[str, object]:
-    """``artifact_bytes`` (the ``pt2`` file) and ``latency_ms_b<N>`` of the exported module."""
+    """``artifact_bytes`` (the ``pt2`` file) and ``latency_ms_b<N>`` of the exported module.
+
+    With ``dense_program`` (the same network with its zeros kept dense,
+    exported the same way) also ``dense_latency_ms_b<N>`` and
+    ``speedup_b<N>``: the two are timed in alternation, 3 rounds, and the
+    speedup is the median of the per-round ratios, because on a shared
+    machine two timings taken one after the other can differ by more than
+    the effect being measured.
+    """
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     tags: dict[str, object] = {"artifact_bytes": buffer.getbuffer().nbytes}
@@ -460,10 +470,22 @@ def _artifact_tags(
         return tags
     # The module a registry user gets back from mlflow.pytorch.load_model.
     loaded = program.module()
+    dense = dense_program.module() if dense_program is not None else None
     batches = list(latency_batches) if dynamic_batch else [int(example.shape[0])]
     for batch in batches:
         x = example[:1].expand(int(batch), *example.shape[1:]).contiguous()
-        tags[f"latency_ms_b{int(batch)}"] = round(measure_latency_ms(loaded, x, repeats=9), 4)
+        if dense is None:
+            tags[f"latency_ms_b{int(batch)}"] = round(measure_latency_ms(loaded, x, repeats=9), 4)
+            continue
+        own, base = [], []
+        for _ in range(3):
+            own.append(measure_latency_ms(loaded, x, repeats=5))
+            base.append(measure_latency_ms(dense, x, repeats=5))
+        tags[f"latency_ms_b{int(batch)}"] = round(statistics.median(own), 4)
+        tags[f"dense_latency_ms_b{int(batch)}"] = round(statistics.median(base), 4)
+        tags[f"speedup_b{int(batch)}"] = round(
+            statistics.median(b / o for b, o in zip(base, own, strict=True)), 3
+        )
     tags["latency_threads"] = torch.get_num_threads()
     return tags
 
@@ -532,7 +554,10 @@ def register_network(
     ``state_bytes`` / ``dense_state_bytes`` / ``size_ratio`` (tensor bytes of
     the stored module / of the dense network), ``latency_ms_b1`` and
     ``latency_ms_b32`` (measured on the exported module, see
-    ``latency_batches``) and ``latency_threads``. The registered model gets
+    ``latency_batches``) and ``latency_threads``; a compact version also gets
+    ``dense_latency_ms_b<N>`` and ``speedup_b<N>`` (the same network with its
+    zeros kept dense, exported the same way and timed in alternation with
+    the compact one: what the compact form buys). The registered model gets
     ``torchrl_eaudeqn.kind``.
     Existing runs, versions and models are never modified, except that
     ``alias`` moves to the new version.
@@ -615,6 +640,7 @@ def register_network(
     # The sparsity tags describe the network's weights, whatever form is stored.
     computed: dict[str, object] = dict(network_sparsity_tags(module))
     dense_bytes = state_size_bytes(module)
+    dense_module = module
     if compact:
         module = compact_module(module, rule=compact_rule, example_input=example)
     computed.update(_format_tags(module, dense_bytes, compact))
@@ -629,8 +655,14 @@ def register_network(
         )
     output, program = _export_check(module, example, dynamic_batch)
     signature = _signature(example, output)
-    computed.update(_artifact_tags(program, example, latency_batches or (), dynamic_batch))
-    del program
+    dense_program = None
+    if compact and latency_batches:
+        # The baseline of speedup_b<N>: the same weights, zeros kept dense.
+        dense_program = _export_check(dense_module, example, dynamic_batch)[1]
+    computed.update(
+        _artifact_tags(program, example, latency_batches or (), dynamic_batch, dense_program)
+    )
+    del program, dense_program, dense_module
     version_tags = _merge_tags(computed, tags, kind)
 
     # ---- log and register
