@@ -24,9 +24,11 @@ file) and of the tensors (``state_size_bytes``). FLOPs: 2 x multiply-adds of
 the Linear/Conv layers per sample, all and non-zero weights only.
 
 Filter pruning: the Nature CNNs are also pruned with ``structure="filters"``
-(each convolution loses as many weights as the global ranking takes from it,
-as whole filters), and ``compact()`` removes those channels: forms
-``filters`` (eager) and ``filters_exported``.
+(each convolution loses whole filters, as many weights as the global
+threshold takes from it), in steps of 1% as a training run prunes, and
+``compact()`` removes those channels: forms ``filters`` (eager) and
+``filters_exported``; the channels one step from dense would keep are
+recorded beside.
 
 Layer kernels (the evidence behind the ``"auto"`` rule): single Linear and
 Conv2d layers with uniformly random unstructured masks at densities 1-50%,
@@ -161,6 +163,29 @@ def pruned(net: nn.Module, sparsity: float, structure: str = "weights") -> nn.Mo
     return net
 
 
+def pruned_in_steps(
+    net: nn.Module, sparsities: Sequence[float], step: float = 0.01
+) -> dict[float, nn.Module]:
+    """Copies of ``net`` filter-pruned to each of ``sparsities`` in steps of ``step``.
+
+    A training run prunes a little at each target update, so the benchmark's
+    filter-pruned networks go the same way (one schedule, a snapshot at each
+    sparsity) instead of one step from dense.
+    """
+    work = copy.deepcopy(net).eval().requires_grad_(False)
+    params = dict(work.named_parameters())
+    names = prunable_parameter_names(work)
+    masks, out, level = None, {}, 0.0
+    for target in sorted(s for s in sparsities if s > 0):
+        while level < target - 1e-9:
+            level = min(target, level + step)
+            weights = {n: params[n] for n in names}
+            masks = magnitude_masks(weights, level, masks=masks, structure="filters")
+            apply_masks_(params, masks)
+        out[target] = copy.deepcopy(work)
+    return out
+
+
 @torch.no_grad()
 def relative_error(reference: nn.Module, forms: Sequence[nn.Module], x: torch.Tensor) -> float:
     """Largest |form(x) - reference(x)| over the forms, relative to the largest reference output."""
@@ -289,6 +314,7 @@ def bench_networks(
         variants = {}
         filters: dict[float, tuple[nn.Module, nn.Module]] = {}
         max_err = 0.0
+        stepped = pruned_in_steps(dense, sparsities) if _has_conv(dense) else {}
         for s in sparsities:
             masked = pruned(dense, s)
             small = compact(masked)
@@ -318,15 +344,18 @@ def bench_networks(
                 **flops,
             }
             if _has_conv(dense) and s > 0:
-                # prune_structure "filters": the same per-layer budget, whole filters.
-                masked_f = pruned(dense, s, structure="filters")
+                # prune_structure "filters", in 1% steps as a run prunes; the
+                # channels one step from dense would keep are recorded beside.
+                masked_f = stepped[s]
                 small_f = compact(masked_f)
+                one_step = compact(pruned(dense, s, structure="filters")).removed_channels
                 prog_f = export_module(small_f, example)
                 small_f_exported = prog_f.module()
                 max_err = max(max_err, relative_error(masked_f, (small_f, small_f_exported), x32))
                 flops_f = count_flops(small_f, make_input(spec, 2, seed))
                 entry["sparsities"][f"{s:g}"]["filters"] = {
                     "removed_channels": small_f.removed_channels,
+                    "one_step_removed_channels": one_step,
                     "compact_pt2_bytes": pt2_bytes(prog_f),
                     "compact_state_bytes": compact_summary(small_f)["bytes"],
                     "formats": {
@@ -676,20 +705,27 @@ def markdown_section(result: dict) -> str:
         if with_filters:
             lines += [
                 "",
-                "Pruned with `prune_structure: filters` (each convolution loses the same "
-                "number of weights as above, as whole filters, which `compact()` removes):",
+                "Pruned with `prune_structure: filters` in steps of 1% of the weights, "
+                "as a run prunes (each convolution loses whole filters, which `compact()` "
+                "removes; the weights it loses are counted as in the table above); "
+                "*one step* is the same sparsity reached in one step from dense:",
                 "",
-                "| sparsity | channels kept (layers that lost some) | MFLOPs per sample | "
-                "compact ms | speedup compact | speedup exported | `pt2` bytes |",
-                "|---:|---|---:|---:|---:|---:|---:|",
+                "| sparsity | channels kept (layers that lost some) | one step | "
+                "MFLOPs per sample | compact ms | speedup compact | speedup exported | "
+                "`pt2` bytes |",
+                "|---:|---|---|---:|---:|---:|---:|---:|",
             ]
+
+            def kept(removed: dict) -> str:
+                return ", ".join(f"{k}: {n - r}/{n}" for k, (r, n) in removed.items()) or "all"
+
             for sk in with_filters:
                 f = net["sparsities"][sk]["filters"]
                 sp1, sp32 = b1[f"speedup@{sk}"], b32[f"speedup@{sk}"]
-                removed = f["removed_channels"]
-                kept = ", ".join(f"{k}: {n - r}/{n}" for k, (r, n) in removed.items()) or "all"
+                one_step = kept(f.get("one_step_removed_channels", {}))
                 lines.append(
-                    f"| {float(sk) * 100:g}% | {kept} | {f['flops'] / 1e6:.2f} | "
+                    f"| {float(sk) * 100:g}% | {kept(f['removed_channels'])} | {one_step} | "
+                    f"{f['flops'] / 1e6:.2f} | "
                     f"{pair(f'filters@{sk}')} | "
                     f"{sp1['filters_vs_dense']:.2f}x / {sp32['filters_vs_dense']:.2f}x | "
                     f"{sp1['filters_exported_vs_dense_exported']:.2f}x / "

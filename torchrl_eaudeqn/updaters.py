@@ -119,8 +119,9 @@ class TargetSelectionUpdater(_MaskedUpdater):
         scope: magnitude ranking ``"global"`` (all layers together) or
             ``"layer"`` (each layer pruned to the same fraction).
         structure: ``"weights"`` (unstructured) or ``"filters"``: convolutions
-            lose whole output filters (as many weights as the ranking takes
-            from them), which the compact export removes
+            lose whole output filters (as many weights as the magnitude
+            threshold takes from them, each removed filter counted once),
+            which the compact export removes
             (:func:`~torchrl_eaudeqn.sparsity.magnitude_masks`).
         reset_optimizer: reset the members' optimizer state at each target
             update (released config: ``true``).
