@@ -236,7 +236,7 @@ def _filter_budgets(
     counts once and this is the plain ranking.
     """
     rest = [n for n in group if n not in convs]
-    if group == convs and len(convs) == 1:
+    if group == convs and len(convs) == 1:  # e.g. scope="layer": its own target
         return {convs[0]: max(n_pruned, int((~current[convs[0]]).sum()))}
     alive = {n: torch.sort(weights[n].detach().abs()[current[n]].float()).values for n in group}
     already = {n: weights[n].numel() - alive[n].numel() for n in group}
