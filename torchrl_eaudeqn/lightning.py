@@ -27,12 +27,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -51,9 +49,10 @@ from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule
 
-from .checkpointing import CheckpointError
+from .checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
 from .config import AtariConfig, SACConfig
+from .credentials import redact_text, redacted_config
 from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
 from .objectives import EauDeQNLoss
@@ -347,7 +346,7 @@ class MLflowMetrics:
             self.pending = todo[sent:]
             self.failures += 1
             first = str(err).splitlines()[0] if str(err) else ""
-            self.last_error = f"{type(err).__name__}: {first}"
+            self.last_error = redact_text(f"{type(err).__name__}: {first}")  # it names the URI
             if self.failures == 1:
                 self._down_since = self.clock()
                 print(
@@ -651,7 +650,8 @@ class OnlineRLModule(L.LightningModule):
     # --------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["eaudeqn"] = {
-            "config": dataclasses.asdict(self.cfg),
+            # Without credentials: tracking_uri may change on resume, so nothing needs them.
+            "config": redacted_config(self.cfg),
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "last_score": self.last_score,
@@ -689,28 +689,66 @@ class OnlineRLModule(L.LightningModule):
 
     # -------------------------------------------------------------- replay
     def save_replay(self, path: str | Path) -> None:
-        """Write the replay buffer to directory ``path`` atomically (tmp dir, then rename).
+        """Write the replay buffer to directory ``path``: atomic, ``fsync``-ed, checksummed.
 
-        Both replays used here (:class:`~torchrl_eaudeqn.replay.FrameReplayBuffer`
-        and TorchRL's ``ReplayBuffer``) have ``dumps``/``loads``.
+        :class:`~torchrl_eaudeqn.replay.FrameReplayBuffer` writes ``.npy``
+        arrays and a JSON state; TorchRL's ``ReplayBuffer`` writes its
+        ``state_dict()`` as one ``replay.pt`` (read back with
+        ``weights_only=True``). Both go through
+        :func:`~torchrl_eaudeqn.checkpointing.write_dir_atomic` (a temporary
+        directory, a ``MANIFEST.sha256``, then a rename).
+
+        Raises:
+            CheckpointError: the write failed (one line; checkpoints untouched).
         """
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+        def fill(tmp: Path) -> None:
+            if isinstance(self.replay, FrameReplayBuffer):
+                self.replay.dumps(tmp)
+            else:
+                # Not TorchRL's dumps(): its loads() unpickles a prefetch.pkl and
+                # lets tensordict unpickle non-tensor leaves.
+                torch.save(self.replay.state_dict(), tmp / _REPLAY_STATE)
+
         try:
-            self.replay.dumps(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_dir_atomic(path, fill)
+        except CheckpointError as err:
+            raise CheckpointError(f"replay buffer: {err}") from None
+
+    def load_replay(self, path: str | Path, *, verify: bool = True) -> None:
+        """Load a replay buffer written by :meth:`save_replay`; nothing in it can run code.
+
+        Args:
+            path: the ``stepN.replay`` directory.
+            verify: check its ``MANIFEST.sha256`` first
+                (:func:`~torchrl_eaudeqn.checkpointing.verify_dir`); ``False``
+                when the caller has just done so.
+
+        Raises:
+            CheckpointError: the directory is damaged, holds something other
+                than tensors, arrays and JSON, or does not fit this buffer (one line).
+        """
+        path = Path(path)
+        if verify:
+            verify_dir(path)
+        try:
+            if isinstance(self.replay, FrameReplayBuffer):
+                self.replay.loads(path)
+            else:
+                state = load_checkpoint_file(path / _REPLAY_STATE)
+                self.replay.load_state_dict(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"replay buffer {path}: {err}") from None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(
-                f"cannot write replay buffer {path}: {err.strerror or err} (existing checkpoints "
-                "are untouched)"
+                f"replay buffer {path} does not load into this run's buffer ({first[:200]})"
             ) from None
 
-    def load_replay(self, path: str | Path) -> None:
-        """Load a replay buffer written by :meth:`save_replay`."""
-        self.replay.loads(Path(path))
+
+#: The file of a TorchRL replay's ``state_dict()`` in its ``stepN.replay`` directory.
+_REPLAY_STATE = "replay.pt"
 
 
 class EnsembleDQNModule(OnlineRLModule):

@@ -44,16 +44,20 @@ from .checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
     latest_checkpoint,
+    load_checkpoint_file,
     replay_dir,
     verify_checkpoint,
+    verify_dir,
 )
 from .config import ConfigError, config_diff, load_config
+from .credentials import ENV_PREFIX, hide_run_urls, redact_text, redacted_config, resolve_env_uri
 from .registry import check_tracking_uri
 from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
 
 __all__ = [
     "RESUMABLE",
     "PlotPanel",
+    "check_replay",
     "checkpoint_dir",
     "find_checkpoint",
     "make_trainer",
@@ -108,6 +112,8 @@ def parse_args(
     Returns:
         ``(args, cfg)``; on any config error the process exits with status 2
         and one line ``error: <message>`` on stderr, before anything is built.
+        ``tracking_uri=env:NAME`` is replaced by environment variable
+        ``NAME`` (a URI with credentials stays off the command line).
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=default_config, help="YAML config")
@@ -116,11 +122,14 @@ def parse_args(
     args = p.parse_args(argv)
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
+        if str(cfg.tracking_uri).startswith(ENV_PREFIX):
+            cfg = dataclasses.replace(cfg, tracking_uri=resolve_env_uri(cfg.tracking_uri))
         if check is not None:
             check(cfg)
         check_tracking_uri(cfg.tracking_uri)
     except (ConfigError, ValueError) as err:
-        p.exit(2, f"error: {err}\n")
+        p.exit(2, f"error: {redact_text(str(err))}\n")
+    hide_run_urls(cfg.tracking_uri)
     return args, cfg
 
 
@@ -165,9 +174,12 @@ def read_checkpoint_header(
             written under another config (the message names the first field).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["eaudeqn"]
+        state = load_checkpoint_file(path, map_location="cpu")["eaudeqn"]
+    except CheckpointError as err:  # it needs unpickling: nothing in it ran
+        raise ValueError(f"--resume: {err}") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"--resume: {path} is not a readable checkpoint ({err})") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"--resume: {path} is not a readable checkpoint ({first})") from None
     try:
         saved = type(cfg)(**state["config"])
     except (TypeError, ConfigError):
@@ -181,6 +193,28 @@ def read_checkpoint_header(
             f"--resume: {path} was written with another config ({name}: {old!r} != {new!r})"
         )
     return state.get("mlflow_run_id")
+
+
+def check_replay(path: pathlib.Path) -> None:
+    """Verify the replay directory beside checkpoint ``path``, if there is one.
+
+    A damaged one (a file changed, missing or added; no manifest: written by
+    an older version or not completely) is refused rather than silently
+    dropped: the run would resume with an empty replay and learn differently.
+
+    Raises:
+        ValueError: one line naming the directory, what is wrong and the way out.
+    """
+    directory = replay_dir(path)
+    if not directory.exists():
+        return
+    try:
+        verify_dir(directory)
+    except CheckpointError as err:
+        raise ValueError(
+            f"--resume: replay buffer {err}; delete that directory to resume from "
+            f"{path.name} with an empty replay"
+        ) from None
 
 
 def _init_sqlite_store(uri: str) -> None:
@@ -223,6 +257,9 @@ def start_mlflow_run(
 ) -> tuple[Any, str]:
     """A new MLflow run (config logged as params, ``tags``) or the resumed ``run_id`` reopened.
 
+    Params and tags go through :func:`~torchrl_eaudeqn.credentials.redact_text`:
+    a tracking URI's credentials are stored as ``***``.
+
     Returns:
         ``(MlflowClient, run_id)``.
     """
@@ -235,9 +272,11 @@ def start_mlflow_run(
     if run_id is None:
         exp = client.get_experiment_by_name(cfg.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
-        run = client.create_run(exp_id, run_name=cfg.run_name or cfg.run_key, tags=dict(tags or {}))
+        tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
+        run = client.create_run(exp_id, run_name=cfg.run_name or cfg.run_key, tags=tags)
         run_id = run.info.run_id
-        for key, value in dataclasses.asdict(cfg).items():
+        # Credentials in the tracking URI never reach the store (docs/security.md).
+        for key, value in redacted_config(cfg).items():
             client.log_param(run_id, key, value)
     else:
         client.update_run(run_id, status="RUNNING")
@@ -383,8 +422,9 @@ def run_recipe(
         try:
             ckpt = find_checkpoint(cfg, resume)
             run_id = read_checkpoint_header(ckpt, cfg)
+            check_replay(ckpt)
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {redact_text(str(err))}", file=sys.stderr)
             return 2
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -403,13 +443,13 @@ def run_recipe(
         status = new_status
         saved = latest_checkpoint(ckpt_dir)
         where = f"; checkpoint {saved}, continue with --resume last" if saved else ""
-        print(f"{message}{where}", file=sys.stderr)
+        print(redact_text(f"{message}{where}"), file=sys.stderr)  # MLflow errors name the URI
         return code
 
     try:
         module = build_module(metrics)
         if ckpt is not None and replay_dir(ckpt).is_dir():
-            module.load_replay(replay_dir(ckpt))
+            module.load_replay(replay_dir(ckpt), verify=False)  # check_replay verified it
         trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir)
         stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
         try:

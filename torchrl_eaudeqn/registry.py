@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .credentials import hide_run_urls, redact_text, redact_uri, resolve_env_uri
 from .export import Rule, compact_summary, measure_latency_ms, state_size_bytes
 from .export import compact as compact_module
 from .sparsity import prunable_parameter_names
@@ -52,6 +53,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "FORMAT_TAG",
     "KIND_TAG",
+    "PICKLE_ENV",
+    "UnsafeModelError",
+    "check_model_dir",
     "check_tracking_uri",
     "get_version_tags",
     "load_registered",
@@ -88,7 +92,8 @@ def _mlflow():
 
 def _first_line(err: BaseException) -> str:
     text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    # MLflow's errors quote the request URL, credentials included.
+    return redact_text(text.splitlines()[0]) if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------- sparsity tags
@@ -145,6 +150,9 @@ def network_sparsity_tags(net: nn.Module) -> dict[str, float | int]:
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """``tracking_uri``, or MLflow's current one (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
 
+    ``env:NAME`` reads the URI from environment variable ``NAME``
+    (:func:`~torchrl_eaudeqn.credentials.resolve_env_uri`).
+
     Example:
         >>> resolve_tracking_uri("sqlite:///runs.db")
         'sqlite:///runs.db'
@@ -152,19 +160,26 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     if tracking_uri is not None:
         if not isinstance(tracking_uri, str) or not tracking_uri.strip():
             raise ValueError(f"tracking_uri must be a non-empty str, got {tracking_uri!r}")
-        return tracking_uri
-    return _mlflow().get_tracking_uri()
+        uri = resolve_env_uri(tracking_uri)
+    else:
+        uri = _mlflow().get_tracking_uri()
+    hide_run_urls(uri)
+    return uri
 
 
 def _check_local_dir(uri: str, path: Path, what: str, must_exist: bool) -> None:
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"MLflow tracking URI {uri!r}: {what} {path} is not a directory")
+            raise ValueError(
+                f"MLflow tracking URI {redact_uri(uri)!r}: {what} {path} is not a directory"
+            )
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"MLflow tracking URI {uri!r}: {what} {path} is not writable")
+            raise ValueError(
+                f"MLflow tracking URI {redact_uri(uri)!r}: {what} {path} is not writable"
+            )
         return
     if must_exist:
-        raise ValueError(f"MLflow tracking URI {uri!r}: no MLflow store at {path}")
+        raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r}: no MLflow store at {path}")
     # MLflow creates the store directory (and its parents) itself: the nearest
     # existing ancestor is what must be writable.
     parent = path.parent
@@ -172,7 +187,8 @@ def _check_local_dir(uri: str, path: Path, what: str, must_exist: bool) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(
-            f"MLflow tracking URI {uri!r}: cannot create {path} ({parent} is not writable)"
+            f"MLflow tracking URI {redact_uri(uri)!r}: cannot create {path} ({parent} is not "
+            "writable)"
         )
 
 
@@ -182,7 +198,7 @@ def _check_socket(uri: str, host: str, port: int, timeout: float) -> None:
             pass
     except OSError as err:
         raise ValueError(
-            f"MLflow tracking URI {uri!r} is not reachable ({host}:{port}: "
+            f"MLflow tracking URI {redact_uri(uri)!r} is not reachable ({host}:{port}: "
             f"{err.strerror or type(err).__name__}, timeout {timeout:g} s)"
         ) from None
 
@@ -225,7 +241,7 @@ def check_tracking_uri(
         MLflow tracking URI 'sqlite:////no/such/dir/x.db': directory /no/such/dir does not exist
     """
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"MLflow tracking URI must be a non-empty str, got {uri!r}")
+        raise ValueError(f"MLflow tracking URI must be a non-empty str, got {redact_uri(uri)!r}")
     if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):
         return  # profile-based: MLflow resolves and authenticates these itself
     parsed = urllib.parse.urlparse(uri)
@@ -234,19 +250,27 @@ def check_tracking_uri(
         if uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in uri:
             return  # in-memory database
         if not uri.startswith("sqlite:///"):
-            raise ValueError(f"MLflow tracking URI {uri!r}: expected sqlite:///<path to .db file>")
+            raise ValueError(
+                f"MLflow tracking URI {redact_uri(uri)!r}: expected sqlite:///<path to .db file>"
+            )
         db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
         directory = db.parent if str(db.parent) else Path(".")
         if not directory.is_dir():
-            raise ValueError(f"MLflow tracking URI {uri!r}: directory {directory} does not exist")
+            raise ValueError(
+                f"MLflow tracking URI {redact_uri(uri)!r}: directory {directory} does not exist"
+            )
         if db.exists():
             if not db.is_file() or not os.access(db, os.R_OK | os.W_OK):
-                raise ValueError(f"MLflow tracking URI {uri!r}: {db} is not a writable file")
+                raise ValueError(
+                    f"MLflow tracking URI {redact_uri(uri)!r}: {db} is not a writable file"
+                )
         elif must_exist:
-            raise ValueError(f"MLflow tracking URI {uri!r}: no MLflow database at {db}")
+            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r}: no MLflow database at {db}")
         # SQLite writes a journal beside the database: the directory must be writable.
         elif not os.access(directory, os.W_OK | os.X_OK):
-            raise ValueError(f"MLflow tracking URI {uri!r}: directory {directory} is not writable")
+            raise ValueError(
+                f"MLflow tracking URI {redact_uri(uri)!r}: directory {directory} is not writable"
+            )
         return
     if scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):
         path = Path(urllib.request.url2pathname(parsed.path) if scheme == "file" else uri)
@@ -254,7 +278,7 @@ def check_tracking_uri(
         return
     if scheme in ("http", "https"):
         if not parsed.hostname:
-            raise ValueError(f"MLflow tracking URI {uri!r} has no host")
+            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r} has no host")
         url = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - http(s) only
@@ -265,15 +289,15 @@ def check_tracking_uri(
             reason = getattr(err, "reason", err)
             reason = getattr(reason, "strerror", None) or str(reason) or type(err).__name__
             raise ValueError(
-                f"MLflow tracking URI {uri!r} is not reachable ({reason}; "
-                f"GET {url} failed within {timeout:g} s)"
+                f"MLflow tracking URI {redact_uri(uri)!r} is not reachable ({reason}; "
+                f"GET {redact_uri(url)} failed within {timeout:g} s)"
             ) from None
         return
     db_ports = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
     base = scheme.split("+", 1)[0]
     if base in db_ports:
         if not parsed.hostname:
-            raise ValueError(f"MLflow tracking URI {uri!r} has no host")
+            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r} has no host")
         _check_socket(uri, parsed.hostname, parsed.port or db_ports[base], timeout)
 
 
@@ -507,7 +531,8 @@ def _resolve_run(
             return client.get_run(run_id), False
         except MlflowException as err:
             raise ValueError(
-                f"run_id {run_id!r} not found at tracking URI {uri!r}: {_first_line(err)}"
+                f"run_id {run_id!r} not found at tracking URI {redact_uri(uri)!r}: "
+                f"{_first_line(err)}"
             ) from None
     if experiment_name is not None:
         exp = client.get_experiment_by_name(experiment_name)
@@ -741,15 +766,16 @@ def _model_version(uri: str, tracking_uri: str | None) -> tuple[str, ModelVersio
         )
     turi = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(turi, must_exist=True)
+    shown = redact_uri(turi)
     client = _client(turi)
     name, alias, version = match["name"], match["alias"], match["version"]
     try:
         model = client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise ValueError(f"cannot read {uri!r} from {turi!r}: {_first_line(err)}") from err
+            raise ValueError(f"cannot read {uri!r} from {shown!r}: {_first_line(err)}") from err
         raise ValueError(
-            f"no registered model {name!r} at tracking URI {turi!r} (model URI {uri!r})"
+            f"no registered model {name!r} at tracking URI {shown!r} (model URI {uri!r})"
         ) from None
     try:
         if version is not None:
@@ -760,17 +786,110 @@ def _model_version(uri: str, tracking_uri: str | None) -> tuple[str, ModelVersio
         what = f"version {version}" if version is not None else f"alias {alias!r}"
         raise ValueError(
             f"model URI {uri!r}: registered model {name!r} has no {what} at tracking URI "
-            f"{turi!r} (aliases: {', '.join(aliases) or 'none'}; 'latest' works once a "
+            f"{shown!r} (aliases: {', '.join(aliases) or 'none'}; 'latest' works once a "
             "version exists)"
         ) from None
 
 
-def load_registered(uri: str, *, tracking_uri: str | None = None) -> nn.Module:
-    """Load a registered network: ``mlflow.pytorch.load_model`` with clear errors.
+#: MLflow's switch for unpickling models (``mlflow.pytorch``); MLflow 3.x defaults it to true.
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+class UnsafeModelError(ValueError):
+    """A registered model that loading would unpickle or import code from (one-line message).
+
+    Example:
+        >>> issubclass(UnsafeModelError, ValueError)
+        True
+    """
+
+
+@contextlib.contextmanager
+def _pickle_setting(allow: bool) -> Iterator[None]:
+    """Set :data:`PICKLE_ENV` for a block (MLflow reads it at each load), then restore it."""
+    saved = os.environ.get(PICKLE_ENV)
+    os.environ[PICKLE_ENV] = "true" if allow else "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PICKLE_ENV, None)
+        else:
+            os.environ[PICKLE_ENV] = saved
+
+
+def check_model_dir(path: str | os.PathLike, uri: str = "") -> None:
+    r"""Refuse a downloaded MLflow PyTorch model that would run code before MLflow's own check.
+
+    MLflow's ``mlflow.pytorch.load_model`` puts a model's ``code/`` directory
+    on ``sys.path`` and imports the module named in ``pickle_module_info.txt``
+    before it looks at :data:`PICKLE_ENV`; a model saved with pickle
+    (``data/model.pth``) is unpickled. Only a ``pt2`` model without bundled
+    code passes; its archive is then checked by MLflow itself (every record
+    plain JSON, text or ``weights_only``-loadable tensors).
+
+    Args:
+        path: the local model directory (with ``MLmodel``).
+        uri: the model's URI, for the message.
+
+    Raises:
+        UnsafeModelError: one line naming the model and what would run.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+        >>> (d / "data").mkdir(); _ = (d / "data" / "model.pth").write_bytes(b"")
+        >>> check_model_dir(d, "models:/x/1")
+        Traceback (most recent call last):
+        ...
+        torchrl_eaudeqn.registry.UnsafeModelError: models:/x/1 is stored with pickle ...
+    """
+    import yaml
+
+    path = Path(path)
+    name = uri or str(path)
+    hint = (
+        "which can run code: refused (pass allow_pickle=True, or --allow-pickle to "
+        "evaluate.py, only for a model you trust)"
+    )
+    try:
+        meta = yaml.safe_load((path / "MLmodel").read_text())
+        conf = meta["flavors"]["pytorch"]
+        data_dir = path / str(conf["model_data"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise UnsafeModelError(
+            f"{name} is not an MLflow PyTorch model ({type(err).__name__}: {err})"
+        ) from None
+    if conf.get("code"):
+        raise UnsafeModelError(f"{name} bundles Python code ({conf['code']}/), {hint}")
+    if (data_dir / "model.pth").exists() or not (data_dir / "model.pt2").is_file():
+        raise UnsafeModelError(
+            f"{name} is stored with pickle, not as a torch.export pt2 archive; loading it "
+            f"unpickles Python objects, {hint}"
+        )
+
+
+def load_registered(
+    uri: str, *, tracking_uri: str | None = None, allow_pickle: bool = False
+) -> nn.Module:
+    """Load a registered network: ``mlflow.pytorch.load_model`` with clear errors, no code run.
+
+    By default only a ``torch.export`` (``pt2``) model without bundled code
+    loads (what :func:`register_network` stores): the model is downloaded,
+    checked (:func:`check_model_dir`), and loaded with
+    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, under which MLflow checks
+    that every record of the ``pt2`` archive is plain JSON, text or a
+    ``weights_only``-loadable tensor before ``torch.export.load`` (which
+    would unpickle them) reads it. A model saved with pickle, or with code,
+    needs ``allow_pickle=True``: loading it can run anything its author
+    wrote.
 
     Args:
         uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
         tracking_uri: store to read; ``None`` uses MLflow's current one.
+        allow_pickle: also load pickled models and models with code (trusted
+            models only).
 
     Returns:
         The exported network (a ``torch.fx.GraphModule``): call it on a batch.
@@ -778,21 +897,46 @@ def load_registered(uri: str, *, tracking_uri: str | None = None) -> nn.Module:
     Raises:
         ValueError: malformed URI, missing store, model, alias or version
             (one line, naming the URI).
+        UnsafeModelError: the model would need unpickling or its code (a
+            ``ValueError``, one line); nothing in it ran.
 
     Example:
         >>> q_net = load_registered("models:/pong-q@champion")  # doctest: +SKIP
         >>> q_net(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape  # doctest: +SKIP
         torch.Size([1, 6])
     """
+    import tempfile
+
     from mlflow.exceptions import MlflowException
 
     turi, version = _model_version(uri, tracking_uri)
+    shown = redact_uri(turi)
     source = f"models:/{version.name}/{version.version}"
+    mlflow = _mlflow()
     try:
-        with _use_uri(turi):
-            return _mlflow().pytorch.load_model(source)
+        if allow_pickle:
+            with _use_uri(turi), _pickle_setting(True):
+                return mlflow.pytorch.load_model(source)
+        with tempfile.TemporaryDirectory(prefix="eaudeqn-model-") as tmp:
+            with _use_uri(turi):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+            check_model_dir(local, uri)
+            # What was checked is what loads: the local copy, not a second download.
+            with _pickle_setting(False):
+                try:
+                    return mlflow.pytorch.load_model(local)
+                except MlflowException as err:
+                    if "pickle" not in str(err).lower():
+                        raise
+                    record = re.search(r"record '([^']+)'", str(err))
+                    what = f" (record {record.group(1)} of its pt2 archive)" if record else ""
+                    raise UnsafeModelError(
+                        f"{uri} needs Python objects unpickled to load{what}, which can run "
+                        "code: refused (pass allow_pickle=True, or --allow-pickle to "
+                        "evaluate.py, only for a model you trust)"
+                    ) from None
     except MlflowException as err:
-        raise ValueError(f"cannot load {uri!r} from {turi!r}: {_first_line(err)}") from err
+        raise ValueError(f"cannot load {uri!r} from {shown!r}: {_first_line(err)}") from err
 
 
 def get_version_tags(uri: str, *, tracking_uri: str | None = None) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .checkpointing import replay_dir
+from .checkpointing import remove_stale_tmp_dirs, replay_dir
 
 __all__ = ["EnvStepCheckpoint", "GracefulStop", "NonFiniteError", "NonFiniteGuard"]
 
@@ -80,6 +80,8 @@ class EnvStepCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._mark = _env_steps(pl_module) // self.every
+        # A replay write killed half-way leaves its temporary directory (GBs).
+        remove_stale_tmp_dirs(self.dirpath)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         mark = _env_steps(pl_module) // self.every

@@ -762,11 +762,21 @@ class FrameReplayBuffer:
         (path / _STATE_FILE).write_text(json.dumps(self.state_dict(), default=_json_default))
 
     def loads(self, path: str | Path) -> None:
-        """Load what :meth:`dumps` wrote into this buffer (same config)."""
+        """Load what :meth:`dumps` wrote into this buffer (same config).
+
+        Only JSON and plain ``.npy`` arrays are read (``allow_pickle=False``):
+        nothing in the directory can run code.
+
+        Raises:
+            ValueError: an array of Python objects, or a state or shape that
+                does not fit this buffer.
+        """
         path = Path(path)
         state = json.loads((path / _STATE_FILE).read_text())
+        if not isinstance(state, dict):
+            raise ValueError(f"{path / _STATE_FILE} does not hold a buffer state")
         state["data"] = {
-            name: np.load(path / f"{name}.npy", mmap_mode="r")
+            name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             for name in _ARRAYS
             if (path / f"{name}.npy").resolve() != _filename(self._arrays[name])
         }
