@@ -27,8 +27,15 @@ MuJoCo offscreen (``MUJOCO_GL=egl`` unless set).
     python recipes/evaluate.py --model models:/eaudesac-HalfCheetah-v5-eaudesac-256x2@final \
         --episodes 10 --video cheetah.mp4
 
+Only a ``torch.export`` (pt2) model without bundled code is loaded, and
+MLflow checks its archive for pickled records first: a model saved with
+pickle or with code is refused (one line, exit status 2) unless
+``--allow-pickle`` is given, because loading it can run anything its author
+wrote (docs/security.md).
+
 Exit status: 0 on success, 2 on a usage error (bad arguments, unknown game,
-unreachable store, missing model or alias), each reported on one line.
+unreachable store, missing model or alias, a model that needs unpickling),
+each reported on one line.
 """
 
 from __future__ import annotations
@@ -72,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-frames", type=int, default=1000, help="most frames in the video")
     p.add_argument("--fps", type=int, default=15, help="video frame rate (15 = real time)")
     p.add_argument("--backend", choices=("torchrl", "gymnasium"), default="torchrl")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load a model saved with pickle or with bundled code: it can run anything "
+        "its author wrote, so only for a model you trust (docs/security.md)",
+    )
     args = p.parse_args(argv)
     # Checked before the slow imports, so that a typo fails in well under a second.
     if args.episodes < 1:
@@ -421,7 +434,7 @@ def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: st
     if not env_id:
         raise UsageError(f"{args.model} has no 'env' tag: give the task with --env")
     resolve_continuous_env(env_id)
-    model = load_registered(args.model, tracking_uri=tracking_uri)
+    model = load_registered(args.model, tracking_uri=tracking_uri, allow_pickle=args.allow_pickle)
     task = ContinuousTask(env_id, args.seed, args.max_steps, record=args.video is not None)
     try:
         with torch.no_grad():
@@ -469,9 +482,11 @@ def play_actor(model, task: ContinuousTask, episodes: int, video_frames: int):
 
 
 def play_actor_and_report(args, tags, tracking_uri, model, task, start: float) -> int:
+    from torchrl_eaudeqn.credentials import redact_uri
+
     print(
         f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "
-        f"store {tracking_uri})"
+        f"store {redact_uri(tracking_uri)})"
     )
     print(
         f"env: {task.env_id} via {task.backend}, cap {task.max_steps} steps; deterministic "
@@ -500,6 +515,8 @@ def play_actor_and_report(args, tags, tracking_uri, model, task, start: float) -
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
+    from torchrl_eaudeqn.credentials import redact_text, redact_uri
+
     try:
         if args.game is not None and args.env is not None:
             raise UsageError("give --game (a Q-network's Atari game) or --env (a SAC actor's task)")
@@ -527,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
             if game_name is None:
                 raise UsageError("--game is required to play a Q-network (e.g. --game Pong)")
             args.max_steps = args.max_steps or 27_000
-            model = load_registered(args.model, tracking_uri=tracking_uri)
+            model = load_registered(
+                args.model, tracking_uri=tracking_uri, allow_pickle=args.allow_pickle
+            )
             backend = TorchRLGame if args.backend == "torchrl" else GymnasiumGame
             game = backend(game_name, args.seed, args.max_steps, record=args.video is not None)
             # A blank observation: resetting the game here would shift the seeded episodes.
@@ -539,14 +558,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{game_name} has {game.n_actions} actions"
                 )
     except (UsageError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {redact_text(str(err))}", file=sys.stderr)
         return 2
     if actor is not None:
         return play_actor_and_report(args, tags, tracking_uri, *actor, start)
 
     print(
         f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "
-        f"store {tracking_uri})"
+        f"store {redact_uri(tracking_uri)})"
     )
     print(
         f"env: ALE/{game_name}-v5 via {game.backend}, sticky actions 0.25, frame skip 4, "

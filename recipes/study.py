@@ -35,6 +35,7 @@ os.environ.setdefault("RL_WARNINGS", "False")
 import numpy as np  # noqa: E402
 
 from torchrl_eaudeqn import study  # noqa: E402
+from torchrl_eaudeqn.credentials import redact_text, redact_uri  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REGRESSION_JSON = ROOT / "tests/data/regression_cartpole.json"
@@ -52,7 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("run", "report"):
         s = sub.add_parser(name)
         s.add_argument("--grid", default="configs/study/default.yaml", help="grid YAML")
-        s.add_argument("--tracking-uri", default="sqlite:///study.db", help="MLflow tracking URI")
+        s.add_argument(
+            "--tracking-uri",
+            default="sqlite:///study.db",
+            help="MLflow tracking URI (env:NAME: read it from environment variable NAME)",
+        )
         s.add_argument("--experiment", default=None, help="override the grid's experiment")
         s.add_argument("--seeds", type=int, nargs="*", default=None, help="subset of seeds")
         s.add_argument("--tasks", nargs="*", default=None, help="subset of tasks")
@@ -111,7 +116,7 @@ def check_run_args(args: argparse.Namespace) -> str:
     last (a few seconds at most, instead of MLflow's minutes of retries).
     """
     from torchrl_eaudeqn.cluster import check_cluster_tracking, resolve_backend
-    from torchrl_eaudeqn.registry import check_tracking_uri
+    from torchrl_eaudeqn.registry import check_tracking_uri, resolve_tracking_uri
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: expected an int >= 1, got {args.workers}")
@@ -126,6 +131,8 @@ def check_run_args(args: argparse.Namespace) -> str:
     backend = resolve_backend(args.backend, args.address)
     if backend == "threads" and args.gpus_per_run > 0:
         raise ValueError("--gpus-per-run needs --backend ray (the thread pool runs on CPU)")
+    # env:NAME keeps a URI with credentials off this command line (docs/security.md).
+    args.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_cluster_tracking(args.tracking_uri, args.address)
     check_tracking_uri(args.tracking_uri)
     return backend
@@ -152,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
         )
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return 2
     experiment = args.experiment or spec.experiment
     if args.dry_run:
@@ -162,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     echo = _echo_to(args.log_dir)
     where = (args.address or "in-process") if backend == "ray" else f"{args.workers or 2} threads"
-    echo(f"backend: {backend} ({where}), tracking {args.tracking_uri}, experiment {experiment}")
+    shown = redact_uri(args.tracking_uri)
+    echo(f"backend: {backend} ({where}), tracking {shown}, experiment {experiment}")
     if backend == "ray":
         from torchrl_eaudeqn.cluster import run_grid_ray
 
@@ -377,9 +385,11 @@ def _fmt(e: dict, key: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from torchrl_eaudeqn.registry import resolve_tracking_uri
+
     spec = study.load_grid(args.grid)
     experiment = args.experiment or spec.experiment
-    records = study.collect_runs(args.tracking_uri, experiment)
+    records = study.collect_runs(resolve_tracking_uri(args.tracking_uri), experiment)
     cells = study.expand_grid(
         spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
     )

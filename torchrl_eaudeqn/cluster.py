@@ -35,6 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .credentials import redact_uri
 from .study import (
     FAULT_ENV,
     AttemptResult,
@@ -129,7 +130,8 @@ def check_cluster_tracking(tracking_uri: str, address: str | None) -> None:
     if local:
         kind = "SQLite" if scheme == "sqlite" else "file"
         raise ValueError(
-            f"--tracking-uri {tracking_uri!r} is a local {kind} store; the nodes of the Ray "
+            f"--tracking-uri {redact_uri(tracking_uri)!r} is a local {kind} store; the nodes "
+            "of the Ray "
             f"cluster at --address {address!r} cannot share it: start an MLflow server "
             "(docs/cluster.md) and pass --tracking-uri http://HOST:PORT"
         )

@@ -35,9 +35,12 @@ from typing import Any, TypeVar
 import numpy as np
 import yaml
 
+from .credentials import ENV_PREFIX, has_credentials, redact_uri
+
 __all__ = [
     "FAULT_ENV",
     "KEY_TAG",
+    "URI_ENV",
     "AttemptResult",
     "Cell",
     "GridSpec",
@@ -64,6 +67,8 @@ KEY_TAG = "study.key"
 #: first attempt is SIGKILLed right after its first checkpoint is written (with
 #: the Ray backend, the Ray worker running it is killed too).
 FAULT_ENV = "EAUDEQN_STUDY_FAULT"
+#: The environment variable a run reads its tracking URI from (MLflow's own name).
+URI_ENV = "MLFLOW_TRACKING_URI"
 #: Recipe kinds a grid can drive, and their scripts (relative to the checkout).
 RECIPES = {
     "control": "recipes/control_dqn.py",
@@ -203,7 +208,10 @@ class Cell:
 
         The task and the width go to the recipe's own flags (``task``/``game``/
         ``env``; ``width``/``hidden``). ``extra`` overrides come last (e.g.
-        ``device=cuda`` on a GPU worker).
+        ``device=cuda`` on a GPU worker). A ``tracking_uri`` with credentials
+        is not written here (any user can read a process's arguments): the
+        recipe gets ``tracking_uri=env:MLFLOW_TRACKING_URI`` and
+        :func:`run_cell` puts the URI in its environment.
 
         Example:
             >>> Cell("Pong", "dqn", "small", 32, 0, "a.yaml", recipe="atari").argv("u", "e", "c")[2]
@@ -211,7 +219,11 @@ class Cell:
             >>> Cell("Hopper-v5", "sac", "narrow", 64, 0, "m.yaml", recipe="mujoco").argv(
             ...     "u", "e", "c")[2:5]
             ['env=Hopper-v5', 'method=sac', 'hidden=64']
+            >>> [a for a in Cell("T", "dqn", "w", 8, 0, "c.yaml").argv("https://u:p@h", "e", "c")
+            ...  if a.startswith("tracking_uri")]
+            ['tracking_uri=env:MLFLOW_TRACKING_URI']
         """
+        uri_arg = f"{ENV_PREFIX}{URI_ENV}" if has_credentials(tracking_uri) else tracking_uri
         return [
             "--config",
             self.config,
@@ -220,7 +232,7 @@ class Cell:
             f"{_WIDTH_FLAG[self.recipe]}={self.width}",
             f"seed={self.seed}",
             *self.overrides,
-            f"tracking_uri={tracking_uri}",
+            f"tracking_uri={uri_arg}",
             f"experiment={experiment}",
             f"checkpoint_dir={checkpoint_dir}",
             "progress_bar=false",
@@ -237,7 +249,11 @@ def load_grid(path: str | pathlib.Path) -> GridSpec:
         ValueError: a missing or malformed section (the message names it).
     """
     path = pathlib.Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        # safe_load: a grid file is data; YAML tags that build Python objects are refused.
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a valid YAML grid ({str(err).splitlines()[0]})") from None
     for key in ("experiment", "seeds", "methods", "tasks"):
         if key not in data:
             raise ValueError(f"{path}: missing '{key}'")
@@ -536,6 +552,8 @@ def run_cell(
         cmd = [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *cmd[1:]]
     env = {
         **os.environ,
+        # The recipe's store; with credentials the only place it is given (Cell.argv).
+        URI_ENV: tracking_uri,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -682,7 +700,7 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+        raise ValueError(f"no MLflow experiment {experiment!r} at {redact_uri(tracking_uri)}")
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string="attributes.status = 'FINISHED'",
