@@ -550,8 +550,15 @@ def main(argv: list[str] | None = None) -> int:
             backend = TorchRLGame if args.backend == "torchrl" else GymnasiumGame
             game = backend(game_name, args.seed, args.max_steps, record=args.video is not None)
             # A blank observation: resetting the game here would shift the seeded episodes.
-            with torch.no_grad():
-                out = model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+            try:
+                with torch.no_grad():
+                    out = model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+            except Exception as err:  # noqa: BLE001 - a graph raises many types on bad inputs
+                game.close()
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise UsageError(
+                    f"{args.model} does not take Atari observations (4 x 84x84 uint8): {first}"
+                ) from None
             if out.shape != (1, game.n_actions):
                 raise UsageError(
                     f"{args.model} outputs shape {tuple(out.shape)} for one observation, but "

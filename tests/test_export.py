@@ -373,6 +373,8 @@ def test_compact_reload_in_fresh_process_without_package(registered, tmp_path):
     out_path = tmp_path / "out.pt"
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # MLflow then checks that the pt2 archive needs no unpickling (docs/security.md).
+    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD, MODEL, str(out_path)],
         cwd=tmp_path,  # outside the repository: the package cannot be imported by accident

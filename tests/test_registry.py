@@ -173,6 +173,8 @@ def test_reload_in_fresh_process_without_package(registered, store, tmp_path):
         **os.environ,
         "MLFLOW_TRACKING_URI": store["uri"],
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # MLflow then checks that the pt2 archive needs no unpickling (docs/security.md).
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
     # Outside the repository, so `import torchrl_eaudeqn` could only come from the pickle.
     proc = subprocess.run(

@@ -55,7 +55,7 @@ def _wait_for_checkpoint(tmp, proc, timeout=300.0):
 def _history(tmp):
     """Updater history and sparsities from the newest checkpoint."""
     path = latest_checkpoint(pathlib.Path(tmp) / "ckpt" / RUN_KEY)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cb = next(v for k, v in ckpt["callbacks"].items() if "TargetSelection" in k)
     hist = [
         (h["step"], h.get("selected"), [round(x, 6) for x in h["loss_sums"]], h["sparsity"])
@@ -112,7 +112,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         latest = latest_checkpoint(tmp / "ckpt" / RUN_KEY)
-        killed_at = torch.load(latest, weights_only=False)["eaudeqn"]["env_steps"] if latest else 0
+        killed_at = torch.load(latest, weights_only=True)["eaudeqn"]["env_steps"] if latest else 0
         # Work lost to the kill: env steps the run had logged past its checkpoint.
         flushed = _flushed_step(tmp)
         args = [*_args(tmp)] + (["--resume", "last"] if latest else [])
@@ -275,7 +275,7 @@ def test_nan_in_a_batch_stops_before_the_step_with_last_good_checkpoint(tmp_path
         trainer.fit(module)
     for k, v in module.actor.flat_params().items():
         assert torch.equal(v, poisoned.before[k]), k  # the bad step was not taken
-    saved = torch.load(latest_checkpoint(tmp_path / "c"), weights_only=False)
+    saved = torch.load(latest_checkpoint(tmp_path / "c"), weights_only=True)
     assert saved["eaudeqn"]["env_steps"] == module.env_steps
 
 

@@ -279,7 +279,10 @@ def check_tracking_uri(
     if scheme in ("http", "https"):
         if not parsed.hostname:
             raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r} has no host")
-        url = uri.rstrip("/") + "/health"
+        # Without user info: urllib would take "user:pass@host" for the host name,
+        # and any HTTP answer (a 401 too) proves the server is there.
+        bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2], query="", fragment="")
+        url = urllib.parse.urlunparse(bare).rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - http(s) only
                 pass
