@@ -1,8 +1,10 @@
 """MLflow model registry helpers: register a trained network, load it back anywhere.
 
 A registered network is stored with ``torch.export`` (MLflow's ``"pt2"``
-serialization): a traced graph plus weights, with no pickled Python classes.
-Loading it therefore needs only ``mlflow`` and ``torch``, not this package::
+serialization): a traced graph plus weights as raw tensors, with no pickled
+Python classes. Loading it therefore needs only ``mlflow`` and ``torch``, not
+this package, and it passes MLflow's pickle-free check
+(``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``)::
 
     import mlflow, torch
     q_net = mlflow.pytorch.load_model("models:/Pong-eaudeqn@latest")
@@ -18,6 +20,9 @@ a Q-network and, say, a SAC actor never share one registry name.
 network (:func:`torchrl_eaudeqn.export.compact`: sparse layers in CSR form,
 computed with plain ATen ops), which loads the same way and needs nothing
 more than ``torch`` and ``mlflow`` either.
+
+:func:`load_registered` loads only such pickle-free, code-free models unless
+``allow_pickle=True`` (docs/security.md).
 
 ``mlflow`` is imported lazily: :func:`network_sparsity_tags` works without it.
 """
@@ -574,8 +579,11 @@ def register_network(
     The network (or, with ``compact=True``, its compact CSR form) is
     serialized with ``torch.export`` (``"pt2"``): it loads with
     ``mlflow.pytorch.load_model("models:/<name>@<alias>")`` in any process that
-    has ``mlflow`` and ``torch``, without this package, and no pickle is
-    involved (MLflow 3 refuses to unpickle models by default). The model
+    has ``mlflow`` and ``torch``, without this package. Its archive holds no
+    pickled record, so it also loads with
+    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` (MLflow 3.x defaults that
+    switch to true, and ``torch.export.load`` would unpickle any record it
+    is given; :func:`load_registered` always loads with it off). The model
     version gets the tags of :func:`network_sparsity_tags`, ``tags``,
     ``torchrl_eaudeqn.kind``, ``torchrl_eaudeqn.format`` and the storage and
     speed of what is stored: ``artifact_bytes`` (the ``pt2`` file),
