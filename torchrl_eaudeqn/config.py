@@ -104,9 +104,7 @@ class AtariConfig:
     eval_max_steps: int = _f(27_000, "agent-step cap per evaluation episode", min=1)
     eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f(
-        "sqlite:///mlflow.db", "MLflow tracking URI (env:NAME: read from environment variable NAME)"
-    )
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-atari", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
     run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
@@ -246,9 +244,7 @@ class SACConfig:
     eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
     eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f(
-        "sqlite:///mlflow.db", "MLflow tracking URI (env:NAME: read from environment variable NAME)"
-    )
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
     run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")

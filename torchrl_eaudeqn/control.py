@@ -108,9 +108,7 @@ class ControlConfig:
     eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
     eval_random_baseline: bool = _f(True, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f(
-        "sqlite:///mlflow.db", "MLflow tracking URI (env:NAME: read from environment variable NAME)"
-    )
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
     experiment: str = _f("eaudeqn-control", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: generated)")
     run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
