@@ -21,6 +21,13 @@ def _install(session: nox.Session, extras: str) -> None:
     session.install("-c", "constraints.txt", "-e", f".[{extras}]")
 
 
+def _with_config(posargs: list[str], default: str) -> list[str]:
+    """Overrides alone (`nox -s train -- seed=1`) apply to the preset, not to bare defaults."""
+    if any(a == "--config" or a.startswith("--config=") for a in posargs):
+        return list(posargs)
+    return ["--config", default, *posargs]
+
+
 @nox.session(python=PY)
 def tests(session: nox.Session) -> None:
     """Fast unit, property and smoke tests (the CI run)."""
@@ -78,7 +85,7 @@ def train(session: nox.Session) -> None:
     `nox -s train -- --config configs/atari/eaudeqn.yaml game=Pong` runs the paper's settings.
     """
     _install(session, "recipes")
-    args = session.posargs or ["--config", "configs/atari/quick.yaml"]
+    args = _with_config(session.posargs, "configs/atari/quick.yaml")
     session.run("python", "recipes/atari_dqn.py", *args, env={**ENV, **os.environ})
 
 
@@ -90,7 +97,7 @@ def train_mujoco(session: nox.Session) -> None:
     standard SAC settings (1M steps).
     """
     _install(session, "recipes")
-    args = session.posargs or ["--config", "configs/mujoco/quick.yaml"]
+    args = _with_config(session.posargs, "configs/mujoco/quick.yaml")
     session.run("python", "recipes/mujoco_sac.py", *args, env={**ENV, **os.environ})
 
 
