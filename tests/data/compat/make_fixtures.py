@@ -166,6 +166,8 @@ def main() -> int:
         "written_by": {
             "commit": _git("rev-parse", "HEAD"),
             "code_commit": _git("log", "-1", "--format=%H", "--", *WRITERS),
+            # The last commit that changed the library, the recipes or their configs.
+            "library_commit": _git("log", "-1", "--format=%H", "--", *WRITERS[:3]),
             "versions": _versions(),
             "script": "tests/data/compat/make_fixtures.py",
         },
