@@ -19,6 +19,7 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 __all__ = [
+    "EVAL_SEED_OFFSET",
     "MINATAR_GAMES",
     "SEED_MAX",
     "AtariConfig",
@@ -33,6 +34,8 @@ C = TypeVar("C")
 
 #: Largest seed: NumPy seeds are 0 .. 2**32 - 1 (the recipes also keep seed + offsets there).
 SEED_MAX = 2**32 - 1
+#: The evaluation env's seed is ``seed + EVAL_SEED_OFFSET`` (apart from the training envs').
+EVAL_SEED_OFFSET = 10_000
 
 
 class ConfigError(ValueError):
