@@ -308,7 +308,8 @@ class SACConfig:
                 value = math.nan
             if not math.isfinite(value):
                 raise ConfigError(
-                    f"target_entropy: expected auto or a finite number, got {self.target_entropy!r}"
+                    "target_entropy: expected auto or a number (a finite one), "
+                    f"got {self.target_entropy!r}"
                 )
         if self.prune_end <= self.prune_start:
             raise ConfigError(

@@ -48,6 +48,7 @@ from .export import compact as compact_module
 from .sparsity import prunable_parameter_names
 from .validation import (  # checks that need neither torch nor MLflow
     BUILTIN_ALIASES,
+    MODELS_URI_RE,
     check_alias,
     check_model_name,
     check_tracking_uri,
@@ -608,7 +609,7 @@ def register_network(
 
 
 # --------------------------------------------------------------------------- loading
-_MODELS_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_MODELS_URI_RE = MODELS_URI_RE
 
 
 def _model_version(uri: str, tracking_uri: str | None) -> tuple[str, ModelVersion]:

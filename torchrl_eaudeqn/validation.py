@@ -60,6 +60,7 @@ from .credentials import ENV_PREFIX, hide_run_urls, redact_text, redact_uri, res
 
 __all__ = [
     "MEMORY_WARN_FRACTION",
+    "MODELS_URI_RE",
     "REACHABILITY_TIMEOUT_S",
     "RECIPE_CHECKS",
     "OneLineParser",
@@ -97,6 +98,8 @@ _MAX_ALIAS = 255
 _MAX_EXPERIMENT = 500
 _MAX_TAG_KEY = 250
 _MAX_TAG_VALUE = 8000
+#: A registry URI, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+MODELS_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 #: Aliases MLflow resolves itself and refuses to set ("@latest" is the highest version).
 BUILTIN_ALIASES = ("latest",)
 
