@@ -11,16 +11,63 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import re
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "action_space_kind",
     "atari_game_ids",
+    "probe_spaces",
     "resolve_atari_game",
     "resolve_continuous_env",
 ]
+
+
+# --------------------------------------------------------------------------- probes
+@contextlib.contextmanager
+def _quiet_mujoco(env_id: str) -> Iterator[None]:
+    """Drop MuJoCo's warnings while a probe env is built.
+
+    Its default handler prints them and appends them to ``MUJOCO_LOG.TXT`` in
+    the working directory: a check must write nothing, and the model
+    compiler's deprecation notes say nothing about the user's input.
+    """
+    import gymnasium as gym
+
+    entry = str(getattr(gym.spec(env_id), "entry_point", ""))
+    if "mujoco" not in entry:
+        yield
+        return
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+@functools.lru_cache(maxsize=32)
+def probe_spaces(env_id: str) -> tuple[Any, Any]:
+    """``(observation_space, action_space)`` of a registered Gymnasium id (built once, cached).
+
+    Example:
+        >>> probe_spaces("CartPole-v1")[1]
+        Discrete(2)
+    """
+    import gymnasium as gym
+
+    with _quiet_mujoco(env_id):
+        probe = gym.make(env_id)
+        try:
+            return probe.observation_space, probe.action_space
+        finally:
+            probe.close()
 
 
 # --------------------------------------------------------------------------- ALE games
@@ -140,11 +187,7 @@ def action_space_kind(env_id: str) -> str:
         return "discrete"
     if not isinstance(env_id, str) or env_id not in gym.registry:
         raise ValueError(f"unknown Gymnasium env id {env_id!r}")
-    probe = gym.make(env_id)
-    try:
-        space = probe.action_space
-    finally:
-        probe.close()
+    space = probe_spaces(env_id)[1]
     if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
         return "discrete"
     if isinstance(space, gym.spaces.Box) and space.dtype.kind == "f":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import os
 import posixpath
@@ -652,19 +651,16 @@ def check_replay_memory(
 
 
 # --------------------------------------------------------------------------- tasks
-@functools.lru_cache(maxsize=32)
 def _gym_spaces(env_id: str, minatar: bool) -> tuple[Any, Any]:
     import gymnasium as gym
+
+    from .tasks import probe_spaces
 
     if minatar and env_id not in gym.registry:
         from minatar.gym import register_envs
 
         register_envs()
-    probe = gym.make(env_id)
-    try:
-        return probe.observation_space, probe.action_space
-    finally:
-        probe.close()
+    return probe_spaces(env_id)
 
 
 def task_spaces(cfg: Any) -> dict[str, Any]:
