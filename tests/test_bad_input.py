@@ -67,7 +67,7 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("name-colon", "atari_dqn", [*ATARI, *STORE, "register_name=a:b"], r"^error: register_name: .*cannot contain ':'", {}),
     ("batch-over-buffer", "atari_dqn", [*ATARI, *STORE, "batch_size=64", "buffer_size=32"], r"^error: batch_size: must be <= buffer_size \(32\)", {}),
     ("frames-per-env", "atari_dqn", [*ATARI, *STORE, "buffer_size=8", "num_envs=2"], r"^error: buffer_size: must hold at least 5 frames per env", {}),
-    ("learning-never-starts", "atari_dqn", [*ATARI, *STORE, "learning_starts=50000"], r"^error: learning_starts: must be < env_steps \(50000\)", {}),
+    ("learning-never-starts", "atari_dqn", [*ATARI, *STORE, "learning_starts=50001"], r"^error: learning_starts: must be <= env_steps \(50000\): learning would never start, got 50001$", {}),
     ("batch-over-budget", "atari_dqn", [*ATARI, *STORE, "batch_size=60000", "buffer_size=100000"], r"^error: batch_size: the first gradient step needs 60000 transitions", {}),
     ("episode-cap-0", "atari_dqn", [*ATARI, *STORE, "max_episode_steps=0"], r"^error: max_episode_steps: must be >= 1, got 0$", {}),
     ("eval-cap-0", "atari_dqn", [*ATARI, *STORE, "eval_max_steps=0"], r"^error: eval_max_steps: must be >= 1, got 0$", {}),
@@ -97,8 +97,9 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("sac-alias-empty", "mujoco_sac", [*SAC, *STORE, "register_alias="], r"^error: register_alias: expected a non-empty string", {}),
     ("sac-name-blank", "mujoco_sac", [*SAC, *STORE, "register_name= "], r"^error: register_name: expected a non-empty registered-model name", {}),
     ("sac-name-at-both", "mujoco_sac", [*SAC, *STORE, "register_format=both", "register_name=x@y"], r"^error: register_name: .*cannot contain '@'", {}),
+    ("sac-env-atari", "mujoco_sac", [*SAC, *STORE, "env=ALE/Pong-v5"], r"^error: env: env id 'ALE/Pong-v5' is an Atari game with discrete actions; use the DQN recipe", {}),
     ("sac-batch-over-buffer", "mujoco_sac", [*SAC, *STORE, "batch_size=512", "buffer_size=256"], r"^error: batch_size: must be <= buffer_size \(256\)", {}),
-    ("sac-learning-never-starts", "mujoco_sac", [*SAC, *STORE, "learning_starts=40000"], r"^error: learning_starts: must be < env_steps \(30000\)", {}),
+    ("sac-learning-never-starts", "mujoco_sac", [*SAC, *STORE, "learning_starts=40000"], r"^error: learning_starts: must be <= env_steps \(30000\)", {}),
     ("sac-episode-cap-0", "mujoco_sac", [*SAC, *STORE, "max_episode_steps=0"], r"^error: max_episode_steps: must be >= 1", {}),
     ("sac-eval-cap-negative", "mujoco_sac", [*SAC, *STORE, "eval_max_steps=-1"], r"^error: eval_max_steps: must be >= 1", {}),
     ("sac-replay-over-memory", "mujoco_sac", [*SAC, *STORE, "buffer_size=100000000000"], r"^error: buffer_size: the replay would hold .* \(100000000000 transitions x 167 bytes\), more than", {}),
@@ -124,7 +125,7 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("control-alias-version", "control_dqn", [*CONTROL, *STORE, "register=true", "register_alias=v3"], r"^error: register_alias: aliases v<number> are reserved", {}),
     ("control-name-slash", "control_dqn", [*CONTROL, *STORE, "register=true", "register_name=a/b"], r"^error: register_name: .*cannot contain '/'", {}),
     ("control-batch-over-buffer", "control_dqn", [*CONTROL, *STORE, "batch_size=30000"], r"^error: batch_size: must be <= buffer_size \(20000\)", {}),
-    ("control-learning-never-starts", "control_dqn", [*CONTROL, *STORE, "learning_starts=20000"], r"^error: learning_starts: must be < env_steps \(20000\)", {}),
+    ("control-learning-never-starts", "control_dqn", [*CONTROL, *STORE, "learning_starts=20001"], r"^error: learning_starts: must be <= env_steps \(20000\)", {}),
     ("control-batch-over-budget", "control_dqn", [*CONTROL, *STORE, "env_steps=50", "learning_starts=10", "target_period=10", "batch_size=64", "prune_start=0", "prune_end=40", "eps_decay_steps=20"], r"^error: batch_size: the first gradient step needs 64 transitions, more than env_steps \(50\)", {}),
     ("control-eval-cap-0", "control_dqn", [*CONTROL, *STORE, "eval_max_steps=0"], r"^error: eval_max_steps: must be >= 1", {}),
     ("control-episode-cap-negative", "control_dqn", [*CONTROL, *STORE, "max_episode_steps=-1"], r"^error: max_episode_steps: must be >= 0", {}),
@@ -342,6 +343,26 @@ def test_replay_memory_warning_names_the_numbers(capsys):
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match=r"^buffer_size: the replay would hold 7\.07 GB"):
         check_replay_memory(cfg, need, available=need - 1)
+
+
+def test_a_task_id_with_a_slash_needs_register_name(tmp_path):
+    """The default registered-model name is built from the env id: '/' would break it."""
+    import gymnasium as gym
+
+    from torchrl_eaudeqn.config import ConfigError, SACConfig
+    from torchrl_eaudeqn.validation import load_run_config
+
+    env_id = "eaudeqn_test/Pendulum-v1"  # a namespaced id, as dm_control's or shimmy's
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv")
+    overrides = [f"env={env_id}", f"tracking_uri=sqlite:///{tmp_path}/m.db"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^register_name: the default name 'eaudesac-eaudeqn_test/Pendulum-v1-eaudesac-256x2' \(from env='eaudeqn_test/Pendulum-v1'\) is not a valid registered-model name .*; set register_name$",
+    ):
+        load_run_config(SACConfig, None, overrides, mlflow_names=False)
+    cfg = load_run_config(SACConfig, None, [*overrides, "register_name=pendulum-sac"])
+    assert cfg.model_name == "pendulum-sac" and not list(tmp_path.iterdir())
 
 
 def test_available_memory_is_a_plausible_number():

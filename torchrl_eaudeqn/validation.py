@@ -72,6 +72,7 @@ __all__ = [
     "check_model_name",
     "check_names",
     "check_names_with_mlflow",
+    "check_registered_names",
     "check_replay_memory",
     "check_sac",
     "check_tracking_uri",
@@ -344,7 +345,7 @@ def check_names(cfg: Any) -> None:
 
     Example:
         >>> try:
-        ...     check_names(SACConfig(env="dm_control/cartpole-balance-v0"))
+        ...     check_registered_names(SACConfig(env="dm_control/cartpole-balance-v0"))
         ... except ConfigError as err:
         ...     print(str(err)[:60])
         register_name: the default name 'eaudesac-dm_control/cartpol
@@ -366,6 +367,23 @@ def check_names(cfg: Any) -> None:
             )
     if not getattr(cfg, "register", True):
         return
+    if cfg.register_name:
+        check_registered_names(cfg)
+    check_alias(cfg.register_alias)
+
+
+def check_registered_names(cfg: Any) -> None:
+    """The registered-model names the run writes, the default one included.
+
+    A default name is built from the task (``game``, ``env``, ``task``), so
+    :func:`load_run_config` checks it after the task: a wrong recipe for the
+    task (``env=ALE/Pong-v5``) is the error to report, not the name.
+
+    Raises:
+        ConfigError: one line naming ``register_name``.
+    """
+    if not getattr(cfg, "register", True):
+        return
     for name in _registered_names(cfg):
         try:
             check_model_name(name)
@@ -378,7 +396,6 @@ def check_names(cfg: Any) -> None:
                 f"is not a valid registered-model name ({str(err).split(': ', 1)[1]}); "
                 "set register_name"
             ) from None
-    check_alias(cfg.register_alias)
 
 
 def check_names_with_mlflow(cfg: Any) -> None:
@@ -447,8 +464,8 @@ def check_budget(cfg: Any) -> None:
     Learning starts once ``env_steps >= learning_starts`` and the replay
     holds ``max(batch_size, min(learning_starts, buffer_size))`` transitions
     (``OnlineRLModule._learning``), so the first gradient step is at env
-    step ``max(learning_starts, batch_size)``, which must come before the
-    end of the budget.
+    step ``max(learning_starts, batch_size)``, which must not come after the
+    end of the budget (at the end exactly: one gradient step).
 
     Raises:
         ConfigError: one line naming the field.
@@ -472,9 +489,9 @@ def check_budget(cfg: Any) -> None:
             f"buffer_size: {cfg.buffer_size} is not a multiple of num_envs={cfg.num_envs}; the "
             f"replay holds {cap} transitions and never reaches learning_starts"
         )
-    if cfg.learning_starts >= cfg.env_steps:
+    if cfg.learning_starts > cfg.env_steps:
         raise ConfigError(
-            f"learning_starts: must be < env_steps ({cfg.env_steps}): learning would never "
+            f"learning_starts: must be <= env_steps ({cfg.env_steps}): learning would never "
             f"start, got {cfg.learning_starts}"
         )
     if cfg.batch_size > cfg.env_steps:
@@ -816,6 +833,7 @@ def load_run_config(
     check_device(cfg)
     if check is not None:
         check(cfg)
+    check_registered_names(cfg)
     if mlflow_names:
         check_names_with_mlflow(cfg)
     return cfg
