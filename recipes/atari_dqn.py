@@ -18,54 +18,40 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
 
-import torch  # noqa: E402
-
-from torchrl_eaudeqn import recipe  # noqa: E402
 from torchrl_eaudeqn.config import AtariConfig  # noqa: E402
-from torchrl_eaudeqn.envs import action_space_kind, make_atari_env, resolve_atari_game  # noqa: E402
-from torchrl_eaudeqn.lightning import (  # noqa: E402
-    DQNLightningModule,
-    MLflowMetrics,
-    TargetSelectionCallback,
-)
-from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # noqa: E402
-
-PLOT = [
-    recipe.PlotPanel(
-        "game score", (("episode_score", "episode score"), ("eval/score_mean", "evaluation score"))
-    ),
-    recipe.PlotPanel(
-        "sparsity (prunable weights)",
-        (("sparsity/member_0", "acting network"), ("sparsity/target", "target network")),
-    ),
-]
-
-
-def check_task(cfg: AtariConfig) -> None:
-    try:
-        resolve_atari_game(cfg.game)
-    except ValueError:
-        # A continuous-control id is a wrong recipe, not a typo: say which one to use.
-        try:
-            continuous = action_space_kind(cfg.game) == "continuous"
-        except ValueError:
-            continuous = False
-        if continuous:
-            raise ValueError(
-                f"game={cfg.game!r} is a continuous-control task: use the SAC recipe "
-                "(recipes/mujoco_sac.py)"
-            ) from None
-        raise
+from torchrl_eaudeqn.validation import check_atari, parse_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = recipe.parse_args(
+    # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
+    args, cfg = parse_args(
         AtariConfig,
         argv,
         default_config="configs/atari/eaudeqn.yaml",
         description=__doc__.splitlines()[0],
-        check=check_task,
+        check=check_atari,
     )
+    import torch
+
+    from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.envs import make_atari_env
+    from torchrl_eaudeqn.lightning import (
+        DQNLightningModule,
+        MLflowMetrics,
+        TargetSelectionCallback,
+    )
+    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+
+    plot = [
+        recipe.PlotPanel(
+            "game score",
+            (("episode_score", "episode score"), ("eval/score_mean", "evaluation score")),
+        ),
+        recipe.PlotPanel(
+            "sparsity (prunable weights)",
+            (("sparsity/member_0", "acting network"), ("sparsity/target", "target network")),
+        ),
+    ]
 
     def env_fn(seed: int, num_envs: int, eval: bool):
         return make_atari_env(
@@ -131,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         build_module=build_module,
         build_callbacks=build_callbacks,
         register=register,
-        plot_panels=PLOT,
+        plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="score_sparsity.png",
     )

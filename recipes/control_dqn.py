@@ -19,38 +19,36 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
 
-import torch  # noqa: E402
-
-from torchrl_eaudeqn import recipe  # noqa: E402
-from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule, make_task_env  # noqa: E402
-from torchrl_eaudeqn.lightning import MLflowMetrics, TargetSelectionCallback  # noqa: E402
-from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # noqa: E402
-
-PLOT = [
-    recipe.PlotPanel(
-        "return",
-        (("episode_return", "training episodes"), ("eval/return_mean", "evaluation")),
-    ),
-    recipe.PlotPanel(
-        "sparsity (prunable weights)",
-        (("sparsity/member_0", "acting network"), ("sparsity/target", "target network")),
-    ),
-]
-
-
-def check_task(cfg: ControlConfig) -> None:
-    # Build the env once so a wrong id fails before an MLflow run exists.
-    make_task_env(cfg, seed=0).close()
+from torchrl_eaudeqn.config import ControlConfig  # noqa: E402
+from torchrl_eaudeqn.validation import check_control, parse_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = recipe.parse_args(
+    # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
+    args, cfg = parse_args(
         ControlConfig,
         argv,
         default_config=None,
         description=__doc__.splitlines()[0],
-        check=check_task,
+        check=check_control,
     )
+    import torch
+
+    from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.control import ControlDQNModule
+    from torchrl_eaudeqn.lightning import MLflowMetrics, TargetSelectionCallback
+    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+
+    plot = [
+        recipe.PlotPanel(
+            "return",
+            (("episode_return", "training episodes"), ("eval/return_mean", "evaluation")),
+        ),
+        recipe.PlotPanel(
+            "sparsity (prunable weights)",
+            (("sparsity/member_0", "acting network"), ("sparsity/target", "target network")),
+        ),
+    ]
 
     def build_module(metrics: MLflowMetrics) -> ControlDQNModule:
         return ControlDQNModule(cfg, metrics=metrics)
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         build_module=build_module,
         build_callbacks=build_callbacks,
         register=register,
-        plot_panels=PLOT,
+        plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
     )

@@ -50,6 +50,17 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
 
+# Light modules (no torch, no MLflow): the arguments are checked before anything heavy loads.
+from torchrl_eaudeqn.config import SEED_MAX, ConfigError  # noqa: E402
+from torchrl_eaudeqn.credentials import resolve_env_uri  # noqa: E402
+from torchrl_eaudeqn.validation import (  # noqa: E402
+    MODELS_URI_RE,
+    OneLineParser,
+    check_alias,
+    check_model_name,
+    check_tracking_uri,
+)
+
 PROG = "evaluate.py"
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
@@ -58,9 +69,39 @@ class UsageError(Exception):
     """A user error: reported on one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"{PROG}: error: {message}\n")
+class _Parser(OneLineParser):
+    prefix = f"{PROG}: "  # one line, no usage block
+
+
+def _check_model_uri(p: argparse.ArgumentParser, uri: str) -> None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` with names MLflow accepts."""
+    match = MODELS_URI_RE.match(uri)
+    if match is None:
+        p.error(f"--model: expected a registry URI models:/NAME@ALIAS or models:/NAME/VERSION, "
+                f"got {uri!r}")  # fmt: skip
+    try:
+        check_model_name(match["name"], field="--model")
+        if match["alias"] is not None:
+            check_alias(match["alias"], field="--model")
+    except ConfigError as err:
+        hint = ""
+        if match["alias"] and match["alias"][1:].isdigit():
+            hint = f"; version {match['alias'][1:]} is models:/{match['name']}/{match['alias'][1:]}"
+        p.error(f"{err}{hint}")
+
+
+def _check_store(p: argparse.ArgumentParser, tracking_uri: str | None) -> None:
+    """The store to read must exist: looking a model up must not create an empty one."""
+    if tracking_uri is not None and not tracking_uri.strip():
+        p.error("--tracking-uri: expected an MLflow tracking URI, got ''")
+    given = tracking_uri if tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    if not given:
+        return  # MLflow's default store: resolved (and checked) once MLflow is loaded
+    try:
+        check_tracking_uri(resolve_env_uri(given, "--tracking-uri"), must_exist=True)
+    except ValueError as err:
+        text = str(err)
+        p.error(text if text.startswith("--tracking-uri") else f"--tracking-uri: {text}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,24 +129,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     # Checked before the slow imports, so that a typo fails in well under a second.
     if args.episodes < 1:
-        p.error(f"--episodes must be >= 1, got {args.episodes}")
-    if not 0.0 <= args.epsilon <= 1.0 or math.isnan(args.epsilon):
-        p.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
-    if args.seed < 0:
-        p.error(f"--seed must be >= 0, got {args.seed}")
+        p.error(f"--episodes: must be >= 1, got {args.episodes}")
+    if not (math.isfinite(args.epsilon) and 0.0 <= args.epsilon <= 1.0):
+        p.error(f"--epsilon: must be a number in [0, 1], got {args.epsilon}")
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed: must be in 0..{SEED_MAX} (NumPy's seeds), got {args.seed}")
     if args.max_steps is not None and args.max_steps < 1:
-        p.error(f"--max-steps must be >= 1, got {args.max_steps}")
-    if args.video_frames < 1 or args.fps < 1:
-        p.error("--video-frames and --fps must be >= 1")
+        p.error(f"--max-steps: must be >= 1, got {args.max_steps}")
+    if args.video_frames < 1:
+        p.error(f"--video-frames: must be >= 1, got {args.video_frames}")
+    if args.fps < 1:
+        p.error(f"--fps: must be >= 1, got {args.fps}")
     if args.video is not None:
         video = Path(args.video)
         if video.suffix.lower() not in VIDEO_SUFFIXES:
-            p.error(f"--video must end with .gif or .mp4, got {args.video!r}")
+            p.error(f"--video: must end with .gif or .mp4, got {args.video!r}")
         if not video.resolve().parent.is_dir():
             p.error(f"--video: directory {video.resolve().parent} does not exist")
-    if not args.model.startswith("models:/"):
-        p.error(f"--model must be a registry URI models:/NAME@ALIAS, got {args.model!r}")
+    for flag, value, example in (("--game", args.game, "Pong"), ("--env", args.env, "Hopper-v5")):
+        if value is not None and not value.strip():
+            p.error(f"{flag}: expected a task name such as {example}, got ''")
+    if args.game is not None and args.env is not None:
+        p.error("--game, --env: give --game (a Q-network's Atari game) or --env (a SAC actor's "
+                "task), not both")  # fmt: skip
+    _check_model_uri(p, args.model)
+    try:
+        _check_task(args)
+    except UsageError as err:
+        p.error(str(err))
+    _check_store(p, args.tracking_uri)
     return args
+
+
+def _check_task(args: argparse.Namespace) -> None:
+    """The task given on the command line (Gymnasium and ALE only: no torch yet)."""
+    if args.game is not None:
+        args.game = resolve_game(args.game)
+    if args.env is not None:
+        from torchrl_eaudeqn.tasks import resolve_continuous_env
+
+        try:
+            resolve_continuous_env(args.env)
+        except ValueError as err:
+            raise UsageError(f"--env: {err}") from None
 
 
 # --------------------------------------------------------------------------- game
@@ -113,7 +179,7 @@ def resolve_game(game: str) -> str:
     """'pong', 'Pong' or 'ALE/Pong-v5' -> 'Pong' (UsageError for an unknown game)."""
     import difflib
 
-    from torchrl_eaudeqn.envs import atari_game_ids
+    from torchrl_eaudeqn.tasks import atari_game_ids
 
     name = game.removeprefix("ALE/").removesuffix("-v5")
     games = {g.lower(): g for g in atari_game_ids()}
@@ -121,7 +187,7 @@ def resolve_game(game: str) -> str:
         return games[name.lower()]
     close = difflib.get_close_matches(name, list(games.values()), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise UsageError(f"unknown Atari game {game!r}{hint}")
+    raise UsageError(f"--game: unknown Atari game {game!r}{hint}")
 
 
 class TorchRLGame:
@@ -425,8 +491,8 @@ def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: st
     """(model, task) for a registered SAC actor; UsageError/ValueError on a mismatch."""
     import torch
 
-    from torchrl_eaudeqn.envs import resolve_continuous_env
     from torchrl_eaudeqn.registry import load_registered
+    from torchrl_eaudeqn.tasks import resolve_continuous_env
 
     if args.game is not None:
         raise UsageError(f"{args.model} is a SAC actor: give its task with --env, not --game")
@@ -518,9 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchrl_eaudeqn.credentials import redact_text, redact_uri
 
     try:
-        if args.game is not None and args.env is not None:
-            raise UsageError("give --game (a Q-network's Atari game) or --env (a SAC actor's task)")
-        game_name = resolve_game(args.game) if args.game is not None else None
+        game_name = args.game  # checked and canonical (parse_args)
         import torch
 
         from torchrl_eaudeqn.registry import (

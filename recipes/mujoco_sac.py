@@ -20,51 +20,49 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
 
-import torch  # noqa: E402
-
-from torchrl_eaudeqn import recipe  # noqa: E402
 from torchrl_eaudeqn.config import SACConfig  # noqa: E402
-from torchrl_eaudeqn.envs import make_continuous_env, resolve_continuous_env  # noqa: E402
-from torchrl_eaudeqn.lightning import (  # noqa: E402
-    MLflowMetrics,
-    SACLightningModule,
-    TargetSelectionCallback,
-)
-from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # noqa: E402
+from torchrl_eaudeqn.validation import check_sac, parse_args  # noqa: E402
 
 #: Registry kind of a deterministic SAC actor (obs float32 [B, obs_dim] -> action [B, act_dim]).
 KIND = "sac_actor"
 
-PLOT = [
-    recipe.PlotPanel(
-        "return",
-        (
-            ("episode_return", "training episodes"),
-            ("eval/return_mean", "evaluation (deterministic)"),
-        ),
-    ),
-    recipe.PlotPanel(
-        "sparsity (prunable weights)",
-        (
-            ("sparsity/actor_selected", "selected actor"),
-            ("sparsity/critic_selected", "selected critic"),
-        ),
-    ),
-]
-
-
-def check_task(cfg: SACConfig) -> None:
-    resolve_continuous_env(cfg.env)
-
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = recipe.parse_args(
+    # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
+    args, cfg = parse_args(
         SACConfig,
         argv,
         default_config="configs/mujoco/eaudesac.yaml",
         description=__doc__.splitlines()[0],
-        check=check_task,
+        check=check_sac,
     )
+    import torch
+
+    from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.envs import make_continuous_env
+    from torchrl_eaudeqn.lightning import (
+        MLflowMetrics,
+        SACLightningModule,
+        TargetSelectionCallback,
+    )
+    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+
+    plot = [
+        recipe.PlotPanel(
+            "return",
+            (
+                ("episode_return", "training episodes"),
+                ("eval/return_mean", "evaluation (deterministic)"),
+            ),
+        ),
+        recipe.PlotPanel(
+            "sparsity (prunable weights)",
+            (
+                ("sparsity/actor_selected", "selected actor"),
+                ("sparsity/critic_selected", "selected critic"),
+            ),
+        ),
+    ]
 
     def env_fn(seed: int, eval: bool):
         steps = cfg.eval_max_steps if eval else cfg.max_episode_steps
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         build_module=build_module,
         build_callbacks=build_callbacks,
         register=register,
-        plot_panels=PLOT,
+        plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
     )

@@ -35,7 +35,18 @@ os.environ.setdefault("RL_WARNINGS", "False")
 import numpy as np  # noqa: E402
 
 from torchrl_eaudeqn import study  # noqa: E402
-from torchrl_eaudeqn.credentials import redact_text, redact_uri  # noqa: E402
+from torchrl_eaudeqn.credentials import (  # noqa: E402
+    hide_run_urls,
+    redact_text,
+    redact_uri,
+    resolve_env_uri,
+)
+from torchrl_eaudeqn.validation import (  # noqa: E402
+    RECIPE_CHECKS,
+    OneLineParser,
+    check_tracking_uri,
+    load_run_config,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REGRESSION_JSON = ROOT / "tests/data/regression_cartpole.json"
@@ -48,7 +59,7 @@ REGRESSION_OVERRIDES = [
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "report"):
         s = sub.add_parser(name)
@@ -109,6 +120,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- run
+def check_common_args(args: argparse.Namespace) -> None:
+    """The checks `run` and `report` share (no work done): ValueError, one line naming the flag."""
+    from torchrl_eaudeqn.config import SEED_MAX
+
+    for flag in ("grid", "tracking_uri"):
+        if not str(getattr(args, flag)).strip():
+            raise ValueError(f"--{flag.replace('_', '-')}: expected a value, got ''")
+    if args.experiment is not None and not args.experiment.strip():
+        raise ValueError("--experiment: expected a non-empty MLflow experiment name, got ''")
+    for seed in args.seeds or ():
+        if not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"--seeds: expected ints in 0..{SEED_MAX}, got {seed}")
+    for flag in ("tasks", "methods", "widths"):
+        if any(not name.strip() for name in getattr(args, flag) or ()):
+            raise ValueError(f"--{flag}: expected names, got ''")
+
+
 def check_run_args(args: argparse.Namespace) -> str:
     """Every check of `run` that needs no work done: the backend to use, or ValueError (one line).
 
@@ -116,10 +144,15 @@ def check_run_args(args: argparse.Namespace) -> str:
     last (a few seconds at most, instead of MLflow's minutes of retries).
     """
     from torchrl_eaudeqn.cluster import check_cluster_tracking, resolve_backend
-    from torchrl_eaudeqn.registry import check_tracking_uri, resolve_tracking_uri
 
+    check_common_args(args)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: expected an int >= 1, got {args.workers}")
+    # Non-finite numbers compare False with every bound: refused by name.
+    for flag in ("cpus_per_run", "gpus_per_run", "memory_per_run"):
+        if not math.isfinite(getattr(args, flag)):
+            name = f"--{flag.replace('_', '-')}"
+            raise ValueError(f"{name}: expected a finite number, got {getattr(args, flag)}")
     if not args.cpus_per_run > 0:
         raise ValueError(f"--cpus-per-run: expected a number > 0, got {args.cpus_per_run:g}")
     if args.gpus_per_run < 0:
@@ -128,14 +161,48 @@ def check_run_args(args: argparse.Namespace) -> str:
         raise ValueError(f"--memory-per-run: expected GB >= 0, got {args.memory_per_run:g}")
     if args.max_retries < 0:
         raise ValueError(f"--max-retries: expected an int >= 0, got {args.max_retries}")
+    for flag in ("log_dir", "checkpoint_dir", "pause_file"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise ValueError(f"--{flag.replace('_', '-')}: expected a path, got ''")
     backend = resolve_backend(args.backend, args.address)
     if backend == "threads" and args.gpus_per_run > 0:
         raise ValueError("--gpus-per-run needs --backend ray (the thread pool runs on CPU)")
     # env:NAME keeps a URI with credentials off this command line (docs/security.md).
-    args.tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    args.tracking_uri = resolve_env_uri(args.tracking_uri, "--tracking-uri")
+    hide_run_urls(args.tracking_uri)
     check_cluster_tracking(args.tracking_uri, args.address)
     check_tracking_uri(args.tracking_uri)
     return backend
+
+
+def check_cells(cells: list[study.Cell], args: argparse.Namespace, experiment: str) -> None:
+    """Each cell's config, as its recipe will read it, before any run starts.
+
+    A bad override in the grid (``lr=.nan``, ``batch_size`` above
+    ``buffer_size``, an unknown game) would otherwise fail every run of the
+    grid, each after its retries. The replay's memory is left to each run:
+    on a cluster the runs' nodes are not this one.
+
+    Raises:
+        ValueError: ``cell <key>: <field>: ...`` (one line).
+    """
+    from torchrl_eaudeqn.config import ConfigError
+
+    for cell in cells:
+        config_cls, check = RECIPE_CHECKS[cell.recipe]
+        argv = cell.argv(args.tracking_uri, experiment, args.checkpoint_dir)
+        try:
+            load_run_config(
+                config_cls,
+                argv[1],  # ["--config", path, overrides...]
+                argv[2:],
+                check=functools.partial(check, memory=False),
+                tracking=False,  # the study's own store, checked once above
+                mlflow_names=False,
+            )
+        except (ConfigError, ValueError) as err:
+            raise ValueError(f"cell {cell.key}: {err}") from None
 
 
 def _echo_to(log_dir: str):
@@ -153,15 +220,17 @@ def _echo_to(log_dir: str):
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
+        check_common_args(args)
         spec = study.load_grid(args.grid)
         backend = check_run_args(args)
         cells = study.expand_grid(
             spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
         )
+        experiment = args.experiment or spec.experiment
+        check_cells(cells, args, experiment)
     except (ValueError, OSError) as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return 2
-    experiment = args.experiment or spec.experiment
     if args.dry_run:
         done = study.finished_keys(args.tracking_uri, experiment)
         for c in cells:
@@ -385,14 +454,26 @@ def _fmt(e: dict, key: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from torchrl_eaudeqn.registry import resolve_tracking_uri
-
-    spec = study.load_grid(args.grid)
+    try:
+        check_common_args(args)
+        if args.reps < 1:
+            raise ValueError(f"--reps: expected an int >= 1, got {args.reps}")
+        for flag in ("figures", "results"):
+            if not getattr(args, flag).strip():
+                raise ValueError(f"--{flag}: expected a directory, got ''")
+        spec = study.load_grid(args.grid)
+        cells = study.expand_grid(
+            spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
+        )
+        uri = resolve_env_uri(args.tracking_uri, "--tracking-uri")
+        hide_run_urls(uri)
+        # Reading a report must not create an empty store.
+        check_tracking_uri(uri, must_exist=True)
+    except (ValueError, OSError) as err:
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
+        return 2
     experiment = args.experiment or spec.experiment
-    records = study.collect_runs(resolve_tracking_uri(args.tracking_uri), experiment)
-    cells = study.expand_grid(
-        spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
-    )
+    records = study.collect_runs(uri, experiment)
     wanted = {c.key for c in cells}
     records = [r for r in records if r.key in wanted]
     if not records:

@@ -7,17 +7,35 @@ raises :class:`ConfigError` with a one-line message naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
-__all__ = ["AtariConfig", "ConfigError", "SACConfig", "config_diff", "load_config"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "MINATAR_GAMES",
+    "SEED_MAX",
+    "AtariConfig",
+    "ConfigError",
+    "ControlConfig",
+    "SACConfig",
+    "config_diff",
+    "load_config",
+]
 
 C = TypeVar("C")
+
+#: Largest seed: NumPy seeds are 0 .. 2**32 - 1 (the recipes also keep seed + offsets there).
+SEED_MAX = 2**32 - 1
+#: The evaluation env's seed is ``seed + EVAL_SEED_OFFSET`` (apart from the training envs').
+EVAL_SEED_OFFSET = 10_000
 
 
 class ConfigError(ValueError):
@@ -41,9 +59,11 @@ class AtariConfig:
     method: str = _f(
         "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
     )
-    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5")
-    width: str = _f("medium", "hidden width: small (32) | medium (512) | large (2048) | an int")
-    seed: int = _f(0, "random seed (torch, numpy, env)", min=0)
+    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5", nonempty=True)
+    width: str = _f(
+        "medium", "hidden width: small (32) | medium (512) | large (2048) | an int", nonempty=True
+    )
+    seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
     env_steps: int = _f(10_000_000, "agent steps in total (frames = 4x)", min=1)
     # EauDeQN
     num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
@@ -104,20 +124,22 @@ class AtariConfig:
     eval_max_steps: int = _f(27_000, "agent-step cap per evaluation episode", min=1)
     eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
-    experiment: str = _f("eaudeqn-atari", "MLflow experiment name")
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
+    experiment: str = _f("eaudeqn-atari", "MLflow experiment name", nonempty=True)
     run_name: str = _f("", "MLflow run name (empty: generated)")
     run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
     log_every: int = _f(1000, "env steps between metric logs", min=1)
     register_name: str = _f("", "registered model name (empty: eaudeqn-<game>-<method>-<width>)")
-    register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
+    register_alias: str = _f(
+        "final", "alias set on the new model version (@latest also works)", nonempty=True
+    )
     register_format: str = _f(
         "compact",
         "registered form: dense | compact (sparse layers in CSR, docs/export.md) | both "
         "(dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
     )
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
     keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
     checkpoint_replay: bool = _f(
@@ -200,8 +222,10 @@ class SACConfig:
     method: str = _f(
         "eaudesac", "eaudesac | polyprune | sac", choices=("eaudesac", "polyprune", "sac")
     )
-    env: str = _f("HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space")
-    seed: int = _f(0, "random seed (torch, numpy, env)", min=0)
+    env: str = _f(
+        "HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space", nonempty=True
+    )
+    seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
     env_steps: int = _f(1_000_000, "env steps in total", min=1)
     # EauDeSAC
     num_members: int = _f(5, "K actor and K critic members (eaudesac)", min=1)
@@ -235,7 +259,7 @@ class SACConfig:
     )
     alpha_init: float = _f(1.0, "initial entropy coefficient", min=1e-12)
     fixed_alpha: bool = _f(False, "keep alpha at alpha_init (no entropy tuning)")
-    target_entropy: str = _f("auto", "auto (-action_dim) or a number")
+    target_entropy: str = _f("auto", "auto (-action_dim) or a number", nonempty=True)
     # environment
     max_episode_steps: int = _f(1000, "step cap per training episode", min=1)
     # evaluation
@@ -244,22 +268,24 @@ class SACConfig:
     eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
     eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
-    experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name")
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
+    experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name", nonempty=True)
     run_name: str = _f("", "MLflow run name (empty: generated)")
     run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
     log_every: int = _f(1000, "env steps between metric logs", min=1)
     register_name: str = _f(
         "", "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)"
     )
-    register_alias: str = _f("final", "alias set on the new model version (@latest also works)")
+    register_alias: str = _f(
+        "final", "alias set on the new model version (@latest also works)", nonempty=True
+    )
     register_format: str = _f(
         "compact",
         "registered actor form: dense | compact (sparse layers in CSR, docs/export.md) | "
         "both (dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
     )
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
     keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
     checkpoint_replay: bool = _f(
@@ -277,11 +303,14 @@ class SACConfig:
             raise ConfigError(f"tau: must be in (0, 1], got {self.tau!r}")
         if self.target_entropy != "auto":
             try:
-                float(self.target_entropy)
+                value = float(self.target_entropy)
             except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
                 raise ConfigError(
-                    f"target_entropy: expected auto or a number, got {self.target_entropy!r}"
-                ) from None
+                    "target_entropy: expected auto or a number (a finite one), "
+                    f"got {self.target_entropy!r}"
+                )
         if self.prune_end <= self.prune_start:
             raise ConfigError(
                 f"prune_end: must be greater than prune_start ({self.prune_start}), "
@@ -335,6 +364,132 @@ class SACConfig:
         return f"{self.env}-{self.method}-{self.hidden}x{self.depth}-seed{self.seed}"
 
 
+#: MinAtar games, as ``minatar:<game>`` task names take them.
+MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
+@dataclass
+class ControlConfig:
+    """EauDeQN / PolyPruneQN / DQN on a small discrete task (classic control or MinAtar).
+
+    All step counts are env steps (the updater converts them to gradient
+    steps with ``train_freq``). Defaults suit CartPole in 30k steps; the
+    study's configs (``configs/study/``) set them per task.
+
+    Example:
+        >>> cfg = load_config(ControlConfig, overrides=["task=Acrobot-v1", "width=32"])
+        >>> cfg.task, cfg.width, cfg.members, cfg.run_key
+        ('Acrobot-v1', 32, 5, 'Acrobot-v1-eaudeqn-w32-seed0')
+    """
+
+    method: str = _f(
+        "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
+    )
+    task: str = _f(
+        "CartPole-v1", "Gymnasium id with a Discrete action space, or minatar:<game>", nonempty=True
+    )
+    width: int = _f(
+        128, "hidden width (MLP: both hidden layers; MinAtar CNN: the dense layer)", min=1
+    )
+    seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
+    env_steps: int = _f(30_000, "env steps in total", min=1)
+    # EauDeQN
+    num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
+    max_speed: float = _f(0.1, "fastest pruning speed per target update", min=0.0, max=1.0)
+    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
+    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
+    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
+    reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
+    # PolyPruneQN
+    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
+    prune_start: int = _f(3_000, "polyprune schedule start (env steps)", min=0)
+    prune_end: int = _f(24_000, "polyprune schedule end (env steps)", min=1)
+    prune_every: int = _f(300, "polyprune mask update interval (env steps)", min=1)
+    # DQN
+    lr: float = _f(1e-3, "Adam learning rate", min=0.0)
+    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
+    batch_size: int = _f(64, "replay batch size", min=1)
+    buffer_size: int = _f(50_000, "replay capacity (transitions)", min=1)
+    learning_starts: int = _f(1_000, "random env steps before learning", min=0)
+    train_freq: int = _f(1, "env steps per gradient step", min=1)
+    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
+    loss_function: str = _f("l2", "l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1"))
+    eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
+    eps_end: float = _f(0.05, "final epsilon", min=0.0, max=1.0)
+    eps_decay_steps: int = _f(10_000, "env steps of linear epsilon decay", min=1)
+    target_period: int = _f(300, "env steps between target updates", min=1)
+    # environment
+    max_episode_steps: int = _f(0, "step cap per training episode (0: the task's own)", min=0)
+    # evaluation
+    eval_every: int = _f(0, "env steps between evaluations (0: only at the end)", min=0)
+    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
+    eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)
+    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
+    eval_random_baseline: bool = _f(True, "also score a uniformly random policy at the start")
+    # tracking, checkpoints, registry
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
+    experiment: str = _f("eaudeqn-control", "MLflow experiment name", nonempty=True)
+    run_name: str = _f("", "MLflow run name (empty: generated)")
+    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
+    log_every: int = _f(500, "env steps between metric logs", min=1)
+    register: bool = _f(False, "register the final acting network in the model registry")
+    register_name: str = _f("", "registered model name (empty: eaudeqn-<task>-<method>-w<width>)")
+    register_alias: str = _f("final", "alias set on the new model version", nonempty=True)
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
+    checkpoint_every: int = _f(10_000, "env steps between checkpoints", min=1)
+    # compute
+    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
+    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
+    device: str = _f("cpu", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    progress_bar: bool = _f(True, "show the progress bar")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.prune_end <= self.prune_start:
+            raise ConfigError(
+                f"prune_end: must be greater than prune_start ({self.prune_start}), "
+                f"got {self.prune_end}"
+            )
+        if self.target_period % self.train_freq:
+            raise ConfigError(
+                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
+                f"got {self.target_period}"
+            )
+        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
+            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
+        if self.task.startswith("minatar:") and self.task[8:] not in MINATAR_GAMES:
+            raise ConfigError(f"task: unknown MinAtar game {self.task[8:]!r} ({MINATAR_GAMES})")
+
+    @property
+    def members(self) -> int:
+        """Online networks actually used: K for eaudeqn, 1 for the baselines."""
+        return self.num_members if self.method == "eaudeqn" else 1
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of a new run: method, task, width, and ``run_tags``."""
+        tags = {"method": self.method, "task": self.task, "width": str(self.width)}
+        for item in filter(None, self.run_tags.split(",")):
+            key, _, value = item.partition("=")
+            tags[key.strip()] = value.strip()
+        return tags
+
+    @property
+    def task_name(self) -> str:
+        """The task without its family prefix (``minatar:breakout`` -> ``breakout``)."""
+        return self.task.split(":", 1)[-1]
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name."""
+        return self.register_name or f"eaudeqn-{self.task_name}-{self.method}-w{self.width}"
+
+    @property
+    def run_key(self) -> str:
+        """Names the run's checkpoint directory and its default MLflow run name."""
+        return f"{self.task_name}-{self.method}-w{self.width}-seed{self.seed}"
+
+
 def _validate(cfg: Any) -> None:
     hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
@@ -344,12 +499,21 @@ def _validate(cfg: Any) -> None:
             if not isinstance(value, bool):
                 raise ConfigError(f"{f.name}: expected true or false, got {value!r}")
         elif typ is int:
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = int(value)  # 1e6 (a float in YAML) for a count
+                setattr(cfg, f.name, value)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{f.name}: expected an integer, got {value!r}")
         elif typ is float:
+            if isinstance(value, str):  # a quoted number
+                with contextlib.suppress(ValueError):
+                    value = float(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{f.name}: expected a number, got {value!r}")
             value = float(value)
+            # NaN compares False with every bound: without this it passed min/max.
+            if not math.isfinite(value):
+                raise ConfigError(f"{f.name}: expected a finite number, got {value!r}")
             setattr(cfg, f.name, value)
         elif typ is str:
             if isinstance(value, bool):  # YAML reads true/yes/on as booleans
@@ -361,6 +525,8 @@ def _validate(cfg: Any) -> None:
             if not isinstance(value, str):
                 raise ConfigError(f"{f.name}: expected a string, got {value!r}")
         meta = f.metadata
+        if meta.get("nonempty") and not value.strip():
+            raise ConfigError(f"{f.name}: expected a non-empty string, got {value!r}")
         if "choices" in meta and value not in meta["choices"]:
             raise ConfigError(
                 f"{f.name}: expected one of {' | '.join(meta['choices'])}, got {value!r}"
@@ -371,11 +537,37 @@ def _validate(cfg: Any) -> None:
             raise ConfigError(f"{f.name}: must be <= {meta['max']}, got {value!r}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``5e-4`` and ``1e6`` as numbers (YAML 1.2).
+
+    YAML 1.1, which PyYAML implements, needs a dot and a signed exponent
+    (``5.0e-4``): ``lr: 5e-4`` was the string ``'5e-4'``.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    # safe: a config is data; YAML tags that build Python objects are refused.
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _yaml_load(text)
     except yaml.YAMLError:
         return text
+
+
+def _check_keys(data: dict[Any, Any], where: str) -> None:
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r}: expected a config field name (a string)")
 
 
 def _read_yaml(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
@@ -384,16 +576,22 @@ def _read_yaml(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[
     if path in seen:
         raise ConfigError(f"config file {path}: circular 'extends'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        data = _yaml_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(
             f"config file {path}: not valid YAML ({str(err).splitlines()[0]})"
         ) from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: unreadable ({err.strerror or err})") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values")
+    _check_keys(data, f"config file {path}")
     base = data.pop("extends", None)
     if base is not None:
-        parent = _read_yaml((path.parent / str(base)).resolve(), (*seen, path))
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"config file {path}: extends: expected a file name, got {base!r}")
+        parent = _read_yaml((path.parent / base).resolve(), (*seen, path))
         parent.update(data)
         data = parent
     return data
@@ -406,6 +604,11 @@ def load_config(
 ) -> C:
     """Read a YAML config (``extends: other.yaml`` allowed), apply overrides, validate.
 
+    Values are YAML scalars, read as YAML 1.2 reads numbers (``lr=5e-4`` is
+    a float); an override of a string field keeps its text as given
+    (``run_name=007``). Every float must be finite (``.nan``, ``.inf`` are
+    refused) and a count may be written ``1e6``.
+
     Args:
         cls: the config dataclass.
         path: YAML file; ``None`` starts from the defaults.
@@ -414,17 +617,23 @@ def load_config(
     Raises:
         ConfigError: unknown key, bad value or unreadable file; the message
             names the key (and suggests close matches for typos).
+
+    Example:
+        >>> load_config(ControlConfig, overrides=["lr=5e-4", "buffer_size=1e4"]).lr
+        0.0005
     """
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
         data.update(_read_yaml(pathlib.Path(path).resolve()))
+    hints = get_type_hints(cls)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        data[key.strip()] = _parse_value(value)
+        key = key.strip()
+        data[key] = value if hints.get(key) is str else _parse_value(value)
         source = f"{source} + overrides"
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv
 
-from .config import ConfigError, _f, _validate
+from .config import MINATAR_GAMES, ControlConfig  # defined there: no torch needed to validate
 from .envs import make_control_env
 from .lightning import EnsembleDQNModule, MLflowMetrics
 from .modules import mlp
@@ -45,130 +44,6 @@ __all__ = [
     "minatar_cnn",
     "regression_trace",
 ]
-
-#: MinAtar games, as ``minatar:<game>`` task names take them.
-MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
-
-
-@dataclass
-class ControlConfig:
-    """EauDeQN / PolyPruneQN / DQN on a small discrete task (classic control or MinAtar).
-
-    All step counts are env steps (the updater converts them to gradient
-    steps with ``train_freq``). Defaults suit CartPole in 30k steps; the
-    study's configs (``configs/study/``) set them per task.
-
-    Example:
-        >>> from torchrl_eaudeqn.config import load_config
-        >>> cfg = load_config(ControlConfig, overrides=["task=Acrobot-v1", "width=32"])
-        >>> cfg.task, cfg.width, cfg.members, cfg.run_key
-        ('Acrobot-v1', 32, 5, 'Acrobot-v1-eaudeqn-w32-seed0')
-    """
-
-    method: str = _f(
-        "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
-    )
-    task: str = _f("CartPole-v1", "Gymnasium id with a Discrete action space, or minatar:<game>")
-    width: int = _f(
-        128, "hidden width (MLP: both hidden layers; MinAtar CNN: the dense layer)", min=1
-    )
-    seed: int = _f(0, "random seed (torch, numpy, env)", min=0)
-    env_steps: int = _f(30_000, "env steps in total", min=1)
-    # EauDeQN
-    num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
-    max_speed: float = _f(0.1, "fastest pruning speed per target update", min=0.0, max=1.0)
-    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
-    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
-    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
-    reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
-    # PolyPruneQN
-    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
-    prune_start: int = _f(3_000, "polyprune schedule start (env steps)", min=0)
-    prune_end: int = _f(24_000, "polyprune schedule end (env steps)", min=1)
-    prune_every: int = _f(300, "polyprune mask update interval (env steps)", min=1)
-    # DQN
-    lr: float = _f(1e-3, "Adam learning rate", min=0.0)
-    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
-    batch_size: int = _f(64, "replay batch size", min=1)
-    buffer_size: int = _f(50_000, "replay capacity (transitions)", min=1)
-    learning_starts: int = _f(1_000, "random env steps before learning", min=0)
-    train_freq: int = _f(1, "env steps per gradient step", min=1)
-    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
-    loss_function: str = _f("l2", "l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1"))
-    eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
-    eps_end: float = _f(0.05, "final epsilon", min=0.0, max=1.0)
-    eps_decay_steps: int = _f(10_000, "env steps of linear epsilon decay", min=1)
-    target_period: int = _f(300, "env steps between target updates", min=1)
-    # environment
-    max_episode_steps: int = _f(0, "step cap per training episode (0: the task's own)", min=0)
-    # evaluation
-    eval_every: int = _f(0, "env steps between evaluations (0: only at the end)", min=0)
-    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
-    eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)
-    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
-    eval_random_baseline: bool = _f(True, "also score a uniformly random policy at the start")
-    # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI")
-    experiment: str = _f("eaudeqn-control", "MLflow experiment name")
-    run_name: str = _f("", "MLflow run name (empty: generated)")
-    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
-    log_every: int = _f(500, "env steps between metric logs", min=1)
-    register: bool = _f(False, "register the final acting network in the model registry")
-    register_name: str = _f("", "registered model name (empty: eaudeqn-<task>-<method>-w<width>)")
-    register_alias: str = _f("final", "alias set on the new model version")
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go")
-    checkpoint_every: int = _f(10_000, "env steps between checkpoints", min=1)
-    # compute
-    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
-    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
-    device: str = _f("cpu", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    progress_bar: bool = _f(True, "show the progress bar")
-
-    def __post_init__(self) -> None:
-        _validate(self)
-        if self.prune_end <= self.prune_start:
-            raise ConfigError(
-                f"prune_end: must be greater than prune_start ({self.prune_start}), "
-                f"got {self.prune_end}"
-            )
-        if self.target_period % self.train_freq:
-            raise ConfigError(
-                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
-                f"got {self.target_period}"
-            )
-        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
-            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
-        if self.task.startswith("minatar:") and self.task[8:] not in MINATAR_GAMES:
-            raise ConfigError(f"task: unknown MinAtar game {self.task[8:]!r} ({MINATAR_GAMES})")
-
-    @property
-    def members(self) -> int:
-        """Online networks actually used: K for eaudeqn, 1 for the baselines."""
-        return self.num_members if self.method == "eaudeqn" else 1
-
-    @property
-    def tags(self) -> dict[str, str]:
-        """MLflow tags of a new run: method, task, width, and ``run_tags``."""
-        tags = {"method": self.method, "task": self.task, "width": str(self.width)}
-        for item in filter(None, self.run_tags.split(",")):
-            key, _, value = item.partition("=")
-            tags[key.strip()] = value.strip()
-        return tags
-
-    @property
-    def task_name(self) -> str:
-        """The task without its family prefix (``minatar:breakout`` -> ``breakout``)."""
-        return self.task.split(":", 1)[-1]
-
-    @property
-    def model_name(self) -> str:
-        """Registered model name."""
-        return self.register_name or f"eaudeqn-{self.task_name}-{self.method}-w{self.width}"
-
-    @property
-    def run_key(self) -> str:
-        """Names the run's checkpoint directory and its default MLflow run name."""
-        return f"{self.task_name}-{self.method}-w{self.width}-seed{self.seed}"
 
 
 # --------------------------------------------------------------------------- MinAtar

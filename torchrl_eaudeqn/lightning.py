@@ -51,7 +51,7 @@ from torchrl.modules import EGreedyModule
 
 from .checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
-from .config import AtariConfig, SACConfig
+from .config import EVAL_SEED_OFFSET, AtariConfig, SACConfig
 from .credentials import redact_text, redacted_config
 from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
@@ -496,7 +496,7 @@ class OnlineRLModule(L.LightningModule):
         cfg = self.cfg
         if "eval" not in self._envs:
             self._envs["eval"] = self.env_fn(
-                seed=cfg.seed + 10_000, eval=True, **self.EVAL_ENV_KWARGS
+                seed=cfg.seed + EVAL_SEED_OFFSET, eval=True, **self.EVAL_ENV_KWARGS
             )
         env = self._envs["eval"]
         totals, lengths = [], []

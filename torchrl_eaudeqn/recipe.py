@@ -5,8 +5,10 @@ validates its task, says how to build its LightningModule (an
 :class:`~torchrl_eaudeqn.lightning.OnlineRLModule`), what to plot and what
 to register, and hands the rest to :func:`run_recipe`:
 
-1. :func:`parse_args`: ``--config``, ``--resume``, ``key=value`` overrides,
-   validated into the config dataclass (exit code 2 and one line on error);
+1. :func:`~torchrl_eaudeqn.validation.parse_args` (re-exported here):
+   ``--config``, ``--resume``, ``key=value`` overrides, validated into the
+   config dataclass with every check of :mod:`torchrl_eaudeqn.validation`
+   (exit code 2 and one line on error), before torch is even imported;
 2. with ``--resume``: :func:`find_checkpoint` and
    :func:`read_checkpoint_header` (refuses a checkpoint written under another
    config, except for the :data:`RESUMABLE` fields) -- before anything is written;
@@ -27,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -49,10 +50,10 @@ from .checkpointing import (
     verify_checkpoint,
     verify_dir,
 )
-from .config import ConfigError, config_diff, load_config
-from .credentials import ENV_PREFIX, hide_run_urls, redact_text, redacted_config, resolve_env_uri
-from .registry import check_tracking_uri
+from .config import ConfigError, config_diff
+from .credentials import redact_text, redacted_config
 from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
+from .validation import parse_args  # the command line; needs no torch (recipes call it first)
 
 __all__ = [
     "RESUMABLE",
@@ -89,48 +90,6 @@ class PlotPanel:
 
     ylabel: str
     curves: tuple[tuple[str, str], ...]
-
-
-def parse_args(
-    config_cls: type[C],
-    argv: list[str] | None = None,
-    *,
-    default_config: str | None,
-    description: str = "",
-    check: Callable[[C], None] | None = None,
-) -> tuple[argparse.Namespace, C]:
-    """``[--config YAML] [--resume last|PATH] [key=value ...]`` into a validated config.
-
-    Args:
-        config_cls: the config dataclass (e.g. :class:`~torchrl_eaudeqn.config.SACConfig`).
-        argv: arguments (``None``: ``sys.argv[1:]``).
-        default_config: YAML used without ``--config`` (``None``: the dataclass defaults).
-        description: the ``--help`` text.
-        check: more checks on the loaded config (the task, ...); raises
-            ``ValueError``/``ConfigError``.
-
-    Returns:
-        ``(args, cfg)``; on any config error the process exits with status 2
-        and one line ``error: <message>`` on stderr, before anything is built.
-        ``tracking_uri=env:NAME`` is replaced by environment variable
-        ``NAME`` (a URI with credentials stays off the command line).
-    """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", default=default_config, help="YAML config")
-    p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(config_cls, args.config, args.overrides)
-        if str(cfg.tracking_uri).startswith(ENV_PREFIX):
-            cfg = dataclasses.replace(cfg, tracking_uri=resolve_env_uri(cfg.tracking_uri))
-        if check is not None:
-            check(cfg)
-        check_tracking_uri(cfg.tracking_uri)
-    except (ConfigError, ValueError) as err:
-        p.exit(2, f"error: {redact_text(str(err))}\n")
-    hide_run_urls(cfg.tracking_uri)
-    return args, cfg
 
 
 def checkpoint_dir(cfg: Any) -> pathlib.Path:

@@ -34,11 +34,7 @@ import copy
 import io
 import os
 import re
-import socket
 import statistics
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +46,13 @@ from .credentials import hide_run_urls, redact_text, redact_uri, resolve_env_uri
 from .export import Rule, compact_summary, measure_latency_ms, state_size_bytes
 from .export import compact as compact_module
 from .sparsity import prunable_parameter_names
+from .validation import (  # checks that need neither torch nor MLflow
+    BUILTIN_ALIASES,
+    MODELS_URI_RE,
+    check_alias,
+    check_model_name,
+    check_tracking_uri,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow import MlflowClient
@@ -73,16 +76,6 @@ __all__ = [
 KIND_TAG = "torchrl_eaudeqn.kind"
 #: Model-version tag: ``"compact"`` (sparse layers in CSR form) or ``"dense"``.
 FORMAT_TAG = "torchrl_eaudeqn.format"
-
-#: Seconds allowed to reach a remote tracking server before giving up.
-REACHABILITY_TIMEOUT_S = 3.0
-
-# MLflow's alias rules (``mlflow.utils.validation``), checked here so that a bad
-# alias fails before anything is logged rather than after the version exists.
-_ALIAS_RE = re.compile(r"^[\w\-]+$")
-_VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
-# Aliases MLflow resolves itself and refuses to set ("@latest" is the highest version).
-_BUILTIN_ALIASES = ("latest",)
 
 
 def _mlflow():
@@ -172,143 +165,6 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return uri
 
 
-def _check_local_dir(uri: str, path: Path, what: str, must_exist: bool) -> None:
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r}: {what} {path} is not a directory"
-            )
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r}: {what} {path} is not writable"
-            )
-        return
-    if must_exist:
-        raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r}: no MLflow store at {path}")
-    # MLflow creates the store directory (and its parents) itself: the nearest
-    # existing ancestor is what must be writable.
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"MLflow tracking URI {redact_uri(uri)!r}: cannot create {path} ({parent} is not "
-            "writable)"
-        )
-
-
-def _check_socket(uri: str, host: str, port: int, timeout: float) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"MLflow tracking URI {redact_uri(uri)!r} is not reachable ({host}:{port}: "
-            f"{err.strerror or type(err).__name__}, timeout {timeout:g} s)"
-        ) from None
-
-
-def check_tracking_uri(
-    uri: str, *, must_exist: bool = False, timeout: float = REACHABILITY_TIMEOUT_S
-) -> None:
-    """Fail fast, with a one-line ``ValueError``, when a tracking URI cannot work.
-
-    MLflow itself retries an unreachable server for minutes; this check takes
-    at most ``timeout`` seconds, so call it before training or logging.
-
-    * ``sqlite:///path``: the database's directory must exist and be writable
-      (with ``must_exist``, the database file must exist);
-    * ``file:`` URIs and plain paths: the directory, or its nearest existing
-      ancestor, must be writable;
-    * ``http(s)://``: a GET of ``<uri>/health`` must get an HTTP answer (any
-      status: a 401 or 404 still proves a server is there);
-    * other database URIs (``postgresql://``, ``mysql://``, ...): a TCP
-      connection to the host and port must open;
-    * anything else (``databricks``, ...) is left to MLflow.
-
-    Args:
-        uri: an MLflow tracking URI.
-        must_exist: require an existing local store (for loading: do not
-            create an empty ``mlflow.db`` by looking up a model).
-        timeout: seconds for network checks.
-
-    Raises:
-        ValueError: the URI is malformed, unreachable or not writable.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     check_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        >>> try:
-        ...     check_tracking_uri("sqlite:////no/such/dir/x.db")
-        ... except ValueError as err:
-        ...     print(err)
-        MLflow tracking URI 'sqlite:////no/such/dir/x.db': directory /no/such/dir does not exist
-    """
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"MLflow tracking URI must be a non-empty str, got {redact_uri(uri)!r}")
-    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):
-        return  # profile-based: MLflow resolves and authenticates these itself
-    parsed = urllib.parse.urlparse(uri)
-    scheme = parsed.scheme.lower()
-    if scheme == "sqlite":
-        if uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in uri:
-            return  # in-memory database
-        if not uri.startswith("sqlite:///"):
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r}: expected sqlite:///<path to .db file>"
-            )
-        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-        directory = db.parent if str(db.parent) else Path(".")
-        if not directory.is_dir():
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r}: directory {directory} does not exist"
-            )
-        if db.exists():
-            if not db.is_file() or not os.access(db, os.R_OK | os.W_OK):
-                raise ValueError(
-                    f"MLflow tracking URI {redact_uri(uri)!r}: {db} is not a writable file"
-                )
-        elif must_exist:
-            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r}: no MLflow database at {db}")
-        # SQLite writes a journal beside the database: the directory must be writable.
-        elif not os.access(directory, os.W_OK | os.X_OK):
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r}: directory {directory} is not writable"
-            )
-        return
-    if scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):
-        path = Path(urllib.request.url2pathname(parsed.path) if scheme == "file" else uri)
-        _check_local_dir(uri, path, "directory", must_exist)
-        return
-    if scheme in ("http", "https"):
-        if not parsed.hostname:
-            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r} has no host")
-        # Without user info: urllib would take "user:pass@host" for the host name,
-        # and any HTTP answer (a 401 too) proves the server is there.
-        bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2], query="", fragment="")
-        url = urllib.parse.urlunparse(bare).rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - http(s) only
-                pass
-        except urllib.error.HTTPError:
-            return  # an HTTP status, even an error one, means a server answered
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            reason = getattr(reason, "strerror", None) or str(reason) or type(err).__name__
-            raise ValueError(
-                f"MLflow tracking URI {redact_uri(uri)!r} is not reachable ({reason}; "
-                f"GET {redact_uri(url)} failed within {timeout:g} s)"
-            ) from None
-        return
-    db_ports = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
-    base = scheme.split("+", 1)[0]
-    if base in db_ports:
-        if not parsed.hostname:
-            raise ValueError(f"MLflow tracking URI {redact_uri(uri)!r} has no host")
-        _check_socket(uri, parsed.hostname, parsed.port or db_ports[base], timeout)
-
-
 @contextlib.contextmanager
 def _use_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking and registry URIs at ``uri`` for a block.
@@ -350,19 +206,11 @@ def _client(uri: str) -> MlflowClient:
 
 # --------------------------------------------------------------------------- registration
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip() or "/" in name or "@" in name:
-        raise ValueError(
-            f"name must be a non-empty registered-model name without '/' or '@', got {name!r}"
-        )
-    return name
+    return check_model_name(name, field="name")
 
 
 def _check_alias(alias: object) -> str:
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or len(alias) > 255:
-        raise ValueError(f"alias must be letters, digits, '_' or '-' (at most 255), got {alias!r}")
-    if _VERSION_ALIAS_RE.match(alias):
-        raise ValueError(f"alias {alias!r} is reserved by MLflow for version numbers")
-    return alias
+    return check_alias(alias, field="alias")
 
 
 def _tag_str(value: object) -> str:
@@ -748,7 +596,7 @@ def register_network(
                 tags=version_tags,
                 model_id=info.model_id,
             )
-            if alias.lower() not in _BUILTIN_ALIASES:
+            if alias.lower() not in BUILTIN_ALIASES:
                 client.set_registered_model_alias(name, alias, version.version)
         status = "FINISHED"
     finally:
@@ -761,7 +609,7 @@ def register_network(
 
 
 # --------------------------------------------------------------------------- loading
-_MODELS_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_MODELS_URI_RE = MODELS_URI_RE
 
 
 def _model_version(uri: str, tracking_uri: str | None) -> tuple[str, ModelVersion]:

@@ -47,6 +47,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 
+from .validation import frame_replay_layout
+
 __all__ = ["FrameReplayBuffer"]
 
 _ARRAYS = ("frames", "action", "reward", "terminated", "truncated", "valid", "hist")
@@ -173,19 +175,9 @@ class FrameReplayBuffer:
 
     # ------------------------------------------------------------------ storage
     def _alloc_arrays(self) -> None:
-        n = self.num_streams * self.stream_capacity
-        shapes = {
-            # One extra all-zero frame at index n serves zero padding as a plain gather.
-            "frames": ((n + 1, *self.frame_shape), np.uint8),
-            "action": ((n,), np.int32),
-            "reward": ((n,), np.float32),
-            "terminated": ((n,), np.bool_),
-            "truncated": ((n,), np.bool_),
-            "valid": ((n,), np.bool_),
-            "hist": ((n,), np.uint8),
-        }
-        if self.stack > 256:
-            shapes["hist"] = ((n,), np.int32)
+        # The layout lives in validation.py, so the recipes size the replay
+        # against the free memory before torch or NumPy is imported.
+        shapes = frame_replay_layout(self.capacity, self.frame_shape, self.stack, self.num_streams)
         self._arrays: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in shapes.items():
             if self.scratch_dir is None:
@@ -198,7 +190,7 @@ class FrameReplayBuffer:
                     self.scratch_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
                 )
             self._arrays[name] = arr
-        self._zero_index = n
+        self._zero_index = self.num_streams * self.stream_capacity  # the all-zero frame
 
     @property
     def nbytes(self) -> int:

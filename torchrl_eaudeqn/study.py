@@ -242,36 +242,129 @@ class Cell:
         ]
 
 
+#: What a grid file may hold, at the top and per task.
+_GRID_KEYS = ("experiment", "seeds", "methods", "tasks", "overrides", "recipe")
+_TASK_KEYS = ("config", "widths", "overrides", "recipe")
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_mapping(path: pathlib.Path, where: str, value: object, allowed: Sequence[str]) -> dict:
+    """A mapping with string keys, all of them in ``allowed`` (a typo names the close key)."""
+    import difflib
+
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {where}: expected a mapping, got {_kind(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ValueError(f"{path}: {where}: key {key!r}: expected a string")
+        if allowed and key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (expected {list(allowed)})"
+            raise ValueError(f"{path}: {where}: unknown key {key!r}{hint}")
+    return value
+
+
+def _overrides(path: pathlib.Path, where: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(
+            f"{path}: {where}: expected a list of key=value strings, got {_kind(value)} {value!r}"
+        )
+    for item in value:
+        if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+            raise ValueError(f"{path}: {where}: expected key=value, got {item!r}")
+    return tuple(value)
+
+
+def _name(path: pathlib.Path, where: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{path}: {where}: expected a non-empty string, got {value!r}")
+    return value
+
+
 def load_grid(path: str | pathlib.Path) -> GridSpec:
-    """Read a grid YAML (see ``configs/study/default.yaml``).
+    """Read a grid YAML (see ``configs/study/default.yaml``), checking its whole shape.
+
+    ``experiment`` a non-empty string; ``seeds`` a list of distinct ints in
+    NumPy's range; ``methods`` a list of method names; ``tasks`` a mapping
+    of task names to ``{config, widths, overrides?, recipe?}`` with
+    ``widths`` a mapping of names to positive ints; ``overrides`` (top
+    level and per task) a list of ``key=value`` strings; every key a string.
 
     Raises:
-        ValueError: a missing or malformed section (the message names it).
+        ValueError: unreadable file, or a missing or malformed section (one
+            line naming the file and the section).
     """
+    from .config import SEED_MAX
+
     path = pathlib.Path(path)
     try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ValueError(f"--grid: cannot read {path} ({reason})") from None
+    try:
         # safe_load: a grid file is data; YAML tags that build Python objects are refused.
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not a valid YAML grid ({str(err).splitlines()[0]})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a mapping with experiment, seeds, methods and tasks, "
+            f"got {_kind(data)}"
+        )
+    _check_mapping(path, "top level", data, _GRID_KEYS)
     for key in ("experiment", "seeds", "methods", "tasks"):
         if key not in data:
             raise ValueError(f"{path}: missing '{key}'")
+    experiment = _name(path, "experiment", data["experiment"])
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f"{path}: seeds: expected a non-empty list of ints, got {seeds!r}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"{path}: seeds: expected ints in 0..{SEED_MAX}, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: seeds: a seed is listed twice ({seeds})")
+    methods = data["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"{path}: methods: expected a non-empty list, got {methods!r}")
+    default_kind = data.get("recipe", "control")
     tasks = {}
-    for name, t in data["tasks"].items():
-        if "config" not in t or "widths" not in t:
+    for name, t in _check_mapping(path, "tasks", data["tasks"], ()).items():
+        where = f"tasks: {name!r}"
+        _name(path, "tasks", name)
+        if not isinstance(t, dict) or "config" not in t or "widths" not in t:
             raise ValueError(f"{path}: task {name!r} needs 'config' and 'widths'")
-        config = pathlib.Path(t["config"])
+        _check_mapping(path, where, t, _TASK_KEYS)
+        config = pathlib.Path(_name(path, f"{where}: config", t["config"]))
         if not config.is_absolute() and not config.exists():
             config = path.parent / config
-        widths = {str(k): int(v) for k, v in t["widths"].items()}
-        kind = str(t.get("recipe", data.get("recipe", "control")))
-        if kind not in RECIPES:
+        widths = _check_mapping(path, f"{where}: widths", t["widths"], ())
+        if not widths:
+            raise ValueError(f"{path}: {where}: widths: expected at least one name: width")
+        for wname, width in widths.items():
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise ValueError(
+                    f"{path}: {where}: widths: {wname!r}: expected an int >= 1, got {width!r}"
+                )
+        kind = t.get("recipe", default_kind)
+        if not isinstance(kind, str) or kind not in RECIPES:
             raise ValueError(
                 f"{path}: task {name!r}: recipe {kind!r} is not one of {list(RECIPES)}"
             )
-        tasks[str(name)] = TaskSpec(str(config), widths, tuple(t.get("overrides", ())), kind)
-    methods = tuple(data["methods"])
+        overrides = _overrides(path, f"{where}: overrides", t.get("overrides"))
+        tasks[name] = TaskSpec(str(config), dict(widths), overrides, kind)
+    if not tasks:
+        raise ValueError(f"{path}: tasks: expected at least one task")
+    methods = tuple(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"{path}: unknown methods {bad} (expected {METHODS})")
@@ -283,11 +376,11 @@ def load_grid(path: str | pathlib.Path) -> GridSpec:
                 f"{t.recipe!r} (expected {list(RECIPE_METHODS[t.recipe])})"
             )
     return GridSpec(
-        str(data["experiment"]),
-        tuple(int(s) for s in data["seeds"]),
+        experiment,
+        tuple(seeds),
         methods,
         tasks,
-        tuple(data.get("overrides", ())),
+        _overrides(path, "overrides", data.get("overrides")),
     )
 
 
@@ -308,11 +401,19 @@ def expand_grid(
         ValueError: an unknown task, or a method its task's recipe does not have.
     """
     seeds = spec.seeds if seeds is None else tuple(seeds)
+    unknown_seeds = [s for s in seeds if s not in spec.seeds]
+    if unknown_seeds:
+        raise ValueError(f"seeds: {unknown_seeds} are not seeds of the grid {list(spec.seeds)}")
     task_names = list(spec.tasks) if tasks is None else list(tasks)
     unknown = [t for t in task_names if t not in spec.tasks]
     if unknown:
         raise ValueError(f"unknown tasks {unknown} (grid has {list(spec.tasks)})")
     methods = spec.methods if methods is None else tuple(methods)
+    if widths is not None:
+        names = {w for t in task_names for w in spec.tasks[t].widths}
+        unknown = [w for w in widths if w not in names]
+        if unknown:
+            raise ValueError(f"widths: {unknown} are not width names of the grid {sorted(names)}")
     cells = []
     for seed in seeds:
         for task in task_names:
@@ -331,6 +432,9 @@ def expand_grid(
                     cells.append(
                         Cell(task, method, wname, width, seed, t.config, overrides, t.recipe)
                     )
+    unknown = [m for m in methods if m not in spec.methods]
+    if unknown:
+        raise ValueError(f"methods: {unknown} are not methods of the grid {list(spec.methods)}")
     return cells
 
 
