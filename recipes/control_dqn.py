@@ -22,9 +22,12 @@ os.environ.setdefault("RL_WARNINGS", "False")
 import torch  # noqa: E402
 
 from torchrl_eaudeqn import recipe  # noqa: E402
+from torchrl_eaudeqn.console import Registered, network_sparsity  # noqa: E402
 from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule, make_task_env  # noqa: E402
 from torchrl_eaudeqn.lightning import MLflowMetrics, TargetSelectionCallback  # noqa: E402
 from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # noqa: E402
+
+METHODS = {"eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN", "dqn": "DQN"}
 
 PLOT = [
     recipe.PlotPanel(
@@ -65,13 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return [TargetSelectionCallback(module.updater, on_update=on_update)]
 
-    def register(module: ControlDQNModule, result: dict, run_id: str) -> str:
+    def register(module: ControlDQNModule, result: dict, run_id: str) -> Registered:
         net = module.actor.member_network(0).cpu()
         tags = network_sparsity_tags(net)
-        summary = (
-            f"eval return {result['eval/return_mean']:.2f}, "
-            f"sparsity {tags['sparsity_prunable']:.4f}"
-        )
+        sparsity = (network_sparsity(net),)
         # The study reads these from the run's tags; the registry is optional (it costs
         # seconds). Tags, not only metrics: a metric at an already-flushed step can be
         # dropped by the resume-safe metric buffer.
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         client.set_tag(run_id, "final_sparsity", f"{tags['sparsity_prunable']:.6f}")
         client.set_tag(run_id, "final_eval_return", f"{result['eval/return_mean']:.6f}")
         if not cfg.register:
-            return summary
+            return Registered(None, sparsity, note="not registered (register=false)")
         obs = module.env_fn(seed=0, eval=True).observation_spec["observation"].shape
         version = register_network(
             net,
@@ -97,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             tracking_uri=cfg.tracking_uri,
             run_id=run_id,
         )
-        ref = f"models:/{cfg.model_name}@{cfg.register_alias}"
-        return f"{summary}, registered {ref} (v{version.version})"
+        # evaluate.py plays Atari Q-networks and SAC actors, not these small tasks.
+        return Registered(
+            f"models:/{version.name}/{version.version}",
+            sparsity,
+            None,
+            alias=cfg.register_alias,
+            evaluate_note="load it with torchrl_eaudeqn.registry.load_registered",
+        )
 
     return recipe.run_recipe(
         cfg,
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=PLOT,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
+        title=f"{METHODS[cfg.method]} on {cfg.task}",
     )
 
 

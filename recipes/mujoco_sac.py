@@ -24,6 +24,12 @@ import torch  # noqa: E402
 
 from torchrl_eaudeqn import recipe  # noqa: E402
 from torchrl_eaudeqn.config import SACConfig  # noqa: E402
+from torchrl_eaudeqn.console import (  # noqa: E402
+    Registered,
+    SparsityReport,
+    layer_labels,
+    network_sparsity,
+)
 from torchrl_eaudeqn.envs import make_continuous_env, resolve_continuous_env  # noqa: E402
 from torchrl_eaudeqn.lightning import (  # noqa: E402
     MLflowMetrics,
@@ -34,6 +40,8 @@ from torchrl_eaudeqn.registry import network_sparsity_tags, register_network  # 
 
 #: Registry kind of a deterministic SAC actor (obs float32 [B, obs_dim] -> action [B, act_dim]).
 KIND = "sac_actor"
+
+METHODS = {"eaudesac": "EauDeSAC", "polyprune": "PolyPruneSAC", "sac": "SAC"}
 
 PLOT = [
     recipe.PlotPanel(
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return [TargetSelectionCallback(module.updater, on_update=on_update)]
 
-    def register(module: SACLightningModule, result: dict, run_id: str) -> str:
+    def register(module: SACLightningModule, result: dict, run_id: str) -> Registered:
         # The selected actor member (member 0 after a selection: the winner's
         # copy that kept training), deterministic: obs -> scaled tanh(mean).
         policy = module.acting_policy().cpu()
@@ -126,11 +134,23 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.register_format in ("compact", "both"):
             suffix = "-compact" if cfg.register_format == "both" else ""
             version = register_network(policy, name=cfg.model_name + suffix, compact=True, **common)
-        return (
-            f"eval return {result['eval/return_mean']:.1f}, "
-            f"actor sparsity {float(version.tags['sparsity_prunable']):.4f}, "
-            f"critic sparsity {tags['critic_sparsity_prunable']:.4f}, "
-            f"registered models:/{cfg.model_name}@{cfg.register_alias} (v{version.version})"
+        names = list(critic["per_layer"])
+        critic_report = SparsityReport(
+            "critic",
+            tags["critic_sparsity_prunable"],
+            tags["critic_sparsity_overall"],
+            tuple(
+                (label, float(critic["per_layer"][n][k]))
+                for label, n in zip(layer_labels(names), names, strict=True)
+            ),
+        )
+        play = ("--env", cfg.env, "--episodes", str(cfg.eval_episodes),
+                "--max-steps", str(cfg.eval_max_steps))  # fmt: skip
+        return Registered(
+            f"models:/{version.name}/{version.version}",
+            (network_sparsity(policy, "actor"), critic_report),
+            play,
+            alias=cfg.register_alias,
         )
 
     return recipe.run_recipe(
@@ -142,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=PLOT,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
+        title=f"{METHODS[cfg.method]} on {cfg.env}",
     )
 
 

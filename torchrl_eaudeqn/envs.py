@@ -45,6 +45,8 @@ from torchrl.envs import (
     UnsqueezeTransform,
 )
 
+from .console import mujoco_compiler_warnings_silenced
+
 __all__ = [
     "SCORE_REWARD_KEY",
     "action_space_kind",
@@ -548,7 +550,8 @@ def action_space_kind(env_id: str) -> str:
         return "discrete"
     if not isinstance(env_id, str) or env_id not in gym.registry:
         raise ValueError(f"unknown Gymnasium env id {env_id!r}")
-    probe = gym.make(env_id)
+    with mujoco_compiler_warnings_silenced():  # Gymnasium's own MuJoCo model files
+        probe = gym.make(env_id)
     try:
         space = probe.action_space
     finally:
@@ -614,7 +617,8 @@ def resolve_continuous_env(env_id: str) -> str:
 
 def _continuous_base(env_id: str, max_episode_steps: int | None, device: torch.device) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return GymEnv(env_id, device=device, **kwargs)
+    with mujoco_compiler_warnings_silenced():  # Gymnasium's own MuJoCo model files
+        return GymEnv(env_id, device=device, **kwargs)
 
 
 def make_continuous_env(

@@ -50,6 +50,7 @@ from .checkpointing import (
     verify_dir,
 )
 from .config import ConfigError, config_diff, load_config
+from .console import Registered, format_summary, gather_summary, known_noise_silenced
 from .credentials import ENV_PREFIX, hide_run_urls, redact_text, redacted_config, resolve_env_uri
 from .registry import check_tracking_uri
 from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
@@ -338,7 +339,9 @@ def training_score_summary(client: Any, run_id: str, key: str, env_steps: int) -
     }
 
 
-def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
+def make_trainer(
+    cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path, description: str = "training"
+) -> Any:
     """A Lightning ``Trainer`` for an online module: safe checkpoints, progress bar, no validation.
 
     Checkpoints (``ckpt_dir/step<env steps>.ckpt``, atomic and checksummed by
@@ -347,10 +350,13 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
     steps, at the end, on an exception and on ``SIGINT``/``SIGTERM``
     (:class:`~torchrl_eaudeqn.reliability.GracefulStop`); a NaN/Inf gradient
     stops training before the optimizer step
-    (:class:`~torchrl_eaudeqn.reliability.NonFiniteGuard`).
+    (:class:`~torchrl_eaudeqn.reliability.NonFiniteGuard`). The progress bar
+    (:class:`~torchrl_eaudeqn.lightning.EnvStepProgressBar`, ``description``
+    before it) counts env steps of the budget.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from .lightning import EnvStepProgressBar
 
     callbacks = [
         *callbacks,
@@ -359,7 +365,7 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
         GracefulStop(),
     ]
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=50))
+        callbacks.append(EnvStepProgressBar(description, refresh_rate=50))
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[cfg.device]
     return L.Trainer(
         max_epochs=-1,  # the module stops on its env-step budget
@@ -378,16 +384,18 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
     )
 
 
+@known_noise_silenced()  # the known-harmless lines of the run's own calls, not a user's
 def run_recipe(
     cfg: Any,
     resume: str | None,
     *,
     build_module: Callable[[Any], Any],
     build_callbacks: Callable[[Any], list[Any]],
-    register: Callable[[Any, dict[str, float], str], str],
+    register: Callable[[Any, dict[str, float], str], Registered],
     plot_panels: Sequence[PlotPanel],
     run_tags: Mapping[str, str] | None = None,
     plot_name: str = "plot.png",
+    title: str | None = None,
 ) -> int:
     """Resume checks, MLflow run, fit, last checkpoint, final evaluation, plot, registration.
 
@@ -398,11 +406,21 @@ def run_recipe(
             :class:`~torchrl_eaudeqn.lightning.MLflowMetrics` of the run).
         build_callbacks: ``fn(module) -> [callback, ...]`` (the updater
             callback); checkpointing and the progress bar are added here.
-        register: ``fn(module, final_eval, run_id) -> summary line``: registers
-            the trained network; the line is printed after ``done:``.
+        register: ``fn(module, final_eval, run_id) ->``
+            :class:`~torchrl_eaudeqn.console.Registered`: registers the trained
+            network and says where it is and how sparse it is.
         plot_panels: what :func:`plot_run` draws.
         run_tags: tags of a new MLflow run.
         plot_name: the PNG artifact's file name.
+        title: the summary's headline (``"EauDeQN on RoadRunner"``; default:
+            the method and the run key); the progress bar shows it too.
+
+    When done it prints one summary block on stdout
+    (:func:`~torchrl_eaudeqn.console.format_summary`): env steps, wall time
+    and steps/s; the final agent's evaluation against the random policy's,
+    with the verdict; the evaluation history; sparsity overall and per layer;
+    target updates won by a pruned member; the registered model with a
+    ``recipes/evaluate.py`` command; the plot; how to open the run in the MLflow UI.
 
     Returns:
         0 on success; 2 on a user error (bad resume, a checkpoint that cannot be
@@ -416,6 +434,8 @@ def run_recipe(
 
     from .lightning import MLflowMetrics, MLflowUnavailable
 
+    started = time.perf_counter()
+    title = title or f"{cfg.method} {cfg.run_key}"
     run_id = None
     ckpt = None
     if resume:
@@ -450,10 +470,12 @@ def run_recipe(
         module = build_module(metrics)
         if ckpt is not None and replay_dir(ckpt).is_dir():
             module.load_replay(replay_dir(ckpt), verify=False)  # check_replay verified it
-        trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir)
+        trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir, description=title)
         stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+        fit_started = time.perf_counter()
         try:
             trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+            train_s = time.perf_counter() - fit_started
         except NonFiniteError as err:
             return stopped(f"error: {err}", 1, "FAILED")
         except MLflowUnavailable as err:
@@ -481,7 +503,21 @@ def run_recipe(
             with tempfile.TemporaryDirectory() as tmp:
                 png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
                 client.log_artifact(run_id, str(png))
-            summary = register(module, result, run_id)
+            registered = register(module, result, run_id)
+            summary = gather_summary(
+                client=client,
+                run_id=run_id,
+                module=module,
+                cfg=cfg,
+                final=result,
+                registered=registered,
+                training=learned,
+                title=title,
+                plot_name=plot_name,
+                wall_s=time.perf_counter() - started,
+                train_s=train_s,
+                start_steps=module.start_steps,
+            )
         except (MLflowUnavailable, MlflowException, OSError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             return stopped(
@@ -492,11 +528,7 @@ def run_recipe(
                 "FAILED",
             )
         status = "FINISHED"
-        print(
-            f"done: {module.env_steps} env steps, {summary}, training "
-            f"{module.episode_metric.replace('_', ' ')} first/last tenth of the steps "
-            f"{learned['first_tenth']:.1f} -> {learned['last_tenth']:.1f}, run {run_id}"
-        )
+        print(format_summary(summary), flush=True)
         return 0
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
