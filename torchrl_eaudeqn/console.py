@@ -651,8 +651,10 @@ def gather_summary(
 KNOWN_WARNINGS = (
     # Lightning: the module's env-step stream has a __len__ (the budget) and one worker.
     r"Your `IterableDataset` has `__len__` defined",
-    # Lightning 2.6 on torch >= 2.10: its own pytree helper uses a deprecated class.
+    # Lightning's own pytree helper, with a class this torch deprecates.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Lightning on --resume: the stream restarts from the module's env steps by design.
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
 #: Log lines dropped while the project's calls run: ``logger name -> message prefixes``.
 KNOWN_LOG_LINES = {

@@ -169,7 +169,13 @@ class EnvStepProgressBar(TQDMProgressBar):
     Example:
         >>> EnvStepProgressBar.format_postfix(
         ...     {"score": 1520.0, "sparsity": 0.7581, "member": 2.0}, last_eval=float("nan"))
-        {'score': '1,520', 'eval': '-', 'sparsity': '75.8%', 'member': '2'}
+        'score 1,520 | eval - | 75.8% sparse, member 2'
+        >>> EnvStepProgressBar.format_postfix({"return": -36.2, "sparsity_actor": 0.3,
+        ...     "sparsity_critic": 0.0, "member_actor": 2.0, "member_critic": 0.0}, 757.5)
+        'return -36.2 | eval 758 | actor 30.0% sparse, member 2 | critic 0.0% sparse, member 0'
+
+    A run shows ``EauDeQN on RoadRunner:  34%|███▍ | 17.0k/50.0k [01:52<03:38,
+    152 steps/s, score 900 | eval 940 | 75.8% sparse, member 2]``.
     """
 
     def __init__(self, description: str = "training", refresh_rate: int = 50) -> None:
@@ -177,21 +183,25 @@ class EnvStepProgressBar(TQDMProgressBar):
         self.description = description
 
     @staticmethod
-    def format_postfix(progress: dict[str, float], last_eval: float) -> dict[str, str]:
-        """The postfix entries: the episode score first, then the evaluation, then the rest."""
+    def format_postfix(progress: dict[str, float], last_eval: float) -> str:
+        """The postfix: last episode score, last evaluation, then sparsity and member per network.
+
+        ``progress``'s first entry is the episode score; ``sparsity`` /
+        ``member`` (or ``sparsity_<network>`` / ``member_<network>``) the rest.
+        """
         items = list(progress.items())
-        out = dict(items[:1])
-        out["eval"] = last_eval
-        out.update(items[1:])
-        text = {}
-        for key, value in out.items():
-            if key.startswith("sparsity"):
-                text[key] = human_percent(value)
-            elif key.startswith("member"):
-                text[key] = f"{value:.0f}" if math.isfinite(value) else "-"
-            else:
-                text[key] = human_value(value)
-        return text
+        parts = [f"{k} {human_value(v)}" for k, v in items[:1]]
+        parts.append(f"eval {human_value(last_eval)}")
+        networks: dict[str, dict[str, float]] = {}
+        for key, value in items[1:]:
+            what, _, network = key.partition("_")
+            networks.setdefault(network, {})[what] = value
+        for network, values in networks.items():
+            text = [f"{human_percent(values['sparsity'])} sparse"] if "sparsity" in values else []
+            if "member" in values and math.isfinite(values["member"]):
+                text.append(f"member {values['member']:.0f}")
+            parts.append(f"{network} " * bool(network) + ", ".join(text))
+        return " | ".join(parts)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._budget = (int(pl_module.cfg.env_steps), int(pl_module.env_steps))
@@ -219,7 +229,7 @@ class EnvStepProgressBar(TQDMProgressBar):
         if bar.disable:
             return
         if postfix:
-            bar.set_postfix(self.get_metrics(None, pl_module), refresh=False)
+            bar.set_postfix_str(self.postfix(pl_module), refresh=False)
         bar.n = int(pl_module.env_steps)
         bar.refresh()
 
@@ -242,10 +252,15 @@ class EnvStepProgressBar(TQDMProgressBar):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._show(pl_module)
 
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
+    def postfix(self, pl_module: Any) -> str:
+        """:meth:`format_postfix` of the module's latest progress and evaluation."""
         key = f"eval/{pl_module.EVAL_NAME}_mean"
         evals = [r[key] for r in pl_module.eval_results if key in r]
         return self.format_postfix(dict(pl_module.progress), evals[-1] if evals else float("nan"))
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
+        # Lightning's own hooks would set these as the postfix; this bar writes postfix().
+        return {}
 
 
 def build_updater(
