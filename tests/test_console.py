@@ -245,3 +245,17 @@ def test_mujoco_deprecation_is_silenced_for_the_projects_envs_only(capfd):
     gym.make("HalfCheetah-v5").close()  # a user's own env: MuJoCo's warning as usual
     assert "settotalmass" in capfd.readouterr().err
     assert mujoco.get_mju_user_warning() is None
+
+
+def test_locations_are_absolute_and_carry_no_credentials(tmp_path, monkeypatch):
+    from torchrl_eaudeqn.console import evaluate_command, local_artifact_path, ui_hint
+
+    monkeypatch.chdir(tmp_path)
+    cmd = evaluate_command("models:/m/3", "sqlite:///mlflow.db", ["--game", "Pong"])
+    assert shlex.split(cmd)[-2:] == ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    secret = "http://alice:s3cret@mlflow.example:5000"
+    artifact = local_artifact_path("https://alice:s3cret@store/1/ab/artifacts", "p.png")
+    for text in (evaluate_command("models:/m/3", secret, []), ui_hint(secret, "1", "ab"), artifact):
+        assert "s3cret" not in text and "alice" not in text and "***" in text, text
+    assert ui_hint(secret, "1", "ab") == "http://***@mlflow.example:5000/#/experiments/1/runs/ab"
+    assert str(EvalStats.from_population(900.0, 0.0, 1)) == "900 (1 episode)"

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .credentials import redact_uri
+from .credentials import has_credentials, redact_uri
 
 __all__ = [
     "EvalStats",
@@ -144,9 +144,8 @@ class EvalStats:
 
     def __str__(self) -> str:
         plural = "" if self.episodes == 1 else "s"
-        return (
-            f"{human_value(self.mean)} +- {human_value(self.std)} ({self.episodes} episode{plural})"
-        )
+        spread = f" +- {human_value(self.std)}" if math.isfinite(self.std) else ""
+        return f"{human_value(self.mean)}{spread} ({self.episodes} episode{plural})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,7 +541,10 @@ def evaluate_command(model_uri: str, tracking_uri: str, args: Sequence[str]) -> 
     """A ready-to-paste ``recipes/evaluate.py`` command for a registered model."""
     parts = [_venv_tool("python"), _evaluate_script(), "--model", model_uri, *args]
     parts += ["--tracking-uri", redact_uri(absolute_tracking_uri(tracking_uri))]
-    return shlex.join(parts)
+    cmd = shlex.join(parts)
+    if has_credentials(tracking_uri):  # never printed: say how to give them instead
+        cmd += "  # *** = your credentials: MLFLOW_TRACKING_USERNAME/_PASSWORD or env:NAME"
+    return cmd
 
 
 def ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
