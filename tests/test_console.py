@@ -182,7 +182,7 @@ def test_progress_bar_counts_env_steps_of_the_budget_and_resumes(tmp_path, capsy
 
     tq, shown = fit(cfg)
     assert (tq.total, tq.initial, tq.n, tq.unit, tq.unit_scale) == (1000, 0, 1000, " steps", True)
-    assert shown[0].startswith("CartPole:   0%|") and "/1.00k [" in shown[0]
+    assert shown[0].startswith("CartPole:   0%|") and "| 0/1.00k [" in shown[0]
     # e.g. "CartPole: 100%|███| 1.00k/1.00k [00:09<00:00, 130 steps/s, return 21
     #       | eval 9 | 19.0% sparse, member 1]"
     num = r"-?[\d.,]+k?"

@@ -55,7 +55,7 @@ from torchrl.modules import EGreedyModule
 from .checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
 from .config import AtariConfig, SACConfig
-from .console import human_percent, human_value
+from .console import human_count, human_percent, human_value
 from .credentials import redact_text, redacted_config
 from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
@@ -151,6 +151,17 @@ class TargetSelectionCallback(L.Callback):
         self.updater.load_state_dict(state_dict)
 
 
+class _EnvStepTqdm(Tqdm):
+    """Lightning's tqdm writing env steps with :func:`~torchrl_eaudeqn.console.human_count`."""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        d = super().format_dict
+        d["steps"] = human_count(d["n"])
+        d["budget"] = human_count(d["total"]) if d["total"] else "?"
+        return d
+
+
 class EnvStepProgressBar(TQDMProgressBar):
     """Lightning's tqdm progress bar, counting the env steps of an :class:`OnlineRLModule`.
 
@@ -177,6 +188,8 @@ class EnvStepProgressBar(TQDMProgressBar):
     A run shows ``EauDeQN on RoadRunner:  34%|███▍ | 17.0k/50.0k [01:52<03:38,
     152 steps/s, score 900 | eval 940 | 75.8% sparse, member 2]``.
     """
+
+    BAR_FORMAT = "{l_bar}{bar}| {steps}/{budget} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
 
     def __init__(self, description: str = "training", refresh_rate: int = 50) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=False)
@@ -209,7 +222,7 @@ class EnvStepProgressBar(TQDMProgressBar):
 
     def init_train_tqdm(self) -> Tqdm:
         total, initial = getattr(self, "_budget", (None, 0))
-        return Tqdm(
+        return _EnvStepTqdm(
             desc=self.description,
             total=total,
             initial=initial,
@@ -240,7 +253,7 @@ class EnvStepProgressBar(TQDMProgressBar):
         bar.reset(total=int(pl_module.cfg.env_steps))
         bar.initial = bar.n = bar.last_print_n = int(pl_module.env_steps)
         bar.set_description(self.description, refresh=False)
-        self._show(pl_module, postfix=bool(pl_module.progress))
+        self._show(pl_module)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -587,7 +600,7 @@ class OnlineRLModule(L.LightningModule):
         self._envs: dict[str, EnvBase] = {}
         self.eval_results: list[dict[str, float]] = []
         #: What the progress bar shows beside the env steps (see :meth:`_log_metrics`).
-        self.progress: dict[str, float] = {}
+        self.progress: dict[str, float] = {self.progress_return_name: float("nan")}
         #: Env steps when this fit started (the resumed step after a resume).
         self.start_steps = 0
 

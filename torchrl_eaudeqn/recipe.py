@@ -14,8 +14,9 @@ to register, and hands the rest to :func:`run_recipe`:
 4. Lightning ``fit`` with the updater callback and crash-safe checkpoints
    (``step<env steps>.ckpt``, every ``checkpoint_every`` env steps, at the
    end, on an exception or a signal; :func:`make_trainer`);
-5. final evaluation, :func:`plot_run` (a PNG artifact), registration;
-   the MLflow run is marked FINISHED, FAILED or KILLED whatever happens.
+5. final evaluation, :func:`plot_run` (a PNG artifact), registration, and
+   one summary block on stdout (:mod:`torchrl_eaudeqn.console`); the MLflow
+   run is marked FINISHED, FAILED or KILLED whatever happens.
 
 Example:
     >>> from torchrl_eaudeqn.config import AtariConfig
