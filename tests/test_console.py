@@ -91,7 +91,8 @@ def test_summary_block_fields_match_what_mlflow_logged(tmp_path, capsys, monkeyp
         "learning_starts=64", "target_period=32", "buffer_size=1000", "batch_size=8",
         "eval_every=80", "eval_episodes=2", "eval_max_steps=40", "checkpoint_every=80",
         "log_every=40", f"tracking_uri={store}", f"checkpoint_dir={tmp_path}/ckpt",
-        "progress_bar=false", "register_name=summary-breakout", "threads=2",
+        "progress_bar=false", "register_name=summary-breakout", "register_format=dense",
+        "threads=2",
     ]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     out = capsys.readouterr().out.splitlines()
