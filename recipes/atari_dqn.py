@@ -21,6 +21,8 @@ os.environ.setdefault("RL_WARNINGS", "False")
 from torchrl_eaudeqn.config import AtariConfig  # noqa: E402
 from torchrl_eaudeqn.validation import check_atari, parse_args  # noqa: E402
 
+METHODS = {"eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN", "dqn": "DQN"}
+
 
 def main(argv: list[str] | None = None) -> int:
     # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.console import Registered, network_sparsity
     from torchrl_eaudeqn.envs import make_atari_env
     from torchrl_eaudeqn.lightning import (
         DQNLightningModule,
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return [TargetSelectionCallback(module.updater, on_update=on_update)]
 
-    def register(module: DQNLightningModule, result: dict, run_id: str) -> str:
+    def register(module: DQNLightningModule, result: dict, run_id: str) -> Registered:
         # The acting member: the copy of the last selected network that kept training.
         net = module.actor.member_network(0).cpu()
         tags = {
@@ -105,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.register_format in ("compact", "both"):
             suffix = "-compact" if cfg.register_format == "both" else ""
             version = register_network(net, name=cfg.model_name + suffix, compact=True, **common)
-        return (
-            f"eval score {result['eval/score_mean']:.2f}, "
-            f"sparsity {tags['sparsity_prunable']:.4f}, "
-            f"registered models:/{cfg.model_name}@{cfg.register_alias} (v{version.version})"
+        # The summary's evaluate command plays it as the recipe evaluated it.
+        play = ("--game", cfg.game, "--episodes", str(cfg.eval_episodes), "--epsilon",
+                f"{cfg.eval_epsilon:g}", "--max-steps", str(cfg.eval_max_steps))  # fmt: skip
+        return Registered(
+            f"models:/{version.name}/{version.version}",
+            (network_sparsity(net),),
+            play,
+            alias=cfg.register_alias,
         )
 
     return recipe.run_recipe(
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="score_sparsity.png",
+        title=f"{METHODS[cfg.method]} on {cfg.game}",
     )
 
 

@@ -22,6 +22,8 @@ os.environ.setdefault("RL_WARNINGS", "False")
 from torchrl_eaudeqn.config import ControlConfig  # noqa: E402
 from torchrl_eaudeqn.validation import check_control, parse_args  # noqa: E402
 
+METHODS = {"eaudeqn": "EauDeQN", "polyprune": "PolyPruneQN", "dqn": "DQN"}
+
 
 def main(argv: list[str] | None = None) -> int:
     # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.console import Registered, network_sparsity
     from torchrl_eaudeqn.control import ControlDQNModule
     from torchrl_eaudeqn.lightning import MLflowMetrics, TargetSelectionCallback
     from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
@@ -63,13 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return [TargetSelectionCallback(module.updater, on_update=on_update)]
 
-    def register(module: ControlDQNModule, result: dict, run_id: str) -> str:
+    def register(module: ControlDQNModule, result: dict, run_id: str) -> Registered:
         net = module.actor.member_network(0).cpu()
         tags = network_sparsity_tags(net)
-        summary = (
-            f"eval return {result['eval/return_mean']:.2f}, "
-            f"sparsity {tags['sparsity_prunable']:.4f}"
-        )
+        sparsity = (network_sparsity(net),)
         # The study reads these from the run's tags; the registry is optional (it costs
         # seconds). Tags, not only metrics: a metric at an already-flushed step can be
         # dropped by the resume-safe metric buffer.
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         client.set_tag(run_id, "final_sparsity", f"{tags['sparsity_prunable']:.6f}")
         client.set_tag(run_id, "final_eval_return", f"{result['eval/return_mean']:.6f}")
         if not cfg.register:
-            return summary
+            return Registered(None, sparsity, note="not registered (register=false)")
         obs = module.env_fn(seed=0, eval=True).observation_spec["observation"].shape
         version = register_network(
             net,
@@ -95,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             tracking_uri=cfg.tracking_uri,
             run_id=run_id,
         )
-        ref = f"models:/{cfg.model_name}@{cfg.register_alias}"
-        return f"{summary}, registered {ref} (v{version.version})"
+        # evaluate.py plays Atari Q-networks and SAC actors, not these small tasks.
+        return Registered(
+            f"models:/{version.name}/{version.version}",
+            sparsity,
+            None,
+            alias=cfg.register_alias,
+            evaluate_note="load it with torchrl_eaudeqn.registry.load_registered",
+        )
 
     return recipe.run_recipe(
         cfg,
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
+        title=f"{METHODS[cfg.method]} on {cfg.task}",
     )
 
 

@@ -26,6 +26,8 @@ from torchrl_eaudeqn.validation import check_sac, parse_args  # noqa: E402
 #: Registry kind of a deterministic SAC actor (obs float32 [B, obs_dim] -> action [B, act_dim]).
 KIND = "sac_actor"
 
+METHODS = {"eaudesac": "EauDeSAC", "polyprune": "PolyPruneSAC", "sac": "SAC"}
+
 
 def main(argv: list[str] | None = None) -> int:
     # Every check first (one line, exit 2): torch, TorchRL and Lightning load after it.
@@ -39,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from torchrl_eaudeqn import recipe
+    from torchrl_eaudeqn.console import (
+        Registered,
+        SparsityReport,
+        layer_labels,
+        network_sparsity,
+    )
     from torchrl_eaudeqn.envs import make_continuous_env
     from torchrl_eaudeqn.lightning import (
         MLflowMetrics,
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return [TargetSelectionCallback(module.updater, on_update=on_update)]
 
-    def register(module: SACLightningModule, result: dict, run_id: str) -> str:
+    def register(module: SACLightningModule, result: dict, run_id: str) -> Registered:
         # The selected actor member (member 0 after a selection: the winner's
         # copy that kept training), deterministic: obs -> scaled tanh(mean).
         policy = module.acting_policy().cpu()
@@ -124,11 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.register_format in ("compact", "both"):
             suffix = "-compact" if cfg.register_format == "both" else ""
             version = register_network(policy, name=cfg.model_name + suffix, compact=True, **common)
-        return (
-            f"eval return {result['eval/return_mean']:.1f}, "
-            f"actor sparsity {float(version.tags['sparsity_prunable']):.4f}, "
-            f"critic sparsity {tags['critic_sparsity_prunable']:.4f}, "
-            f"registered models:/{cfg.model_name}@{cfg.register_alias} (v{version.version})"
+        names = list(critic["per_layer"])
+        critic_report = SparsityReport(
+            "critic",
+            tags["critic_sparsity_prunable"],
+            tags["critic_sparsity_overall"],
+            tuple(
+                (label, float(critic["per_layer"][n][k]))
+                for label, n in zip(layer_labels(names), names, strict=True)
+            ),
+        )
+        play = ("--env", cfg.env, "--episodes", str(cfg.eval_episodes),
+                "--max-steps", str(cfg.eval_max_steps))  # fmt: skip
+        return Registered(
+            f"models:/{version.name}/{version.version}",
+            (network_sparsity(policy, "actor"), critic_report),
+            play,
+            alias=cfg.register_alias,
         )
 
     return recipe.run_recipe(
@@ -140,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
+        title=f"{METHODS[cfg.method]} on {cfg.env}",
     )
 
 

@@ -129,6 +129,13 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
 
     first = _run(_tiny(tmp_path, 300), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    # MuJoCo's deprecation (printed per env built), TorchRL's storage line, Lightning's tip.
+    for noise in ("settotalmass", "Initialized LazyTensorStorage", "💡 Tip", "IterableDataset"):
+        assert noise not in first.stdout + first.stderr, noise
+    block = first.stdout[first.stdout.index("== EauDeSAC on HalfCheetah-v5: done ==") :]
+    assert "\nsparsity          actor " in block and "\n                  critic " in block
+    assert "\nactor selections  5, won by a pruned member " in block
+    assert "\ncritic selections 5, won by a pruned member " in block
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("eaudeqn-mujoco").experiment_id])
     assert len(runs) == 1

@@ -139,7 +139,7 @@ def test_own_control_checkpoint_loads_weights_only_and_resumes(tmp_path, capsys,
     assert state["eaudeqn"]["env_steps"] == 120
     # The resume goes through AtomicCheckpointIO.load_checkpoint (weights_only forced).
     assert control_main([*args[:-2], "env_steps=180", *args[-2:], "--resume", "last"]) == 0
-    assert "done: 180 env steps" in capsys.readouterr().out
+    assert "\nenv steps         180 (60 after resuming at 120) in " in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- replay directories
@@ -672,5 +672,5 @@ def test_checkpoint_replay_is_sealed_and_resumes(tmp_path, kind):
     assert (replay / data_file).is_file() and not list(ckpt_dir.glob(".*tmp-*"))
     second = run("env_steps=300", "--resume", "last")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "done: 300 env steps" in second.stdout
+    assert "\nenv steps         300 (100 after resuming at 200) in " in second.stdout
     verify_dir(ckpt_dir / "step000000000300.replay")

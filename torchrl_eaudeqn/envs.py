@@ -43,6 +43,7 @@ from torchrl.envs import (
     UnsqueezeTransform,
 )
 
+from .console import mujoco_compiler_warnings_silenced
 from .tasks import (  # gymnasium-level checks, importable without torch
     _check_control_id,
     _resolve_game,
@@ -443,7 +444,8 @@ def make_control_env(
 # --------------------------------------------------------------------------- continuous
 def _continuous_base(env_id: str, max_episode_steps: int | None, device: torch.device) -> EnvBase:
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return GymEnv(env_id, device=device, **kwargs)
+    with mujoco_compiler_warnings_silenced():  # Gymnasium's own MuJoCo model files
+        return GymEnv(env_id, device=device, **kwargs)
 
 
 def make_continuous_env(

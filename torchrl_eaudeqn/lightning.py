@@ -23,6 +23,7 @@
   :class:`~torchrl_eaudeqn.EauDeSACLoss`, one gradient step per
   ``train_freq`` env steps, evaluation with the deterministic selected actor.
 * :class:`MLflowMetrics`: buffered metric logging keyed by env step.
+* :class:`EnvStepProgressBar`: Lightning's tqdm bar counting env steps of the budget.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torch.utils.data import DataLoader, IterableDataset
@@ -52,6 +55,7 @@ from torchrl.modules import EGreedyModule
 from .checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
 from .collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
 from .config import EVAL_SEED_OFFSET, AtariConfig, SACConfig
+from .console import human_count, human_percent, human_value
 from .credentials import redact_text, redacted_config
 from .envs import make_atari_gym_env
 from .modules import MaskedEnsembleQValueActor, nature_cnn
@@ -71,6 +75,7 @@ __all__ = [
     "FLUSHED_TAG",
     "DQNLightningModule",
     "EnsembleDQNModule",
+    "EnvStepProgressBar",
     "MLflowMetrics",
     "MLflowUnavailable",
     "OnlineRLModule",
@@ -144,6 +149,131 @@ class TargetSelectionCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.updater.load_state_dict(state_dict)
+
+
+class _EnvStepTqdm(Tqdm):
+    """Lightning's tqdm writing env steps with :func:`~torchrl_eaudeqn.console.human_count`."""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        d = super().format_dict
+        d["steps"] = human_count(d["n"])
+        d["budget"] = human_count(d["total"]) if d["total"] else "?"
+        return d
+
+
+class EnvStepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar, counting the env steps of an :class:`OnlineRLModule`.
+
+    Its total is the env-step budget (``cfg.env_steps``) and it starts at the
+    module's env steps (a resumed run starts where it stopped); the rate is
+    env steps per second of this fit (the random baseline before the first
+    step is not counted). The postfix shows the last training episode's
+    score, the last evaluation, the acting network's sparsity and the
+    selected member (:meth:`OnlineRLModule._log_metrics`), formatted by
+    :mod:`torchrl_eaudeqn.console` (``17.0k``, ``1,520``, ``75.8%``).
+
+    Args:
+        description: text before the bar (the recipes pass the task).
+        refresh_rate: training steps between redraws.
+
+    Example:
+        >>> EnvStepProgressBar.format_postfix(
+        ...     {"score": 1520.0, "sparsity": 0.7581, "member": 2.0}, last_eval=float("nan"))
+        'score 1,520 | eval - | 75.8% sparse, member 2'
+        >>> EnvStepProgressBar.format_postfix({"return": -36.2, "sparsity_actor": 0.3,
+        ...     "sparsity_critic": 0.0, "member_actor": 2.0, "member_critic": 0.0}, 757.5)
+        'return -36.2 | eval 758 | actor 30.0% sparse, member 2 | critic 0.0% sparse, member 0'
+
+    A run shows ``EauDeQN on RoadRunner:  34%|███▍ | 17.0k/50.0k [01:52<03:38,
+    152 steps/s, score 900 | eval 940 | 75.8% sparse, member 2]``.
+    """
+
+    BAR_FORMAT = "{l_bar}{bar}| {steps}/{budget} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+    def __init__(self, description: str = "training", refresh_rate: int = 50) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=False)
+        self.description = description
+
+    @staticmethod
+    def format_postfix(progress: dict[str, float], last_eval: float) -> str:
+        """The postfix: last episode score, last evaluation, then sparsity and member per network.
+
+        ``progress``'s first entry is the episode score; ``sparsity`` /
+        ``member`` (or ``sparsity_<network>`` / ``member_<network>``) the rest.
+        """
+        items = list(progress.items())
+        parts = [f"{k} {human_value(v)}" for k, v in items[:1]]
+        parts.append(f"eval {human_value(last_eval)}")
+        networks: dict[str, dict[str, float]] = {}
+        for key, value in items[1:]:
+            what, _, network = key.partition("_")
+            networks.setdefault(network, {})[what] = value
+        for network, values in networks.items():
+            text = [f"{human_percent(values['sparsity'])} sparse"] if "sparsity" in values else []
+            if "member" in values and math.isfinite(values["member"]):
+                text.append(f"member {values['member']:.0f}")
+            parts.append(f"{network} " * bool(network) + ", ".join(text))
+        return " | ".join(parts)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._budget = (int(pl_module.cfg.env_steps), int(pl_module.env_steps))
+        super().on_train_start(trainer, pl_module)
+
+    def init_train_tqdm(self) -> Tqdm:
+        total, initial = getattr(self, "_budget", (None, 0))
+        return _EnvStepTqdm(
+            desc=self.description,
+            total=total,
+            initial=initial,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            unit=" steps",
+            unit_scale=True,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def _show(self, pl_module: Any, postfix: bool = True) -> None:
+        bar = self.train_progress_bar
+        if bar.disable:
+            return
+        if postfix:
+            bar.set_postfix_str(self.postfix(pl_module), refresh=False)
+        bar.n = int(pl_module.env_steps)
+        bar.refresh()
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning's bar counts batches of the epoch; this one counts env steps
+        # of the whole budget, and its clock starts here (after any baseline).
+        bar = self.train_progress_bar
+        bar.reset(total=int(pl_module.cfg.env_steps))
+        bar.initial = bar.n = bar.last_print_n = int(pl_module.env_steps)
+        bar.set_description(self.description, refresh=False)
+        self._show(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        done = pl_module.env_steps >= pl_module.cfg.env_steps
+        if self.is_enabled and ((batch_idx + 1) % self.refresh_rate == 0 or done):
+            self._show(pl_module)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._show(pl_module)
+
+    def postfix(self, pl_module: Any) -> str:
+        """:meth:`format_postfix` of the module's latest progress and evaluation."""
+        key = f"eval/{pl_module.EVAL_NAME}_mean"
+        evals = [r[key] for r in pl_module.eval_results if key in r]
+        return self.format_postfix(dict(pl_module.progress), evals[-1] if evals else float("nan"))
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
+        # Lightning's own hooks would set these as the postfix; this bar writes postfix().
+        return {}
 
 
 def build_updater(
@@ -469,6 +599,10 @@ class OnlineRLModule(L.LightningModule):
         # put its transform buffers into the checkpoint's state_dict.
         self._envs: dict[str, EnvBase] = {}
         self.eval_results: list[dict[str, float]] = []
+        #: What the progress bar shows beside the env steps (see :meth:`_log_metrics`).
+        self.progress: dict[str, float] = {self.progress_return_name: float("nan")}
+        #: Env steps when this fit started (the resumed step after a resume).
+        self.start_steps = 0
 
     # ------------------------------------------------------- subclass hooks
     def collect_and_learn(self) -> dict[str, Any] | None:
@@ -518,7 +652,11 @@ class OnlineRLModule(L.LightningModule):
         )
 
     def _log_metrics(self, step: int) -> dict[str, float]:
-        """Add metrics at ``step``; return extra progress-bar entries."""
+        """Add metrics at ``step``; return extra progress-bar entries.
+
+        :class:`EnvStepProgressBar` shows a key starting with ``sparsity`` as a
+        percentage and one starting with ``member`` as an index.
+        """
         return {}
 
     def _start_collection(self) -> None:
@@ -542,6 +680,7 @@ class OnlineRLModule(L.LightningModule):
         return DataLoader(_StepStream(self), batch_size=None)
 
     def on_train_start(self) -> None:
+        self.start_steps = self.env_steps
         self._start_collection()
         if self.cfg.eval_random_baseline and self.env_steps == 0:
             self.evaluate_random_baseline()
@@ -628,17 +767,8 @@ class OnlineRLModule(L.LightningModule):
         self.metrics.add("steps_per_sec", sps, self.env_steps)
         bar = self._log_metrics(self.env_steps)
         self.metrics.flush()
-        self.log_dict(
-            {
-                "env_steps": float(self.env_steps),
-                "sps": sps,
-                self.progress_return_name: self.last_score,
-                **bar,
-            },
-            prog_bar=True,
-            logger=False,
-            on_step=True,
-        )
+        # Read by EnvStepProgressBar (which counts env steps and shows its own rate).
+        self.progress = {self.progress_return_name: self.last_score, **bar}
 
     def _record_eval(self, result: dict[str, float]) -> dict[str, float]:
         for key, value in result.items():
@@ -813,7 +943,7 @@ class EnsembleDQNModule(OnlineRLModule):
         history = self.updater.history
         selected = history[-1].get("selected", 0) if history else 0
         m.add("selected_member", selected, step)
-        return {"sparsity": float(sparsity[self.actor.selected]), "sel": float(selected)}
+        return {"sparsity": float(sparsity[self.actor.selected]), "member": float(selected)}
 
     @torch.no_grad()
     def evaluate(
@@ -1245,7 +1375,7 @@ class SACLightningModule(OnlineRLModule):
             stats = ens.sparsity_stats()
             m.add(f"sparsity/{name}_selected", float(sparsity[ens.selected]), step)
             m.add(f"sparsity/{name}_selected_overall", float(stats["overall"][ens.selected]), step)
-            bar[f"sp_{name[0]}"] = float(sparsity[ens.selected])
+            bar[f"sparsity_{name}"] = float(sparsity[ens.selected])
         if self._losses:
             mean = torch.stack(self._losses).mean(0)
             for k, v in enumerate(mean["loss_actor_per_member"].tolist()):
@@ -1260,7 +1390,7 @@ class SACLightningModule(OnlineRLModule):
         sel_c = history[-1]["critic_selected"] if history else 0
         m.add("selected/actor", sel_a, step)
         m.add("selected/critic", sel_c, step)
-        bar.update(sel_a=float(sel_a), sel_c=float(sel_c))
+        bar.update(member_actor=float(sel_a), member_critic=float(sel_c))
         return bar
 
     # ---------------------------------------------------------- evaluation

@@ -16,8 +16,9 @@ to register, and hands the rest to :func:`run_recipe`:
 4. Lightning ``fit`` with the updater callback and crash-safe checkpoints
    (``step<env steps>.ckpt``, every ``checkpoint_every`` env steps, at the
    end, on an exception or a signal; :func:`make_trainer`);
-5. final evaluation, :func:`plot_run` (a PNG artifact), registration;
-   the MLflow run is marked FINISHED, FAILED or KILLED whatever happens.
+5. final evaluation, :func:`plot_run` (a PNG artifact), registration, and
+   one summary block on stdout (:mod:`torchrl_eaudeqn.console`); the MLflow
+   run is marked FINISHED, FAILED or KILLED whatever happens.
 
 Example:
     >>> from torchrl_eaudeqn.config import AtariConfig
@@ -51,6 +52,7 @@ from .checkpointing import (
     verify_dir,
 )
 from .config import ConfigError, config_diff
+from .console import Registered, format_summary, gather_summary, known_noise_silenced
 from .credentials import redact_text, redacted_config
 from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
 from .validation import parse_args  # the command line; needs no torch (recipes call it first)
@@ -297,7 +299,9 @@ def training_score_summary(client: Any, run_id: str, key: str, env_steps: int) -
     }
 
 
-def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
+def make_trainer(
+    cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path, description: str = "training"
+) -> Any:
     """A Lightning ``Trainer`` for an online module: safe checkpoints, progress bar, no validation.
 
     Checkpoints (``ckpt_dir/step<env steps>.ckpt``, atomic and checksummed by
@@ -306,10 +310,13 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
     steps, at the end, on an exception and on ``SIGINT``/``SIGTERM``
     (:class:`~torchrl_eaudeqn.reliability.GracefulStop`); a NaN/Inf gradient
     stops training before the optimizer step
-    (:class:`~torchrl_eaudeqn.reliability.NonFiniteGuard`).
+    (:class:`~torchrl_eaudeqn.reliability.NonFiniteGuard`). The progress bar
+    (:class:`~torchrl_eaudeqn.lightning.EnvStepProgressBar`, ``description``
+    before it) counts env steps of the budget.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from .lightning import EnvStepProgressBar
 
     callbacks = [
         *callbacks,
@@ -318,7 +325,7 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
         GracefulStop(),
     ]
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=50))
+        callbacks.append(EnvStepProgressBar(description, refresh_rate=50))
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[cfg.device]
     return L.Trainer(
         max_epochs=-1,  # the module stops on its env-step budget
@@ -337,16 +344,18 @@ def make_trainer(cfg: Any, callbacks: list[Any], ckpt_dir: pathlib.Path) -> Any:
     )
 
 
+@known_noise_silenced()  # the known-harmless lines of the run's own calls, not a user's
 def run_recipe(
     cfg: Any,
     resume: str | None,
     *,
     build_module: Callable[[Any], Any],
     build_callbacks: Callable[[Any], list[Any]],
-    register: Callable[[Any, dict[str, float], str], str],
+    register: Callable[[Any, dict[str, float], str], Registered],
     plot_panels: Sequence[PlotPanel],
     run_tags: Mapping[str, str] | None = None,
     plot_name: str = "plot.png",
+    title: str | None = None,
 ) -> int:
     """Resume checks, MLflow run, fit, last checkpoint, final evaluation, plot, registration.
 
@@ -357,11 +366,21 @@ def run_recipe(
             :class:`~torchrl_eaudeqn.lightning.MLflowMetrics` of the run).
         build_callbacks: ``fn(module) -> [callback, ...]`` (the updater
             callback); checkpointing and the progress bar are added here.
-        register: ``fn(module, final_eval, run_id) -> summary line``: registers
-            the trained network; the line is printed after ``done:``.
+        register: ``fn(module, final_eval, run_id) ->``
+            :class:`~torchrl_eaudeqn.console.Registered`: registers the trained
+            network and says where it is and how sparse it is.
         plot_panels: what :func:`plot_run` draws.
         run_tags: tags of a new MLflow run.
         plot_name: the PNG artifact's file name.
+        title: the summary's headline (``"EauDeQN on RoadRunner"``; default:
+            the method and the run key); the progress bar shows it too.
+
+    When done it prints one summary block on stdout
+    (:func:`~torchrl_eaudeqn.console.format_summary`): env steps, wall time
+    and steps/s; the final agent's evaluation against the random policy's,
+    with the verdict; the evaluation history; sparsity overall and per layer;
+    target updates won by a pruned member; the registered model with a
+    ``recipes/evaluate.py`` command; the plot; how to open the run in the MLflow UI.
 
     Returns:
         0 on success; 2 on a user error (bad resume, a checkpoint that cannot be
@@ -375,6 +394,8 @@ def run_recipe(
 
     from .lightning import MLflowMetrics, MLflowUnavailable
 
+    started = time.perf_counter()
+    title = title or f"{cfg.method} {cfg.run_key}"
     run_id = None
     ckpt = None
     if resume:
@@ -409,10 +430,12 @@ def run_recipe(
         module = build_module(metrics)
         if ckpt is not None and replay_dir(ckpt).is_dir():
             module.load_replay(replay_dir(ckpt), verify=False)  # check_replay verified it
-        trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir)
+        trainer = make_trainer(cfg, build_callbacks(module), ckpt_dir, description=title)
         stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+        fit_started = time.perf_counter()
         try:
             trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+            train_s = time.perf_counter() - fit_started
         except NonFiniteError as err:
             return stopped(f"error: {err}", 1, "FAILED")
         except MLflowUnavailable as err:
@@ -440,7 +463,21 @@ def run_recipe(
             with tempfile.TemporaryDirectory() as tmp:
                 png = plot_run(client, run_id, pathlib.Path(tmp) / plot_name, plot_panels)
                 client.log_artifact(run_id, str(png))
-            summary = register(module, result, run_id)
+            registered = register(module, result, run_id)
+            summary = gather_summary(
+                client=client,
+                run_id=run_id,
+                module=module,
+                cfg=cfg,
+                final=result,
+                registered=registered,
+                training=learned,
+                title=title,
+                plot_name=plot_name,
+                wall_s=time.perf_counter() - started,
+                train_s=train_s,
+                start_steps=module.start_steps,
+            )
         except (MLflowUnavailable, MlflowException, OSError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             return stopped(
@@ -451,11 +488,7 @@ def run_recipe(
                 "FAILED",
             )
         status = "FINISHED"
-        print(
-            f"done: {module.env_steps} env steps, {summary}, training "
-            f"{module.episode_metric.replace('_', ' ')} first/last tenth of the steps "
-            f"{learned['first_tenth']:.1f} -> {learned['last_tenth']:.1f}, run {run_id}"
-        )
+        print(format_summary(summary), flush=True)
         return 0
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"

@@ -73,7 +73,8 @@ class EnvStepCheckpoint(L.Callback):
         if self._last_saved != steps:
             if getattr(getattr(pl_module, "cfg", None), "checkpoint_replay", False):
                 pl_module.save_replay(replay_dir(path))
-            trainer.save_checkpoint(path)
+            # The full state; explicit, so that Lightning does not log its default.
+            trainer.save_checkpoint(path, weights_only=False)
             self._last_saved = steps
             self.saved.append(path)
         return path

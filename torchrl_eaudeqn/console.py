@@ -1,0 +1,751 @@
+"""What a training run prints: numbers for a person, the end-of-run summary, quiet known noise.
+
+* :func:`human_count` (``17000 -> '17.0k'``), :func:`human_value`
+  (``1520.4 -> '1,520'``), :func:`human_percent` (``0.7581 -> '75.8%'``),
+  :func:`human_duration` (``552 -> '9m12s'``): the progress bar
+  (:class:`~torchrl_eaudeqn.lightning.EnvStepProgressBar`) and the summary use them;
+* :func:`compare_with_random`: the verdict rule, final mean minus random mean
+  against twice the standard error of that difference;
+* :class:`RunSummary` and :func:`format_summary`: the block a recipe prints
+  when it is done (pure); :func:`gather_summary` fills one from a finished
+  run (the module, its MLflow run, what was registered);
+* :func:`known_noise_silenced` and :func:`mujoco_compiler_warnings_silenced`:
+  the known-harmless lines the project's own calls trigger (Lightning's tips,
+  two Lightning warnings, TorchRL's storage line, MuJoCo's ``settotalmass``
+  deprecation), hidden only while those calls run and matched by message, so a
+  user's own warnings still show.
+
+Example:
+    >>> v = compare_with_random(EvalStats(1520.0, 523.0, 10), EvalStats(20.0, 40.0, 10))
+    >>> v.above, v.text
+    (True, 'above random (diff 1,500 > 2 SE = 332)')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shlex
+import sys
+import urllib.parse
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .credentials import has_credentials, redact_uri
+
+__all__ = [
+    "EvalStats",
+    "Registered",
+    "RunSummary",
+    "SelectionCount",
+    "SparsityReport",
+    "Verdict",
+    "compare_with_random",
+    "count_selections",
+    "format_summary",
+    "gather_summary",
+    "human_count",
+    "human_duration",
+    "human_percent",
+    "human_value",
+    "known_noise_silenced",
+    "mujoco_compiler_warnings_silenced",
+    "network_sparsity",
+]
+
+
+# --------------------------------------------------------------------------- numbers
+def human_count(n: float) -> str:
+    """A count with three significant digits and a k/M/G suffix (``17000 -> '17.0k'``).
+
+    Example:
+        >>> [human_count(x) for x in (950, 1500, 17000, 250_000, 10_000_000)]
+        ['950', '1.50k', '17.0k', '250k', '10.0M']
+    """
+    x = float(n)
+    if not math.isfinite(x):
+        return "-"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale * 0.9995:
+            y = x / scale
+            digits = 0 if abs(y) >= 99.95 else 1 if abs(y) >= 9.995 else 2
+            return f"{y:.{digits}f}{suffix}"
+    return f"{x:.0f}"
+
+
+def human_value(x: float) -> str:
+    """A score or return: thousands separators, decimals only where they matter.
+
+    Example:
+        >>> [human_value(x) for x in (1520.4, -203.9, 20.66, 0.5, 0.0, float("nan"))]
+        ['1,520', '-204', '20.7', '0.50', '0', '-']
+    """
+    x = float(x)
+    if not math.isfinite(x):
+        return "-"
+    if abs(x) >= 99.95 or x == int(x):  # game scores are whole numbers
+        return f"{x:,.0f}"
+    if abs(x) >= 9.995:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def human_percent(fraction: float) -> str:
+    """A fraction as a percentage with one decimal (``0.7581 -> '75.8%'``).
+
+    Example:
+        >>> human_percent(0.7581), human_percent(0.0), human_percent(float("nan"))
+        ('75.8%', '0.0%', '-')
+    """
+    x = float(fraction)
+    return f"{100 * x:.1f}%" if math.isfinite(x) else "-"
+
+
+def human_duration(seconds: float) -> str:
+    """``45s``, ``9m12s`` or ``1h02m``.
+
+    Example:
+        >>> human_duration(45.2), human_duration(552), human_duration(3725)
+        ('45s', '9m12s', '1h02m')
+    """
+    s = int(round(max(0.0, float(seconds))))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# --------------------------------------------------------------------------- verdict
+@dataclasses.dataclass(frozen=True)
+class EvalStats:
+    """One evaluation: mean, *sample* standard deviation (ddof=1) and episode count.
+
+    Example:
+        >>> EvalStats.from_population(mean=2.0, std=1.0, episodes=2).std  # logged np.std is ddof=0
+        1.4142135623730951
+    """
+
+    mean: float
+    std: float
+    episodes: int
+
+    @classmethod
+    def from_population(cls, mean: float, std: float, episodes: float) -> EvalStats:
+        """From the logged ``np.std`` (ddof=0); the sample std is NaN for one episode."""
+        n = int(episodes)
+        sample = float(std) * math.sqrt(n / (n - 1)) if n > 1 else float("nan")
+        return cls(float(mean), sample, n)
+
+    def __str__(self) -> str:
+        plural = "" if self.episodes == 1 else "s"
+        spread = f" +- {human_value(self.std)}" if math.isfinite(self.std) else ""
+        return f"{human_value(self.mean)}{spread} ({self.episodes} episode{plural})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """:func:`compare_with_random`'s answer: ``above`` and the sentence that says why."""
+
+    above: bool
+    diff: float
+    se: float
+    text: str
+
+
+def compare_with_random(final: EvalStats, random: EvalStats) -> Verdict:
+    """Is the final agent clearly above the random policy?
+
+    Above when ``final.mean - random.mean > 2 * SE``, with
+    ``SE = sqrt(s1^2 / n1 + s2^2 / n2)`` from the sample standard deviations;
+    "not clearly above random" otherwise, and also when a standard error
+    cannot be computed (one episode on either side).
+
+    Example:
+        >>> compare_with_random(EvalStats(30.0, 20.0, 10), EvalStats(20.0, 10.0, 10)).text
+        'not clearly above random (diff 10 <= 2 SE = 14.1)'
+    """
+    diff = final.mean - random.mean
+    se = math.sqrt(final.std**2 / max(final.episodes, 1) + random.std**2 / max(random.episodes, 1))
+    if not math.isfinite(se):
+        return Verdict(
+            False,
+            diff,
+            se,
+            f"not clearly above random (diff {human_value(diff)}; a standard error needs "
+            ">= 2 episodes on each side)",
+        )
+    above = diff > 2 * se
+    sign = ">" if above else "<="
+    head = "above random" if above else "not clearly above random"
+    return Verdict(
+        above, diff, se, f"{head} (diff {human_value(diff)} {sign} 2 SE = {human_value(2 * se)})"
+    )
+
+
+# --------------------------------------------------------------------------- sparsity
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """Sparsity of one network: over prunable weights, over all parameters, per layer.
+
+    ``name`` is empty for a recipe's single acting network, ``"actor"`` /
+    ``"critic"`` for SAC's two.
+    """
+
+    name: str
+    prunable: float
+    overall: float
+    layers: tuple[tuple[str, float], ...]
+
+    def __str__(self) -> str:
+        head = f"{self.name} " if self.name else ""
+        layers = ", ".join(f"{label} {human_percent(s)}" for label, s in self.layers)
+        return (
+            f"{head}{human_percent(self.prunable)} of weights "
+            f"({human_percent(self.overall)} of all parameters); {layers}"
+        )
+
+
+def layer_labels(names: Sequence[str], kinds: Sequence[str] | None = None) -> list[str]:
+    """Short labels of prunable weights, in order: ``conv1``, ``fc1``, ..., ``head``.
+
+    ``kinds`` says ``"conv"`` or ``"fc"`` per name (default: all ``"fc"``).
+    Names are grouped by what precedes their layer index (``q1.0.weight`` and
+    ``q1.2.weight`` are group ``q1``); each group's last layer is its ``head``.
+
+    Example:
+        >>> layer_labels(["1.weight", "3.weight", "8.weight", "10.weight"],
+        ...              ["conv", "conv", "fc", "fc"])
+        ['conv1', 'conv2', 'fc1', 'head']
+        >>> layer_labels(["q1.0.weight", "q1.2.weight", "q2.0.weight", "q2.2.weight"])
+        ['q1.fc1', 'q1.head', 'q2.fc1', 'q2.head']
+    """
+    kinds = list(kinds) if kinds is not None else ["fc"] * len(names)
+    groups = []
+    for name in names:
+        parts = name.split(".")
+        stem = parts[:-1]  # drop "weight"
+        group = ".".join(p for p in stem[:-1] if not p.isdigit() and p != "net")
+        groups.append(group)
+    labels = []
+    counts: dict[tuple[str, str], int] = {}
+    for i, (group, kind) in enumerate(zip(groups, kinds, strict=True)):
+        last = i == len(names) - 1 or groups[i + 1] != group
+        if last and kind == "fc":
+            label = "head"
+        else:
+            counts[(group, kind)] = counts.get((group, kind), 0) + 1
+            label = f"{kind}{counts[(group, kind)]}"
+        labels.append(f"{group}.{label}" if group else label)
+    return labels
+
+
+def network_sparsity(net: Any, name: str = "") -> SparsityReport:
+    """:class:`SparsityReport` of a plain network, read from its zeros (as the registry tags).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
+        >>> str(network_sparsity(net))
+        '33.3% of weights (22.2% of all parameters); fc1 50.0%, head 0.0%'
+    """
+    import torch
+
+    from .registry import network_sparsity_tags, prunable_parameter_names
+
+    tags = network_sparsity_tags(net)
+    names = prunable_parameter_names(net)
+    kinds = []
+    for param in names:
+        module = net.get_submodule(param.rsplit(".", 1)[0]) if "." in param else net
+        kinds.append("conv" if isinstance(module, torch.nn.modules.conv._ConvNd) else "fc")
+    layers = tuple(
+        (label, float(tags[f"sparsity.{param}"]))
+        for label, param in zip(layer_labels(names, kinds), names, strict=True)
+    )
+    return SparsityReport(
+        name, float(tags["sparsity_prunable"]), float(tags["sparsity_overall"]), layers
+    )
+
+
+# --------------------------------------------------------------------------- selections
+@dataclasses.dataclass(frozen=True)
+class SelectionCount:
+    """How many selections an updater made and how many a pruned member won.
+
+    ``pruned_wins`` is ``None`` where nothing is selected (PolyPrune: one
+    network pruned on a schedule).
+    """
+
+    name: str
+    total: int
+    pruned_wins: int | None
+
+    def __str__(self) -> str:
+        if self.pruned_wins is None:
+            return f"{self.total} (one network pruned on a schedule: no selection)"
+        return f"{self.total}, won by a pruned member {self.pruned_wins}"
+
+
+def count_selections(history: Sequence[Mapping[str, Any]]) -> tuple[SelectionCount, ...]:
+    """Count target updates (DQN family) or selections (SAC) in an updater's ``history``.
+
+    A win "by a pruned member" is a selection whose winner was pruned further
+    during the period (its pruning speed was above 0): the steady copy of the
+    last winner losing to a sparser one.
+
+    Example:
+        >>> count_selections([
+        ...     {"selected": 0, "speeds_before": [0.0, 0.0, 0.0]},
+        ...     {"selected": 2, "speeds_before": [0.0, 0.1, 0.2]},
+        ...     {"selected": 0, "speeds_before": [0.0, 0.1, 0.2]}])[0]
+        SelectionCount(name='target updates', total=3, pruned_wins=1)
+    """
+    dqn = [h for h in history if "speeds_before" in h]
+    schedule = [h for h in history if h.get("event") == "target"]
+    sac = [h for h in history if "actor_selected" in h]
+    prunes = [h for h in history if h.get("event") == "prune"]
+
+    def wins(entries: list[Mapping[str, Any]], sel: str, speeds: str) -> int:
+        return sum(1 for h in entries if float(h[speeds][int(h[sel])]) > 0)
+
+    if sac:
+        return tuple(
+            SelectionCount(
+                f"{who} selections", len(sac), wins(sac, f"{who}_selected", f"{who}_speeds_before")
+            )
+            for who in ("actor", "critic")
+        )
+    if dqn:
+        return (SelectionCount("target updates", len(dqn), wins(dqn, "selected", "speeds_before")),)
+    if schedule:
+        return (SelectionCount("target updates", len(schedule), None),)
+    if prunes:
+        return (SelectionCount("mask updates", len(prunes), None),)
+    return (SelectionCount("target updates", 0, 0),)
+
+
+# --------------------------------------------------------------------------- the block
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    """What a recipe's ``register`` step returns to :func:`~torchrl_eaudeqn.recipe.run_recipe`.
+
+    Args:
+        model_uri: ``models:/NAME/VERSION`` of the registered agent, or ``None``.
+        sparsity: the reports of the final networks (the registered one first).
+        evaluate_args: the task arguments of ``recipes/evaluate.py``
+            (``("--game", "RoadRunner")``), without ``--model``/``--tracking-uri``;
+            ``None``: evaluate.py does not play this kind of model.
+        alias: the alias set on the version (``"final"``).
+        note: why nothing was registered (``model_uri=None``).
+        evaluate_note: what to do instead when ``evaluate_args`` is ``None``.
+
+    Example:
+        >>> Registered("models:/pong/3", (), ("--game", "Pong"), alias="final").model_uri
+        'models:/pong/3'
+    """
+
+    model_uri: str | None
+    sparsity: tuple[SparsityReport, ...]
+    evaluate_args: tuple[str, ...] | None = ()
+    alias: str = ""
+    note: str = ""
+    evaluate_note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Everything the end-of-run block says (:func:`format_summary` prints it).
+
+    ``random`` is ``None`` when no random baseline was scored
+    (``random_note`` says why); ``model_uri``, ``evaluate_cmd`` and ``plot``
+    likewise with ``model_note`` / ``evaluate_note`` / ``plot_note``.
+    """
+
+    title: str
+    env_steps: int
+    start_steps: int
+    wall_s: float
+    train_s: float
+    metric: str
+    final: EvalStats
+    random: EvalStats | None
+    random_note: str
+    history: tuple[tuple[int, float], ...]
+    history_note: str
+    training: tuple[float, float] | None
+    sparsity: tuple[SparsityReport, ...]
+    selections: tuple[SelectionCount, ...]
+    model_uri: str | None
+    model_note: str
+    evaluate_cmd: str | None
+    evaluate_note: str
+    plot: str | None
+    plot_note: str
+    ui: str
+    run_id: str
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return None if self.random is None else compare_with_random(self.final, self.random)
+
+
+#: Width of the label column of the block.
+_LABEL = 18
+#: The most evaluations the history line shows (evenly spaced, first and last kept).
+MAX_HISTORY = 10
+
+
+def _line(label: str, text: str) -> str:
+    return f"{label:<{_LABEL}}{text}"
+
+
+def _history(points: Sequence[tuple[int, float]]) -> str:
+    shown = list(points)
+    note = ""
+    if len(shown) > MAX_HISTORY:
+        idx = sorted({round(i * (len(shown) - 1) / (MAX_HISTORY - 1)) for i in range(MAX_HISTORY)})
+        shown = [shown[i] for i in idx]
+        note = f" ({len(shown)} of {len(points)} shown)"
+    return " | ".join(f"{human_count(s)}: {human_value(v)}" for s, v in shown) + note
+
+
+def format_summary(s: RunSummary) -> str:
+    """The end-of-run block: one line per field, a person reads it in ten seconds.
+
+    Example:
+        >>> block = format_summary(RunSummary(
+        ...     title="EauDeQN on Pong", env_steps=2000, start_steps=0, wall_s=75, train_s=60,
+        ...     metric="score", final=EvalStats(3.0, 1.0, 5), random=EvalStats(-20.0, 1.0, 5),
+        ...     random_note="", history=((1000, -19.0), (2000, 3.0)), history_note="",
+        ...     training=(-20.5, -10.0), sparsity=(), selections=(), model_uri=None,
+        ...     model_note="not registered (register=false)", evaluate_cmd=None, evaluate_note="",
+        ...     plot="/tmp/plot.png", plot_note="", ui="http://mlflow:5000/#/experiments/1/runs/ab",
+        ...     run_id="ab"))
+        >>> print(block.splitlines()[0]); print(block.splitlines()[3])
+        == EauDeQN on Pong: done ==
+        random policy     -20 +- 1 (5 episodes) -> above random (diff 23 > 2 SE = 1.26)
+    """
+    out = [f"== {s.title}: done =="]
+    steps = f"{s.env_steps:,}"
+    if s.start_steps:
+        steps += f" ({s.env_steps - s.start_steps:,} after resuming at {s.start_steps:,})"
+    rate = (s.env_steps - s.start_steps) / s.train_s if s.train_s > 0 else float("nan")
+    rate_text = f"{rate:,.0f}" if math.isfinite(rate) and rate >= 10 else human_value(rate)
+    out.append(
+        _line(
+            "env steps",
+            f"{steps} in {human_duration(s.wall_s)}; training {human_duration(s.train_s)} "
+            f"at {rate_text} steps/s",
+        )
+    )
+    out.append(_line("final eval", f"{s.final}: the final agent, the one registered"))
+    if s.random is None:
+        out.append(_line("random policy", s.random_note))
+    else:
+        out.append(_line("random policy", f"{s.random} -> {s.verdict.text}"))
+    history = _history(s.history) if s.history else "no evaluation logged"
+    out.append(_line("eval history", history + (f" ({s.history_note})" if s.history_note else "")))
+    if s.training is not None:
+        first, last = s.training
+        none = "" if math.isfinite(first + last) else " (-: no episode ended in that tenth)"
+        out.append(
+            _line(
+                "training",
+                f"episode {s.metric} first/last tenth of the steps "
+                f"{human_value(first)} -> {human_value(last)}{none}",
+            )
+        )
+    for i, report in enumerate(s.sparsity):
+        out.append(_line("sparsity" if i == 0 else "", str(report)))
+    for count in s.selections:
+        out.append(_line(count.name, str(count)))
+    out.append(_line("model", s.model_uri or s.model_note))
+    out.append(_line("evaluate", s.evaluate_cmd or s.evaluate_note or s.model_note))
+    out.append(_line("plot", s.plot or s.plot_note))
+    out.append(_line("MLflow UI", s.ui))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- locations
+def absolute_tracking_uri(uri: str) -> str:
+    """A ``sqlite:///`` or local-path store made absolute (pasteable from any directory).
+
+    Example:
+        >>> absolute_tracking_uri("sqlite:////data/mlflow.db")
+        'sqlite:////data/mlflow.db'
+        >>> absolute_tracking_uri("http://mlflow:5000")
+        'http://mlflow:5000'
+    """
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:" and not os.path.isabs(path):
+            return f"sqlite:///{os.path.abspath(path)}"
+        return uri
+    if "://" not in uri and not uri.startswith(("file:", "databricks")):
+        return os.path.abspath(uri)
+    return uri
+
+
+def local_artifact_path(artifact_uri: str, name: str) -> str:
+    """Where artifact ``name`` of a run lies: a local path, or the (redacted) artifact URI.
+
+    Example:
+        >>> local_artifact_path("file:///runs/1/abc/artifacts", "plot.png")
+        '/runs/1/abc/artifacts/plot.png'
+        >>> local_artifact_path("s3://bucket/1/abc/artifacts", "plot.png")
+        's3://bucket/1/abc/artifacts/plot.png'
+    """
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return str(Path(urllib.parse.unquote(parsed.path)) / name)
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a path (or a Windows drive)
+        return str(Path(artifact_uri).absolute() / name)
+    return f"{redact_uri(artifact_uri).rstrip('/')}/{name}"
+
+
+def _command(path: Path, name: str) -> str:
+    """``path`` relative to the working directory when under it (shorter to paste)."""
+    try:
+        rel = path.relative_to(Path.cwd())
+        return str(rel) if rel.parts else name
+    except ValueError:
+        return str(path)
+
+
+def _venv_tool(tool: str) -> str:
+    """The ``tool`` next to this interpreter when it lives in a virtualenv, else ``tool``."""
+    if sys.prefix == sys.base_prefix:
+        return tool if tool != "python" else "python"
+    exe = Path(sys.executable)
+    candidate = exe if tool == "python" else exe.with_name(tool)
+    return _command(candidate, tool) if candidate.exists() else tool
+
+
+def _evaluate_script() -> str:
+    here = Path("recipes") / "evaluate.py"
+    if here.is_file():
+        return str(here)
+    repo = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
+    return str(repo) if repo.is_file() else str(here)
+
+
+def evaluate_command(model_uri: str, tracking_uri: str, args: Sequence[str]) -> str:
+    """A ready-to-paste ``recipes/evaluate.py`` command for a registered model."""
+    parts = [_venv_tool("python"), _evaluate_script(), "--model", model_uri, *args]
+    parts += ["--tracking-uri", redact_uri(absolute_tracking_uri(tracking_uri))]
+    cmd = shlex.join(parts)
+    if has_credentials(tracking_uri):  # never printed: say how to give them instead
+        cmd += "  # *** = your credentials: MLFLOW_TRACKING_USERNAME/_PASSWORD or env:NAME"
+    return cmd
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open the run in the MLflow UI: the URL of a server, or ``mlflow ui`` on a store."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    uri = absolute_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return f"{redact_uri(uri).rstrip('/')}/{page}"
+    if uri.startswith("databricks"):
+        return f"run {run_id} of experiment {experiment_id} in the Databricks workspace"
+    cmd = shlex.join([_venv_tool("mlflow"), "ui", "--backend-store-uri", redact_uri(uri)])
+    return f"{cmd}, then http://127.0.0.1:5000/{page}"
+
+
+# --------------------------------------------------------------------------- gathering
+def gather_summary(
+    *,
+    client: Any,
+    run_id: str,
+    module: Any,
+    cfg: Any,
+    final: Mapping[str, float],
+    registered: Registered,
+    training: Mapping[str, float] | None,
+    title: str,
+    plot_name: str,
+    wall_s: float,
+    train_s: float,
+    start_steps: int,
+) -> RunSummary:
+    """Fill a :class:`RunSummary` from a finished run: the module, its MLflow run, the registry.
+
+    The final evaluation is ``final`` (this process's, of the registered
+    agent); the random baseline and the evaluation history are read from the
+    MLflow run, so a resumed run reports what was logged before the resume.
+    """
+    name = module.EVAL_NAME
+    final_stats = EvalStats.from_population(
+        final[f"eval/{name}_mean"], final[f"eval/{name}_std"], final["eval/episodes"]
+    )
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
+    random = None
+    random_note = ""
+    if f"eval_random/{name}_mean" in metrics:
+        random = EvalStats.from_population(
+            metrics[f"eval_random/{name}_mean"],
+            metrics[f"eval_random/{name}_std"],
+            metrics["eval_random/episodes"],
+        )
+    elif not getattr(cfg, "eval_random_baseline", False):
+        random_note = "not scored (eval_random_baseline=false)"
+    else:
+        random_note = "not in this run (it is scored at env step 0, before any resume)"
+    points: dict[int, float] = {}
+    for m in sorted(
+        client.get_metric_history(run_id, f"eval/{name}_mean"), key=lambda m: (m.step, m.timestamp)
+    ):
+        points[int(m.step)] = float(m.value)
+    history = tuple(sorted(points.items()))
+    history_note = ""
+    if len(history) <= 1 and not getattr(cfg, "eval_every", 0):
+        history_note = "eval_every=0: only the final evaluation"
+    model_uri = registered.model_uri
+    if model_uri is not None and registered.alias:
+        model_text = f"{model_uri} (alias @{registered.alias})"
+    else:
+        model_text = model_uri
+    evaluate_cmd = None
+    if model_uri is not None and registered.evaluate_args is not None:
+        evaluate_cmd = evaluate_command(model_uri, cfg.tracking_uri, registered.evaluate_args)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    plot = local_artifact_path(run.info.artifact_uri, plot_name) if plot_name in artifacts else None
+    learned = None
+    if training is not None:
+        learned = (float(training["first_tenth"]), float(training["last_tenth"]))
+    return RunSummary(
+        title=title,
+        env_steps=int(module.env_steps),
+        start_steps=int(start_steps),
+        wall_s=float(wall_s),
+        train_s=float(train_s),
+        metric=name,
+        final=final_stats,
+        random=random,
+        random_note=random_note,
+        history=history,
+        history_note=history_note,
+        training=learned,
+        sparsity=registered.sparsity,
+        selections=count_selections(module.updater.history),
+        model_uri=model_text,
+        model_note=registered.note or "not registered",
+        evaluate_cmd=evaluate_cmd,
+        evaluate_note=registered.evaluate_note,
+        plot=plot,
+        plot_note="no plot logged",
+        ui=ui_hint(cfg.tracking_uri, run.info.experiment_id, run_id),
+        run_id=run_id,
+    )
+
+
+# --------------------------------------------------------------------------- quiet
+#: Warnings the project's own calls trigger and that say nothing to act on (regexes
+#: matched at the start of the message).
+KNOWN_WARNINGS = (
+    # Lightning: the module's env-step stream has a __len__ (the budget) and one worker.
+    r"Your `IterableDataset` has `__len__` defined",
+    # Lightning's own pytree helper, with a class this torch deprecates.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Lightning on --resume: the stream restarts from the module's env steps by design.
+    r"You're resuming from a checkpoint that ended before the epoch ended",
+)
+#: Log lines dropped while the project's calls run: ``logger name -> message prefixes``.
+KNOWN_LOG_LINES = {
+    # Lightning's advertising tips (litlogger, litmodels).
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    # TorchRL's replay storage announcing its shape at the first extend.
+    "torchrl": ("Initialized LazyTensorStorage", "Initialized LazyMemmapStorage"),
+    # MLflow creating the tables of a new SQLite store (recipe._init_sqlite_store).
+    "mlflow.store.db.utils": (
+        "Creating initial MLflow database tables",
+        "Updating database tables",
+    ),
+}
+#: MuJoCo compiler warnings about Gymnasium's own model files.
+KNOWN_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def known_noise_silenced() -> Iterator[None]:
+    """Hide :data:`KNOWN_WARNINGS` and :data:`KNOWN_LOG_LINES` while the block runs.
+
+    Scoped: ``warnings.catch_warnings`` restores the warning filters on exit and
+    the log filters are removed again; nothing else is hidden (a warning or a
+    log line with another message shows as usual, inside the block too).
+    Also usable as a decorator.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     with known_noise_silenced():
+        ...         warnings.warn("Your `IterableDataset` has `__len__` defined. ...")
+        ...         warnings.warn("a user's warning")
+        >>> [str(w.message) for w in seen]
+        ["a user's warning"]
+    """
+    filters = [(logging.getLogger(name), _DropPrefixes(p)) for name, p in KNOWN_LOG_LINES.items()]
+    with warnings.catch_warnings():
+        for pattern in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger, f in filters:
+            logger.addFilter(f)
+        try:
+            yield
+        finally:
+            for logger, f in filters:
+                logger.removeFilter(f)
+
+
+@contextlib.contextmanager
+def mujoco_compiler_warnings_silenced() -> Iterator[None]:
+    """Drop MuJoCo's :data:`KNOWN_MUJOCO_WARNINGS` while Gymnasium compiles a model.
+
+    MuJoCo prints compiler warnings from C (``WARNING: ...`` on stderr), so
+    Python's warning filters cannot reach them; this installs MuJoCo's
+    warning callback for the block, passes any other warning on (to the
+    previous callback, or to stderr as MuJoCo would), and restores the
+    previous callback. A no-op without MuJoCo.
+
+    Example:
+        >>> with mujoco_compiler_warnings_silenced():
+        ...     pass
+    """
+    try:
+        import mujoco
+    except ImportError:
+        yield
+        return
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if str(message).startswith(KNOWN_MUJOCO_WARNINGS):
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
