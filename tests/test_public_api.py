@@ -1,6 +1,7 @@
 """The public import surface of today's ``torchrl_eaudeqn``: what user code imports must stay.
 
-The lists below are the record (written from the code of commit 4454609): a
+The lists below are the record (written from the code of commit 4454609;
+``console`` and ``EnvStepProgressBar`` added with issue 17's merge): a
 name removed or moved without a re-export fails here, and a name added to
 ``torchrl_eaudeqn.__all__`` fails until it is added to :data:`TOP_LEVEL` on
 purpose. Submodules may grow; each keeps at least the names recorded for it
@@ -131,6 +132,26 @@ SUBMODULES = {
         "MINATAR_GAMES",
         "regression_trace",
     ],
+    "console": [
+        "compare_with_random",
+        "count_selections",
+        "EvalStats",
+        "format_summary",
+        "gather_summary",
+        "human_count",
+        "human_duration",
+        "human_percent",
+        "human_value",
+        "known_noise_silenced",
+        "layer_labels",
+        "mujoco_compiler_warnings_silenced",
+        "network_sparsity",
+        "Registered",
+        "RunSummary",
+        "SelectionCount",
+        "SparsityReport",
+        "Verdict",
+    ],
     "credentials": [
         "ENV_PREFIX",
         "has_credentials",
@@ -172,6 +193,7 @@ SUBMODULES = {
         "build_updater",
         "DQNLightningModule",
         "EnsembleDQNModule",
+        "EnvStepProgressBar",
         "FLUSHED_TAG",
         "MLflowMetrics",
         "MLflowUnavailable",
@@ -309,7 +331,7 @@ def test_importing_the_components_loads_neither_mlflow_nor_lightning():
     # users of the components in their own TorchRL loops.
     code = (
         "import sys, torchrl_eaudeqn, torchrl_eaudeqn.registry, torchrl_eaudeqn.export, "
-        "torchrl_eaudeqn.replay, torchrl_eaudeqn.sparsity; "
+        "torchrl_eaudeqn.replay, torchrl_eaudeqn.sparsity, torchrl_eaudeqn.console; "
         "print(sorted(m for m in ('mlflow', 'lightning', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

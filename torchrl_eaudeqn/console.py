@@ -54,6 +54,7 @@ __all__ = [
     "human_percent",
     "human_value",
     "known_noise_silenced",
+    "layer_labels",
     "mujoco_compiler_warnings_silenced",
     "network_sparsity",
 ]
