@@ -68,7 +68,7 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("batch-over-buffer", "atari_dqn", [*ATARI, *STORE, "batch_size=64", "buffer_size=32"], r"^error: batch_size: must be <= buffer_size \(32\)", {}),
     ("frames-per-env", "atari_dqn", [*ATARI, *STORE, "buffer_size=8", "num_envs=2"], r"^error: buffer_size: must hold at least 5 frames per env", {}),
     ("learning-never-starts", "atari_dqn", [*ATARI, *STORE, "env_steps=50000", "learning_starts=50001"], r"^error: learning_starts: must be <= env_steps \(50000\): learning would never start, got 50001$", {}),
-    ("batch-over-budget", "atari_dqn", [*ATARI, *STORE, "batch_size=60000", "buffer_size=100000"], r"^error: batch_size: the first gradient step needs 60000 transitions", {}),
+    ("batch-over-budget", "atari_dqn", [*ATARI, *STORE, "env_steps=50000", "batch_size=60000", "buffer_size=100000"], r"^error: batch_size: the first gradient step needs 60000 transitions", {}),
     ("episode-cap-0", "atari_dqn", [*ATARI, *STORE, "max_episode_steps=0"], r"^error: max_episode_steps: must be >= 1, got 0$", {}),
     ("eval-cap-0", "atari_dqn", [*ATARI, *STORE, "eval_max_steps=0"], r"^error: eval_max_steps: must be >= 1, got 0$", {}),
     ("replay-over-memory", "atari_dqn", [*ATARI, *STORE, "buffer_size=1000000000"], r"^error: buffer_size: the replay would hold 7,068\.00 GB .* more than the .* GB of memory available", {}),
