@@ -62,8 +62,10 @@ def test_keep_last_prunes_old_step_files_only(tmp_path):
         io.save_checkpoint(_state(float(step)), tmp_path / f"step{step}.ckpt")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        "notes.txt", "step30.ckpt", "step30.ckpt.sha256", "step40.ckpt", "step40.ckpt.sha256",
+        "LATEST", "notes.txt", "step30.ckpt", "step30.ckpt.sha256", "step40.ckpt",
+        "step40.ckpt.sha256",
     ]  # fmt: skip
+    assert (tmp_path / "LATEST").read_text() == "step40.ckpt\n"
     assert checkpoint_step(tmp_path / "step40.ckpt") == (40, 0)
     with pytest.raises(ValueError, match="keep_last"):
         AtomicCheckpointIO(keep_last=0)
