@@ -164,6 +164,18 @@ def test_a_resumed_older_timeline_is_kept_and_the_abandoned_one_moved_aside(tmp_
     assert latest_checkpoint(tmp_path) is None
 
 
+def test_resuming_from_the_abandoned_folder_keeps_it(tmp_path):
+    io = AtomicCheckpointIO(keep_last=None)
+    for step in (1, 2):
+        io.save_checkpoint(_state(float(step)), tmp_path / f"step{step}.ckpt")
+    start_timeline(tmp_path, resume=tmp_path / "step1.ckpt")  # step2 -> abandoned/
+    io.save_checkpoint(_state(1.5), tmp_path / "step3.ckpt")
+    start_timeline(tmp_path, resume=tmp_path / "abandoned" / "step2.ckpt")
+    assert _steps(tmp_path / "abandoned") == [2]  # the file resumed from is still there
+    assert _steps(tmp_path / "abandoned-2") == [1, 3] and _steps(tmp_path) == []
+    assert latest_checkpoint(tmp_path) is None
+
+
 def test_latest_never_looks_above_the_pointer(tmp_path):
     io = AtomicCheckpointIO(keep_last=None)
     for step in (1, 2):

@@ -551,7 +551,9 @@ def start_timeline(
        them when it lies elsewhere or the run starts fresh) move, with their
        sidecars and replays, to ``directory/abandoned/``, replacing what an
        earlier start put there. They are kept until the next start that
-       abandons a timeline; delete the folder to free the space.
+       abandons a timeline; delete the folder to free the space. (A run
+       resumed from a file inside ``abandoned/`` keeps that folder and moves
+       the timeline it leaves to ``abandoned-2/``, ``-3``, ...)
 
     So the run's own checkpoints are never pruned in favour of higher step
     numbers of a timeline it left, and ``--resume last`` never jumps back to
@@ -590,7 +592,13 @@ def start_timeline(
     if not abandoned:
         return moved
     target = directory / ABANDONED
-    if target.exists():
+    if resume is not None and target.resolve() in resume.resolve().parents:
+        # Resumed from the abandoned folder itself: keep it, use the next free name.
+        n = 2
+        while (directory / f"{ABANDONED}-{n}").exists():
+            n += 1
+        target = directory / f"{ABANDONED}-{n}"
+    elif target.exists():
         shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     for paths in abandoned.values():
