@@ -311,7 +311,7 @@ class TrainerHooks:
     """
 
     optimized_loss_keys: tuple[str, ...] = ("loss",)
-    #: entries kept in ``history`` (about 0.5 kB each for K = 5)
+    #: entries kept in ``history`` (K = 5: ~1.3 kB each in memory, ~0.23 kB in a checkpoint)
     history_len: int = 1000
     num_steps: int
     history: deque[dict[str, Any]]

@@ -151,9 +151,9 @@ def config_fingerprint(cfg: Any, resumable: Sequence[str] = RESUMABLE) -> str:
     tracking URI, registry: they may change on resume, so they do not make a
     different run) and ``checkpoint_dir`` (where the run is, not what it
     is), and fields at their default value (a field added to the dataclass
-    later does not rename existing directories). Two configs get the same
-    fingerprint exactly when :func:`read_checkpoint_header` accepts one's
-    checkpoint for the other.
+    later does not rename existing directories). Two configs that differ only
+    in fields a resume may change (those :func:`read_checkpoint_header`
+    ignores) get the same fingerprint; any other difference changes it.
 
     Example:
         >>> from torchrl_eaudeqn.config import AtariConfig
