@@ -1,5 +1,5 @@
 """Sessions: `nox -s tests` (default), `slow`, `reliability`, `cluster`, `lint`, `benchmarks`,
-`train`, `train_mujoco`, `cartpole`, `study`.
+`train`, `train_mujoco`, `presets`, `cartpole`, `study`.
 
 Every session installs the project with `constraints.txt`, which pins the
 CPU-only torch that the project machines carry (no CUDA downloads).
@@ -99,6 +99,14 @@ def train_mujoco(session: nox.Session) -> None:
     _install(session, "recipes")
     args = _with_config(session.posargs, "configs/mujoco/quick.yaml")
     session.run("python", "recipes/mujoco_sac.py", *args, env={**ENV, **os.environ})
+
+
+@nox.session(python=PY)
+def presets(session: nox.Session) -> None:
+    """The quick presets seed by seed (resumable): `-- --preset atari --seeds 0 1 2 3 4`."""
+    _install(session, "recipes")
+    args = session.posargs or ["--preset", "atari"]
+    session.run("python", "benchmarks/bench_presets.py", "run", *args, env={**ENV, **os.environ})
 
 
 @nox.session(python=PY)

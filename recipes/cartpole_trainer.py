@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "env_steps": args.frames,
         "seconds": round(elapsed, 1),
-        "target_updates": len(updater.history),
-        "selected": [h["selected"] for h in updater.history],
+        "target_updates": updater.history_total,
+        "selected": [h["selected"] for h in updater.history],  # the newest history_len
         "final_sparsity_per_member": [round(float(s), 4) for s in actor.sparsity()],
         "greedy_return_mean": sum(returns) / len(returns),
     }

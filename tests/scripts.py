@@ -16,3 +16,14 @@ def load_script(path: str | pathlib.Path, name: str | None = None) -> types.Modu
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_dir(root: str | pathlib.Path, run_key: str) -> pathlib.Path | None:
+    """The checkpoint directory ``<root>/<run key>-<fingerprint>`` a recipe wrote, if any.
+
+    ``recipe.checkpoint_dir`` names it; a test that only knows the run key finds
+    it here (exactly one per run key in a test's own root).
+    """
+    found = sorted(pathlib.Path(root).glob(f"{run_key}-????????"))
+    assert len(found) <= 1, found
+    return found[0] if found else None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from scripts import run_dir
 
 from torchrl_eaudeqn.checkpointing import latest_checkpoint
 
@@ -64,7 +65,7 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     if last:  # random Breakout episodes last ~180 steps: one may not end in the last 30
         got = run.data.metrics["train/episode_score_last_tenth"]
         assert got == pytest.approx(sum(last) / len(last))
-    ckpt_dir = tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0"
+    ckpt_dir = run_dir(tmp_path / "ckpt", "Breakout-eaudeqn-small-seed0")
     # every 80 env steps and at the end, the newest 3 kept, each with its checksum
     assert sorted(p.name for p in ckpt_dir.glob("step*.ckpt")) == [
         "step000000000160.ckpt", "step000000000240.ckpt", "step000000000300.ckpt",
@@ -123,7 +124,7 @@ def test_bad_input_stops_before_work(tmp_path, override, message):
 def test_resume_rejects_checkpoint_of_another_config(tmp_path):
     first = _run(_tiny(tmp_path, 120), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpt = latest_checkpoint(tmp_path / "ckpt" / "Breakout-eaudeqn-small-seed0")
+    ckpt = latest_checkpoint(run_dir(tmp_path / "ckpt", "Breakout-eaudeqn-small-seed0"))
     before = ckpt.read_bytes()
     out = _run([*_tiny(tmp_path, 200), "lr=0.001", "--resume", str(ckpt)], tmp_path, timeout=120)
     assert out.returncode == 2 and "another config (lr" in out.stderr

@@ -1,6 +1,12 @@
-"""DQNLightningModule on a real ALE game with both collectors: counts, ratio, replay contents."""
+"""DQNLightningModule on a real ALE game with both collectors: counts, ratio, replay contents.
+
+Also (CartPole, a real Lightning fit): nothing in the module, the updater or
+the callbacks grows with the number of episodes or target updates.
+"""
 
 from __future__ import annotations
+
+from collections import deque
 
 import lightning as L
 import pytest
@@ -155,3 +161,42 @@ def test_prune_structure_filters_from_the_config_to_the_compact_agent():
     x = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
     with torch.no_grad():
         torch.testing.assert_close(small(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_memory_does_not_grow_per_episode_or_per_target_update(monkeypatch):
+    from torchrl_eaudeqn._ensemble import TrainerHooks
+    from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
+
+    monkeypatch.setattr(TrainerHooks, "history_len", 16)  # default 1000; a run passes 16 fast
+    cfg = load_config(ControlConfig, overrides=[
+        "task=CartPole-v1", "width=8", "num_members=2", "env_steps=400", "learning_starts=20",
+        "target_period=2", "buffer_size=200", "batch_size=8", "log_every=5",
+        "eval_random_baseline=false", "progress_bar=false", "threads=1",
+    ])  # fmt: skip
+    module = ControlDQNModule(cfg)
+    seen = []
+    callback = TargetSelectionCallback(module.updater, on_update=seen.append)
+    trainer = L.Trainer(
+        max_epochs=-1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module)
+    updater = module.updater
+    assert module.episodes >= 12 and updater.history_total >= 150
+    # Every target update reached the callback (and MLflow in the recipes); 16 are kept.
+    assert len(seen) == updater.history_total
+    assert len(updater.history) == 16 and list(updater.history) == seen[-16:]
+    assert len(updater.state_dict()["history"]) == 16  # what a checkpoint holds
+    # Nothing else grows with episodes or target updates.
+    bound = min(module.episodes, updater.history_total)
+    for owner in (module, updater, callback):
+        for name, value in vars(owner).items():
+            if isinstance(value, (list, deque, dict, set, tuple)):
+                assert len(value) < bound, (type(owner).__name__, name, len(value))
+    # A checkpoint of an older version (the whole history) loads bounded.
+    old = {**updater.state_dict(), "history": [{"step": i} for i in range(40)]}
+    del old["history_total"]
+    updater.load_state_dict(old)
+    assert [h["step"] for h in updater.history] == list(range(24, 40))
+    assert updater.history_total == 40

@@ -1,15 +1,22 @@
 """MLflowMetrics under store failures (a fake client: pure buffering logic).
 
-The real-server outage (kill ``mlflow server`` mid-run, restart it) is in
-``tests/test_reliability.py``.
+The real-server outages (kill ``mlflow server`` mid-run, restart it) are in
+``tests/test_reliability.py`` and, for the buffer's bound, at the end of this
+file (a real ``recipes/control_dqn.py`` run, reliability suite).
 """
 
 from __future__ import annotations
 
+import pathlib
+import signal
+import threading
+import time
+
 import pytest
+import torch
 from mlflow.entities import Metric
 
-from torchrl_eaudeqn.lightning import FLUSHED_TAG, MLflowMetrics, MLflowUnavailable
+from torchrl_eaudeqn.lightning import FLUSHED_TAG, MAX_PENDING, MLflowMetrics, MLflowUnavailable
 
 
 class FlakyClient:
@@ -127,3 +134,90 @@ def test_resume_after_a_kill_between_batch_and_tag_logs_each_step_once(tmp_path)
     loss = [m.step for m in client.get_metric_history(run_id, "loss")]
     score = [m.step for m in client.get_metric_history(run_id, "score")]
     assert sorted(loss) == [40, 80, 120, 160] and sorted(score) == [110, 150]
+
+
+def test_the_buffer_is_bounded_during_an_outage_and_nothing_is_lost():
+    client = FlakyClient(fail_batches=set(range(100)))
+    m = MLflowMetrics(client, "run", max_pending=50, clock=lambda: 0.0)
+    assert MLflowMetrics(None, None).max_pending == MAX_PENDING
+    _fill(m, range(30))
+    assert m.flush() is False and len(m.pending) == 30  # below the bound: keep buffering
+    _fill(m, range(30, 60))
+    # No time has passed (the max_outage_s rule would wait): the count stops it.
+    with pytest.raises(MLflowUnavailable) as err:
+        m.flush()
+    line = str(err.value)
+    assert "60 metric points buffered, the limit (max_pending 50)" in line and "\n" not in line
+    assert "kept in the checkpoint" in line
+    resumed = MLflowMetrics(FlakyClient(), "run")
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.flush() is True
+    assert [s for _, s in resumed.client.stored] == list(range(60))
+
+
+@pytest.mark.reliability
+def test_a_real_outage_stops_at_the_bound_and_resume_logs_every_step_once(
+    tmp_path, capsys, monkeypatch
+):
+    """``recipes/control_dqn.py`` in-process; the tracking server is SIGKILLed mid-run.
+
+    With a small bound the run stops with one line well before ``max_outage_s``
+    (30 min), its checkpoint holds the unsent points, and ``--resume last``
+    logs every env step exactly once once the server is back.
+    """
+    from mlflow import MlflowClient
+    from mlflow_server import MlflowServer
+    from scripts import load_script, run_dir
+
+    import torchrl_eaudeqn.lightning as lightning_mod
+    from torchrl_eaudeqn.checkpointing import latest_checkpoint
+
+    main = load_script("recipes/control_dqn.py", "control_dqn_metrics").main
+    monkeypatch.setattr(lightning_mod, "MAX_PENDING", 60)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    server = MlflowServer(tmp_path).start()
+    args = [
+        "task=CartPole-v1", "width=8", "num_members=2", "progress_bar=false", "threads=1",
+        "env_steps=1000", "learning_starts=40", "target_period=20", "buffer_size=200",
+        "batch_size=8", "eval_episodes=1", "eval_max_steps=30", "eval_random_baseline=false",
+        "log_every=20", "checkpoint_every=40", f"tracking_uri={server.uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+    ]  # fmt: skip
+    root = pathlib.Path(tmp_path) / "ckpt"
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            d = run_dir(root, "CartPole-v1-eaudeqn-w8-seed0") if root.is_dir() else None
+            if d is not None and latest_checkpoint(d) is not None:
+                server.stop(signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    try:
+        killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+        killer.start()
+        code = main(args)
+        killer.join()
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("error:")]
+        assert code == 1 and len(lines) == 1, err[-3000:]
+        assert "metric points buffered, the limit (max_pending 60)" in lines[0]
+        assert "continue with --resume last" in lines[0]
+        saved = latest_checkpoint(run_dir(root, "CartPole-v1-eaudeqn-w8-seed0"))
+        state = torch.load(saved, weights_only=True)["eaudeqn"]
+        assert state["env_steps"] < 1000  # stopped early, by the bound
+        assert 60 <= len(state["mlflow_pending"]["pending"]) < 200
+
+        server.start()
+        assert main([*args, "--resume", "last"]) == 0, capsys.readouterr().err[-3000:]
+        client = MlflowClient(server.uri)
+        (run,) = client.search_runs(
+            [client.get_experiment_by_name("eaudeqn-control").experiment_id]
+        )
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epsilon"))
+        assert steps == list(range(20, 1001, 20))  # every log step once, none lost
+    finally:
+        server.stop()

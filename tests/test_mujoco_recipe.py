@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from scripts import load_script
+from scripts import load_script, run_dir
 
 from torchrl_eaudeqn.checkpointing import latest_checkpoint
 
@@ -159,7 +159,7 @@ def test_recipe_trains_logs_checkpoints_resumes_registers_and_plays(tmp_path, ca
     ):
         assert key in run.data.metrics, key
     assert "return_sparsity.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
-    ckpt_dir = tmp_path / "ckpt" / "HalfCheetah-v5-eaudesac-32x2-seed0"
+    ckpt_dir = run_dir(tmp_path / "ckpt", "HalfCheetah-v5-eaudesac-32x2-seed0")
     assert latest_checkpoint(ckpt_dir) is not None
 
     version = client.get_model_version_by_alias("smoke-cheetah", "final")

@@ -18,6 +18,7 @@ import time
 
 import pytest
 import torch
+from scripts import run_dir
 
 from torchrl_eaudeqn.checkpointing import latest_checkpoint
 from torchrl_eaudeqn.config import AtariConfig, ConfigError, load_config
@@ -42,11 +43,17 @@ def _args(tmp, steps=480):
     ]  # fmt: skip
 
 
+def _ckpt_dir(tmp) -> pathlib.Path:
+    """The run's checkpoint directory (a path that does not exist before the run made it)."""
+    root = pathlib.Path(tmp) / "ckpt"
+    return run_dir(root, RUN_KEY) if root.is_dir() and run_dir(root, RUN_KEY) else root / "none"
+
+
 def _wait_for_checkpoint(tmp, proc, timeout=300.0):
     """Block until the run wrote its first checkpoint (training is under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if latest_checkpoint(pathlib.Path(tmp) / "ckpt" / RUN_KEY) is not None:
+        if latest_checkpoint(_ckpt_dir(tmp)) is not None:
             return
         time.sleep(0.2)
     raise AssertionError("the run wrote no checkpoint")
@@ -54,7 +61,7 @@ def _wait_for_checkpoint(tmp, proc, timeout=300.0):
 
 def _history(tmp):
     """Updater history and sparsities from the newest checkpoint."""
-    path = latest_checkpoint(pathlib.Path(tmp) / "ckpt" / RUN_KEY)
+    path = latest_checkpoint(_ckpt_dir(tmp))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cb = next(v for k, v in ckpt["callbacks"].items() if "TargetSelection" in k)
     hist = [
@@ -111,7 +118,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
         time.sleep(rng.uniform(0.0, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        latest = latest_checkpoint(tmp / "ckpt" / RUN_KEY)
+        latest = latest_checkpoint(_ckpt_dir(tmp))
         killed_at = torch.load(latest, weights_only=True)["eaudeqn"]["env_steps"] if latest else 0
         # Work lost to the kill: env steps the run had logged past its checkpoint.
         flushed = _flushed_step(tmp)
@@ -142,7 +149,7 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     assert last.startswith("stopped by SIGTERM at env step") and "--resume last" in last
     run, _ = _metric_steps(tmp_path)
     assert run.info.status == "KILLED"
-    assert latest_checkpoint(tmp_path / "ckpt" / RUN_KEY) is not None
+    assert latest_checkpoint(_ckpt_dir(tmp_path)) is not None
     out = subprocess.run([*RECIPE, *_args(tmp_path, steps=600), "--resume", "last"],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -150,7 +157,7 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
 
 def _wait_for_new_checkpoints(tmp, proc, count, timeout=600.0):
     """Block until the run wrote ``count`` checkpoints newer than its newest now."""
-    ckpt_dir = pathlib.Path(tmp) / "ckpt" / RUN_KEY
+    ckpt_dir = _ckpt_dir(tmp)
     start = latest_checkpoint(ckpt_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -231,7 +238,7 @@ def test_corrupted_checkpoint_is_refused_and_older_one_used(tmp_path):
     out = subprocess.run([*RECIPE, *_args(tmp_path, steps=200)], cwd=tmp_path, env=ENV,
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    ckpt_dir = tmp_path / "ckpt" / RUN_KEY
+    ckpt_dir = _ckpt_dir(tmp_path)
     newest = latest_checkpoint(ckpt_dir)
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from scripts import load_script
+from scripts import load_script, run_dir
 
 from torchrl_eaudeqn.checkpointing import (
     MANIFEST,
@@ -93,6 +93,7 @@ def test_crafted_checkpoint_is_refused_by_resume_and_never_runs(
     tmp_path, capsys, control_main, resume
 ):
     marker = tmp_path / "PWNED"
+    # In the directory versions before fingerprints used: --resume last still reads it.
     ckpt = tmp_path / "ckpt" / RUN_KEY / "step000000000100.ckpt"
     # A matching .sha256 sidecar: the checksum only detects damage, it is no signature.
     AtomicCheckpointIO().save_checkpoint({"eaudeqn": Payload(marker)}, ckpt)
@@ -134,7 +135,7 @@ def test_own_control_checkpoint_loads_weights_only_and_resumes(tmp_path, capsys,
         f"checkpoint_dir={tmp_path}/ckpt",
     ]  # fmt: skip
     assert control_main(args) == 0, capsys.readouterr().err[-2000:]
-    ckpt = tmp_path / "ckpt" / RUN_KEY / "step000000000120.ckpt"
+    ckpt = run_dir(tmp_path / "ckpt", RUN_KEY) / "step000000000120.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["eaudeqn"]["env_steps"] == 120
     # The resume goes through AtomicCheckpointIO.load_checkpoint (weights_only forced).
@@ -616,7 +617,9 @@ def test_credentialed_server_uri_through_a_real_recipe_run(tmp_path):
         )
         assert run.data.params["tracking_uri"] == f"http://***@{host}"
         assert SECRET not in json.dumps([run.data.params, run.data.tags])
-        for ckpt in (tmp_path / "ckpt" / RUN_KEY).glob("*.ckpt"):
+        ckpts = list(run_dir(tmp_path / "ckpt", RUN_KEY).glob("*.ckpt"))
+        assert ckpts
+        for ckpt in ckpts:
             config = torch.load(ckpt, weights_only=True)["eaudeqn"]["config"]
             assert config["tracking_uri"] == f"http://***@{host}", ckpt
             assert SECRET.encode() not in ckpt.read_bytes()
@@ -666,7 +669,7 @@ def test_checkpoint_replay_is_sealed_and_resumes(tmp_path, kind):
 
     first = run("env_steps=200")
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpt_dir = tmp_path / "ckpt" / run_key
+    ckpt_dir = run_dir(tmp_path / "ckpt", run_key)
     replay = ckpt_dir / "step000000000200.replay"
     verify_dir(replay)
     assert (replay / data_file).is_file() and not list(ckpt_dir.glob(".*tmp-*"))

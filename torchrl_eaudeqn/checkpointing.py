@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint files: atomic writes, checksums, the last N kept.
+"""Crash-safe checkpoint files: atomic writes, checksums, one timeline, one writer.
 
 Lightning writes checkpoints through a :class:`~lightning.fabric.plugins.CheckpointIO`
 plugin; :class:`AtomicCheckpointIO` is one that survives ``SIGKILL`` and full
@@ -11,8 +11,15 @@ disks:
 * a ``<name>.sha256`` sidecar is written (atomically) *before* the checkpoint
   it describes, so every checkpoint on disk has its checksum; a file whose
   bytes do not match is reported as corrupt, never loaded;
+* before a ``step*.ckpt`` is written, the directory's ``LATEST`` pointer is
+  set (atomically) to its name: the newest checkpoint of the timeline being
+  written. :func:`latest_checkpoint` (``--resume last``) never looks above
+  it, so a checkpoint of another timeline cannot be picked;
 * after a successful write only the newest ``keep_last`` ``step*.ckpt`` files
-  of the directory are kept (older ones and their sidecars are removed);
+  of the directory are kept (older ones, their sidecars and replays are
+  removed). Step order is write order here because :func:`start_timeline`
+  moved every checkpoint of an abandoned timeline out of the directory when
+  the run started;
 * a failed write (``ENOSPC``, read-only directory, ...) removes its
   temporary file and raises :class:`CheckpointError` with one line naming
   the file: existing checkpoints are untouched;
@@ -22,29 +29,38 @@ disks:
   asks for); a file that would need a Python object unpickled is refused
   with one line naming the file and the object.
 
+One directory, one writer: :class:`CheckpointDirLock` holds an ``fcntl.flock``
+on the directory's ``.lock`` file for the whole run; a second process is
+refused with one line naming the holder (pid, host, start time). The kernel
+drops the lock when its process dies, however it dies, so a killed run never
+leaves the directory locked. :func:`remove_leftovers` removes what killed
+writes left behind (temporary files and directories, a sidecar or a replay
+whose checkpoint was never written).
+
 A replay directory (``stepN.replay/``) gets the same care:
 :func:`write_dir_atomic` fills a temporary directory, writes a
 ``MANIFEST.sha256`` of its files, ``fsync``-s everything and renames it into
-place; :func:`verify_dir` checks it before it is loaded;
-:func:`remove_stale_tmp_dirs` removes what a killed write left behind.
+place; :func:`verify_dir` checks it before it is loaded.
 
 The checksums detect damage (a torn write, a bad disk block, a truncated
 copy); they are not a signature: whoever can write a checkpoint can write its
 sidecar too (docs/security.md).
-
-:func:`latest_checkpoint` finds the newest checkpoint that verifies, which is
-what ``--resume last`` loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,13 +69,20 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 __all__ = [
+    "ABANDONED",
+    "LATEST",
+    "LOCK",
     "AtomicCheckpointIO",
+    "CheckpointDirLock",
     "CheckpointError",
+    "CheckpointLocked",
     "checkpoint_step",
     "latest_checkpoint",
     "load_checkpoint_file",
+    "remove_leftovers",
     "remove_stale_tmp_dirs",
     "replay_dir",
+    "start_timeline",
     "unpickling_refused",
     "verify_checkpoint",
     "verify_dir",
@@ -71,6 +94,14 @@ _STEP_RE = re.compile(r"^step(\d+)(?:-(\d+))?\.ckpt$")
 #: The checksum list inside a directory written by :func:`write_dir_atomic`.
 MANIFEST = "MANIFEST.sha256"
 _TMP_DIR_RE = re.compile(r"^\..+\.tmp-(\d+)$")
+#: What belongs to the checkpoint of step N: the file, its sidecar, its replay.
+_MEMBER_RE = re.compile(r"^(step\d+(?:-\d+)?)\.(ckpt|ckpt\.sha256|replay)$")
+#: The pointer to the newest checkpoint of the timeline being written.
+LATEST = "LATEST"
+#: The lock file of a checkpoint directory (:class:`CheckpointDirLock`).
+LOCK = ".lock"
+#: Where :func:`start_timeline` moves the checkpoints of an abandoned timeline.
+ABANDONED = "abandoned"
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
@@ -333,12 +364,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale_tmp(entry: Path, any_pid: bool) -> bool:
+    match = _TMP_DIR_RE.match(entry.name)
+    if match is None or entry.is_symlink():
+        return False
+    pid = int(match.group(1))
+    return any_pid or pid == os.getpid() or not _pid_alive(pid)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+
+
 def remove_stale_tmp_dirs(directory: str | os.PathLike) -> list[Path]:
     """Remove the temporary directories killed :func:`write_dir_atomic` calls left behind.
 
     A ``.<name>.tmp-<pid>`` directory of this process, or of a process that
     no longer exists, is removed; one of a live process (a write under way)
-    is kept.
+    is kept. :func:`remove_leftovers` also removes temporary files.
 
     Returns:
         The directories removed.
@@ -351,18 +398,53 @@ def remove_stale_tmp_dirs(directory: str | os.PathLike) -> list[Path]:
         ['.step1.replay.tmp-999999999']
     """
     directory = Path(directory)
-    removed: list[Path] = []
     if not directory.is_dir():
-        return removed
+        return []
+    removed = [e for e in sorted(directory.iterdir()) if e.is_dir() and _stale_tmp(e, False)]
+    for entry in removed:
+        _remove(entry)
+    return removed
+
+
+def remove_leftovers(directory: str | os.PathLike, *, locked: bool = False) -> list[Path]:
+    """Remove what killed writes left in a checkpoint directory.
+
+    * ``.<name>.tmp-<pid>`` files and directories (a checkpoint, sidecar,
+      pointer or replay write cut short): those of this process or of a
+      dead one; with ``locked`` (the caller holds the directory's
+      :class:`CheckpointDirLock`, so no other writer exists) all of them,
+      whatever process number they carry (a dead writer's pid may have been
+      reused since);
+    * with ``locked``, a ``stepN.ckpt.sha256`` or ``stepN.replay/`` whose
+      ``stepN.ckpt`` does not exist (both are written before the checkpoint
+      itself: the write of that checkpoint never finished).
+
+    Returns:
+        What was removed.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".step9.ckpt.tmp-999999999").write_bytes(b"half")
+        >>> (d / "step9.replay").mkdir()
+        >>> sorted(p.name for p in remove_leftovers(d, locked=True))
+        ['.step9.ckpt.tmp-999999999', 'step9.replay']
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
     for entry in sorted(directory.iterdir()):
-        match = _TMP_DIR_RE.match(entry.name)
-        if match is None or not entry.is_dir() or entry.is_symlink():
-            continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+        member = _MEMBER_RE.match(entry.name)
+        orphan = (
+            locked
+            and member is not None
+            and member.group(2) != "ckpt"
+            and not (directory / f"{member.group(1)}.ckpt").is_file()
+        )
+        if orphan or _stale_tmp(entry, locked):
+            _remove(entry)
+            removed.append(entry)
     return removed
 
 
@@ -389,11 +471,28 @@ def checkpoint_step(path: str | os.PathLike) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2) or 0)
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest ``step*.ckpt`` in ``directory`` that verifies, or ``None``.
+def _read_pointer(directory: Path) -> str | None:
+    """The ``LATEST`` pointer: a file name, ``""`` (no checkpoint yet) or ``None`` (none)."""
+    try:
+        name = (directory / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if name == "" or checkpoint_step(name) else None
 
-    Newer files that fail verification (a crash between the sidecar and the
-    file, a corrupted disk block) are skipped in favour of older good ones.
+
+def _write_pointer(directory: Path, name: str) -> None:
+    write_atomic(directory / LATEST, f"{name}\n".encode())
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of the directory's timeline that verifies, or ``None``.
+
+    The timeline is what the ``LATEST`` pointer names: its checkpoint, or
+    when that one does not verify (a crash between the pointer and the
+    file, a corrupted disk block) the newest older one that does. Nothing
+    above the pointer is considered (a checkpoint left there belongs to
+    another timeline). A directory without a pointer (written by an older
+    version) is read by step number alone.
 
     Example:
         >>> import tempfile
@@ -407,11 +506,17 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     directory = Path(directory)
     if not directory.is_dir():
         return None
+    pointer = _read_pointer(directory)
+    if pointer == "":
+        return None
+    limit = checkpoint_step(pointer) if pointer else None
     found = sorted(
-        ((checkpoint_step(p), p) for p in directory.iterdir() if checkpoint_step(p)),
+        ((step, p) for p in directory.iterdir() if (step := checkpoint_step(p))),
         reverse=True,
     )
-    for _, path in found:
+    for step, path in found:
+        if limit is not None and step > limit:
+            continue
         try:
             verify_checkpoint(path)
         except CheckpointError:
@@ -420,8 +525,187 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
+def _members(directory: Path) -> dict[str, list[Path]]:
+    """``{"stepN": [stepN.ckpt, stepN.ckpt.sha256, stepN.replay], ...}`` (those present)."""
+    out: dict[str, list[Path]] = {}
+    for entry in sorted(directory.iterdir()):
+        match = _MEMBER_RE.match(entry.name)
+        if match:
+            out.setdefault(match.group(1), []).append(entry)
+    return out
+
+
+def start_timeline(
+    directory: str | os.PathLike, resume: str | os.PathLike | None = None
+) -> list[Path]:
+    """Make ``directory`` hold one timeline: the one a run (re)starting now writes.
+
+    Called when training starts (:class:`~torchrl_eaudeqn.reliability.EnvStepCheckpoint`),
+    ``resume`` being the checkpoint it resumed from (``None``: a fresh start).
+
+    1. The ``LATEST`` pointer is set to ``resume`` when it lies in this
+       directory (its older checkpoints are this timeline's past), else to
+       "nothing yet": from now on ``--resume last`` can only pick this
+       timeline's checkpoints.
+    2. The checkpoints of the abandoned timeline (above ``resume``, or all of
+       them when it lies elsewhere or the run starts fresh) move, with their
+       sidecars and replays, to ``directory/abandoned/``, replacing what an
+       earlier start put there. They are kept until the next start that
+       abandons a timeline; delete the folder to free the space. (A run
+       resumed from a file inside ``abandoned/`` keeps that folder and moves
+       the timeline it leaves to ``abandoned-2/``, ``-3``, ...)
+
+    So the run's own checkpoints are never pruned in favour of higher step
+    numbers of a timeline it left, and ``--resume last`` never jumps back to
+    it.
+
+    Returns:
+        The files and directories moved to ``abandoned/``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> io_ = AtomicCheckpointIO()
+        >>> for s in (1, 2, 3):
+        ...     io_.save_checkpoint({"s": s}, d / f"step{s}.ckpt")
+        >>> [p.name for p in start_timeline(d, resume=d / "step1.ckpt")]
+        ['step2.ckpt', 'step2.ckpt.sha256', 'step3.ckpt', 'step3.ckpt.sha256']
+        >>> io_.save_checkpoint({"s": 1.5}, d / "step2.ckpt"); latest_checkpoint(d).name
+        'step2.ckpt'
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    base = None
+    if resume is not None:
+        resume = Path(resume)
+        if resume.parent.resolve() == directory.resolve() and checkpoint_step(resume):
+            base = checkpoint_step(resume)
+    # The pointer first: a crash while moving leaves --resume last on this timeline.
+    _write_pointer(directory, resume.name if base is not None else "")
+    moved: list[Path] = []
+    abandoned = {
+        key: paths
+        for key, paths in _members(directory).items()
+        if base is None or checkpoint_step(f"{key}.ckpt") > base
+    }
+    if not abandoned:
+        return moved
+    target = directory / ABANDONED
+    if resume is not None and target.resolve() in resume.resolve().parents:
+        # Resumed from the abandoned folder itself: keep it, use the next free name.
+        n = 2
+        while (directory / f"{ABANDONED}-{n}").exists():
+            n += 1
+        target = directory / f"{ABANDONED}-{n}"
+    elif target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    for paths in abandoned.values():
+        for path in paths:
+            os.replace(path, target / path.name)
+            moved.append(path)
+    _fsync_dir(target)
+    _fsync_dir(directory)
+    if base is not None:
+        why = f"steps above {resume.name}, which this run resumes from"
+    else:
+        why = "this run starts fresh" if resume is None else f"this run resumes from {resume}"
+    print(
+        f"note: {len(abandoned)} checkpoint(s) of an abandoned timeline ({why}) moved to {target}",
+        file=sys.stderr,
+    )
+    return moved
+
+
+class CheckpointLocked(CheckpointError):
+    """Another live process holds the checkpoint directory (message: one line naming it)."""
+
+
+class CheckpointDirLock:
+    """An exclusive ``fcntl.flock`` on ``directory/.lock``: one writer per checkpoint directory.
+
+    The lock belongs to the open file: the kernel releases it when the
+    process exits or is killed, so it can never be left stuck. The file
+    records its holder (pid, host, start time) for the message a second
+    process gets. On network filesystems ``flock`` is as good as the
+    filesystem's lock support (NFSv4 and Lustre honour it).
+
+    Args:
+        directory: the checkpoint directory (created when missing).
+
+    Raises:
+        CheckpointLocked: from :meth:`acquire`, when another process holds it.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> with CheckpointDirLock(d):
+        ...     CheckpointDirLock(d).acquire()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrl_eaudeqn.checkpointing.CheckpointLocked: checkpoint directory ... in use by pid ...
+        >>> CheckpointDirLock(d).acquire().release()  # free again
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> CheckpointDirLock:
+        """Take the lock (non-blocking); returns ``self``."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot create checkpoint directory lock {self.path}: {err.strerror or err}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise CheckpointLocked(
+                f"checkpoint directory {self.directory} is in use by {holder} (lock "
+                f"{self.path}); wait for that run to end or stop it"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode())
+            return f"pid {int(info['pid'])} on {info['host']} since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (it has not written its name yet)"
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: deleting it would race with the next holder)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> CheckpointDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning ``CheckpointIO``: atomic writes, sha256 sidecars, the last N kept.
+    """Lightning ``CheckpointIO``: atomic writes, sha256 sidecars, ``LATEST``, the last N kept.
 
     Args:
         keep_last: how many ``step*.ckpt`` files to keep per directory (>= 1);
@@ -455,12 +739,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buf)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
+        if checkpoint_step(path):
+            # The pointer first: a crash before the file is written leaves it
+            # naming a missing file, and latest_checkpoint takes the one before.
+            _write_pointer(path.parent, path.name)
         # The sidecar first: a crash between the two leaves a sidecar without
         # its file (ignored) or an old file with a new sidecar (reported corrupt,
         # an older checkpoint is used), never an unverifiable checkpoint.
         write_atomic(_sidecar(path), f"{digest}  {path.name}\n".encode())
         write_atomic(path, data)
-        self._prune(path.parent)
+        self._prune(path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
         """Verify, then load with ``weights_only=True`` whatever the caller asks for.
@@ -484,12 +772,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 p.unlink()
         shutil.rmtree(replay_dir(path), ignore_errors=True)
 
-    def _prune(self, directory: Path) -> None:
-        if self.keep_last is None:
+    def _prune(self, newest: Path) -> None:
+        top = checkpoint_step(newest)
+        if self.keep_last is None or top is None:
             return
+        # Only at or below the file just written: nothing there outranks this timeline.
         ckpts = sorted(
-            ((checkpoint_step(p), p) for p in directory.iterdir() if checkpoint_step(p)),
+            ((step, p) for p in newest.parent.iterdir() if (step := checkpoint_step(p))
+             and step <= top),
             reverse=True,
-        )
+        )  # fmt: skip
         for _, old in ckpts[self.keep_last :]:
             self.remove_checkpoint(old)

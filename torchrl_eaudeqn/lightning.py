@@ -73,6 +73,7 @@ from .updaters import PolyPruneUpdater, TargetSelectionUpdater
 
 __all__ = [
     "FLUSHED_TAG",
+    "MAX_PENDING",
     "DQNLightningModule",
     "EnsembleDQNModule",
     "EnvStepProgressBar",
@@ -138,10 +139,10 @@ class TargetSelectionCallback(L.Callback):
         losses = outputs.get("loss_per_member", outputs.get("member_losses"))
         if losses is None:
             return
-        n_before = len(self.updater.history)
+        before = self.updater.history_total
         self.updater.step(losses)
         if self.on_update is not None:
-            for entry in self.updater.history[n_before:]:
+            for entry in self.updater.recent(self.updater.history_total - before):
                 self.on_update(entry)
 
     def state_dict(self) -> dict[str, Any]:
@@ -374,6 +375,11 @@ class MLflowUnavailable(RuntimeError):
     """The tracking store stayed unreachable for longer than the metric buffer allows."""
 
 
+#: Metric points :class:`MLflowMetrics` keeps while the store is down (~170 bytes each in
+#: memory, ~30 in a checkpoint: 17 MB and 3 MB at the limit).
+MAX_PENDING = 100_000
+
+
 #: Run tag holding the last env step whose metrics reached the store.
 FLUSHED_TAG = "torchrl_eaudeqn.flushed_step"
 
@@ -391,12 +397,23 @@ class MLflowMetrics:
       checkpoints, and the unsent metrics travel in the checkpoint, see
       ``pending``). Time, not a count of flushes: how many flushes an
       outage spans depends on ``log_every`` and the run's speed;
+    * the buffer is bounded: a failed flush with ``max_pending`` points or
+      more kept stops training the same way, whatever the time (a fast run
+      with per-episode metrics fills memory long before ``max_outage_s``);
     * each successful flush records the newest env step it sent in the run's
       ``torchrl_eaudeqn.flushed_step`` tag; a resumed run
       (:meth:`resume_from_store`) skips points at or below it, and below each
       key's newest stored step (a kill between a batch and its tag write
       leaves the tag behind), so the steps it replays after its checkpoint
       are not logged twice.
+
+    Args:
+        client: an ``MlflowClient`` (``None``: buffer only).
+        run_id: the run the points go to.
+        max_outage_s: seconds of failed flushes before training stops.
+        max_pending: points kept before a failed flush stops training
+            (``None``: :data:`MAX_PENDING`).
+        clock: the time source (tests).
 
     Example:
         >>> m = MLflowMetrics(client=None, run_id=None)
@@ -412,12 +429,14 @@ class MLflowMetrics:
         run_id: str | None,
         max_outage_s: float = 1800.0,
         clock: Callable[[], float] = time.monotonic,
+        max_pending: int | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.pending: list[Any] = []
         self.skip_through = -1
         self.max_outage_s = max_outage_s
+        self.max_pending = MAX_PENDING if max_pending is None else int(max_pending)
         self.clock = clock
         self._down_since = 0.0
         self.failures = 0
@@ -490,6 +509,13 @@ class MLflowMetrics:
                     f"MLflow tracking store unreachable for {down:.0f} s ({self.failures} "
                     f"flushes in a row; {self.last_error}); {len(self.pending)} metric points "
                     "kept in the checkpoint"
+                ) from None
+            if len(self.pending) >= self.max_pending:
+                raise MLflowUnavailable(
+                    f"MLflow tracking store unreachable ({self.failures} flushes in a row, "
+                    f"{down:.0f} s; {self.last_error}) and {len(self.pending)} metric points "
+                    f"buffered, the limit (max_pending {self.max_pending}): training stopped, "
+                    "the points are kept in the checkpoint"
                 ) from None
             return False
         if self.failures:
@@ -591,7 +617,6 @@ class OnlineRLModule(L.LightningModule):
         self.episodes = 0
         self.last_score = float("nan")
         self._credit = 0
-        self._scores: list[float] = []
         self._clock = (time.perf_counter(), 0)
         self._last_log = 0
         self._last_eval = 0
@@ -745,7 +770,6 @@ class OnlineRLModule(L.LightningModule):
     def _episode_end(self, score: float, length: int) -> None:
         self.episodes += 1
         self.last_score = float(score)
-        self._scores.append(float(score))
         self.metrics.add(self.episode_metric, score, self.env_steps)
         self.metrics.add("episode_length", length, self.env_steps)
 
@@ -1385,9 +1409,9 @@ class SACLightningModule(OnlineRLModule):
             for key in ("loss_alpha", "alpha", "entropy"):
                 m.add(key, float(mean[key]), step)
             self._losses.clear()
-        history = [h for h in self.updater.history if "actor_selected" in h]
-        sel_a = history[-1]["actor_selected"] if history else 0
-        sel_c = history[-1]["critic_selected"] if history else 0
+        last = next((h for h in reversed(self.updater.history) if "actor_selected" in h), {})
+        sel_a = last.get("actor_selected", 0)
+        sel_c = last.get("critic_selected", 0)
         m.add("selected/actor", sel_a, step)
         m.add("selected/critic", sel_c, step)
         bar.update(member_actor=float(sel_a), member_critic=float(sel_c))

@@ -12,11 +12,16 @@ to register, and hands the rest to :func:`run_recipe`:
 2. with ``--resume``: :func:`find_checkpoint` and
    :func:`read_checkpoint_header` (refuses a checkpoint written under another
    config, except for the :data:`RESUMABLE` fields) -- before anything is written;
-3. :func:`start_mlflow_run` (or reopen the checkpoint's run);
-4. Lightning ``fit`` with the updater callback and crash-safe checkpoints
+3. the run's checkpoint directory (:func:`checkpoint_dir`: run key and
+   :func:`config_fingerprint`) is locked for this process
+   (:class:`~torchrl_eaudeqn.checkpointing.CheckpointDirLock`; held
+   elsewhere: exit 2, one line naming the holder) and cleared of what killed
+   writes left;
+4. :func:`start_mlflow_run` (or reopen the checkpoint's run);
+5. Lightning ``fit`` with the updater callback and crash-safe checkpoints
    (``step<env steps>.ckpt``, every ``checkpoint_every`` env steps, at the
    end, on an exception or a signal; :func:`make_trainer`);
-5. final evaluation, :func:`plot_run` (a PNG artifact), registration, and
+6. final evaluation, :func:`plot_run` (a PNG artifact), registration, and
    one summary block on stdout (:mod:`torchrl_eaudeqn.console`); the MLflow
    run is marked FINISHED, FAILED or KILLED whatever happens.
 
@@ -25,13 +30,15 @@ Example:
     >>> args, cfg = parse_args(AtariConfig, ["game=Breakout", "width=small"],
     ...                        default_config=None)
     >>> cfg.game, args.resume, checkpoint_dir(cfg).as_posix()
-    ('Breakout', None, 'checkpoints/Breakout-eaudeqn-small-seed0')
+    ('Breakout', None, 'checkpoints/Breakout-eaudeqn-small-seed0-2f26696a')
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import pathlib
 import sys
@@ -44,9 +51,11 @@ import torch
 
 from .checkpointing import (
     AtomicCheckpointIO,
+    CheckpointDirLock,
     CheckpointError,
     latest_checkpoint,
     load_checkpoint_file,
+    remove_leftovers,
     replay_dir,
     verify_checkpoint,
     verify_dir,
@@ -62,6 +71,7 @@ __all__ = [
     "PlotPanel",
     "check_replay",
     "checkpoint_dir",
+    "config_fingerprint",
     "find_checkpoint",
     "make_trainer",
     "parse_args",
@@ -94,24 +104,69 @@ class PlotPanel:
     curves: tuple[tuple[str, str], ...]
 
 
+def config_fingerprint(cfg: Any, resumable: Sequence[str] = RESUMABLE) -> str:
+    """Eight hex digits naming what a run computes: the fields a resume must keep.
+
+    The sha256 of ``name=value`` (JSON values, sorted by name) over the
+    config's fields, leaving out the ``resumable`` ones (budget, logging,
+    tracking URI, registry: they may change on resume, so they do not make a
+    different run) and ``checkpoint_dir`` (where the run is, not what it
+    is), and fields at their default value (a field added to the dataclass
+    later does not rename existing directories). Two configs that differ only
+    in fields a resume may change (those :func:`read_checkpoint_header`
+    ignores) get the same fingerprint; any other difference changes it.
+
+    Example:
+        >>> from torchrl_eaudeqn.config import AtariConfig
+        >>> a = AtariConfig(game="Breakout")
+        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(game="Breakout", env_steps=5))
+        True
+        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(game="Breakout", lr=1e-3))
+        False
+    """
+    skip = {*resumable, "checkpoint_dir"}
+    lines = []
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if value != default:
+            lines.append(f"{f.name}={json.dumps(value, sort_keys=True, default=str)}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:8]
+
+
 def checkpoint_dir(cfg: Any) -> pathlib.Path:
-    """``<checkpoint_dir>/<run key>``: where a run's checkpoints go."""
+    """``<checkpoint_dir>/<run key>-<fingerprint>``: where a run's checkpoints go.
+
+    The :func:`config_fingerprint` keeps runs that differ in what they compute
+    (``lr``, ``num_members``, ...) out of each other's directory.
+    """
+    return pathlib.Path(cfg.checkpoint_dir) / f"{cfg.run_key}-{config_fingerprint(cfg)}"
+
+
+def _legacy_checkpoint_dir(cfg: Any) -> pathlib.Path:
+    # Versions before fingerprints wrote <checkpoint_dir>/<run key>; --resume last reads it.
     return pathlib.Path(cfg.checkpoint_dir) / cfg.run_key
 
 
 def find_checkpoint(cfg: Any, resume: str) -> pathlib.Path:
     """The checkpoint ``--resume`` names, verified against its checksum.
 
-    ``last`` is the newest checkpoint of the run's directory that verifies
-    (a newer one left torn or corrupt by a crash is skipped); a path must
-    verify itself.
+    ``last`` is the newest checkpoint of the timeline in the run's
+    directory that verifies (a newer one left torn or corrupt by a crash is
+    skipped, one of an abandoned timeline is never taken:
+    :func:`~torchrl_eaudeqn.checkpointing.latest_checkpoint`); when that
+    directory has none, the directory older versions used,
+    ``<checkpoint_dir>/<run key>``, is read instead, so nothing they wrote is
+    lost. A path must verify itself.
 
     Raises:
         ValueError: no such checkpoint, or it fails verification (one line).
     """
     if resume == "last":
         directory = checkpoint_dir(cfg)
-        path = latest_checkpoint(directory)
+        path = latest_checkpoint(directory) or latest_checkpoint(_legacy_checkpoint_dir(cfg))
         if path is None:
             raise ValueError(f"--resume last: no valid checkpoint in {directory}")
         return path
@@ -383,18 +438,15 @@ def run_recipe(
     ``recipes/evaluate.py`` command; the plot; how to open the run in the MLflow UI.
 
     Returns:
-        0 on success; 2 on a user error (bad resume, a checkpoint that cannot be
-        written: one line on stderr); 1 when training stopped on a NaN/Inf or
-        an unreachable tracking store; 128 + signal number after a graceful
-        ``SIGINT``/``SIGTERM`` stop. In every case but a bad resume the state
-        is checkpointed first and the MLflow run ends FINISHED, FAILED or KILLED.
+        0 on success; 2 on a user error (bad resume, a checkpoint directory
+        another process holds, a checkpoint that cannot be written: one line on
+        stderr); 1 when training stopped on a NaN/Inf or an unreachable
+        tracking store; 128 + signal number after a graceful
+        ``SIGINT``/``SIGTERM`` stop. In every case but a bad resume or a held
+        directory the state is checkpointed first and the MLflow run ends
+        FINISHED, FAILED or KILLED.
     """
-    import lightning as L
-    from mlflow.exceptions import MlflowException
-
-    from .lightning import MLflowMetrics, MLflowUnavailable
-
-    started = time.perf_counter()
+    started = time.perf_counter()  # the summary's wall time includes the resume checks
     title = title or f"{cfg.method} {cfg.run_key}"
     run_id = None
     ckpt = None
@@ -406,6 +458,45 @@ def run_recipe(
         except ValueError as err:
             print(f"error: {redact_text(str(err))}", file=sys.stderr)
             return 2
+    ckpt_dir = checkpoint_dir(cfg)
+    # One writer per directory, before the MLflow run exists: a second process
+    # is refused with one line naming the holder (docs/reliability.md).
+    lock = CheckpointDirLock(ckpt_dir)
+    try:
+        lock.acquire()
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        remove_leftovers(ckpt_dir, locked=True)  # what killed writes left behind
+        return _run_locked(
+            cfg, ckpt, run_id, ckpt_dir, build_module, build_callbacks, register, plot_panels,
+            run_tags, plot_name, title, started,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    cfg: Any,
+    ckpt: pathlib.Path | None,
+    run_id: str | None,
+    ckpt_dir: pathlib.Path,
+    build_module: Callable[[Any], Any],
+    build_callbacks: Callable[[Any], list[Any]],
+    register: Callable[[Any, dict[str, float], str], Registered],
+    plot_panels: Sequence[PlotPanel],
+    run_tags: Mapping[str, str] | None,
+    plot_name: str,
+    title: str,
+    started: float,
+) -> int:
+    """:func:`run_recipe` once the checkpoint directory is held: MLflow run, fit, final steps."""
+    import lightning as L
+    from mlflow.exceptions import MlflowException
+
+    from .lightning import MLflowMetrics, MLflowUnavailable
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -416,7 +507,6 @@ def run_recipe(
         # crash: log each env step once.
         metrics.resume_from_store()
     status = "FAILED"
-    ckpt_dir = checkpoint_dir(cfg)
 
     def stopped(message: str, code: int, new_status: str) -> int:
         nonlocal status

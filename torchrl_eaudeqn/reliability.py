@@ -2,10 +2,13 @@
 
 * :class:`EnvStepCheckpoint`: a checkpoint every ``every`` env steps, at the
   end of training and when training stops on an exception or a signal, named
-  ``step<env steps>.ckpt`` so that :func:`~torchrl_eaudeqn.checkpointing.latest_checkpoint`
-  orders them; written through :class:`~torchrl_eaudeqn.checkpointing.AtomicCheckpointIO`
-  they are atomic and checksummed. (Lightning's ``ModelCheckpoint`` counts
-  optimizer steps; the budget and every period here are env steps.)
+  ``step<env steps>.ckpt``; written through
+  :class:`~torchrl_eaudeqn.checkpointing.AtomicCheckpointIO` they are atomic
+  and checksummed. When training starts it removes what killed writes left
+  and makes the directory hold this run's timeline only
+  (:func:`~torchrl_eaudeqn.checkpointing.start_timeline`). (Lightning's
+  ``ModelCheckpoint`` counts optimizer steps; the budget and every period
+  here are env steps.)
 * :class:`GracefulStop`: ``SIGINT``/``SIGTERM`` let the current step finish,
   then training stops (and :class:`EnvStepCheckpoint` saves); a second
   ``SIGINT`` interrupts at once.
@@ -25,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .checkpointing import remove_stale_tmp_dirs, replay_dir
+from .checkpointing import remove_leftovers, replay_dir, start_timeline
 
 __all__ = ["EnvStepCheckpoint", "GracefulStop", "NonFiniteError", "NonFiniteGuard"]
 
@@ -57,7 +60,6 @@ class EnvStepCheckpoint(L.Callback):
         self.dirpath = Path(dirpath)
         self.every = int(every)
         self._last_saved: int | None = None
-        self.saved: list[Path] = []
 
     def path_for(self, env_steps: int) -> Path:
         return self.dirpath / f"step{env_steps:012d}.ckpt"
@@ -76,13 +78,14 @@ class EnvStepCheckpoint(L.Callback):
             # The full state; explicit, so that Lightning does not log its default.
             trainer.save_checkpoint(path, weights_only=False)
             self._last_saved = steps
-            self.saved.append(path)
         return path
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._mark = _env_steps(pl_module) // self.every
-        # A replay write killed half-way leaves its temporary directory (GBs).
-        remove_stale_tmp_dirs(self.dirpath)
+        # A write killed half-way leaves its temporary file or directory (GBs).
+        remove_leftovers(self.dirpath)
+        # From here on the directory holds this run's timeline only (docs/reliability.md).
+        start_timeline(self.dirpath, getattr(trainer, "ckpt_path", None))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         mark = _env_steps(pl_module) // self.every

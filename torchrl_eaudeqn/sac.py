@@ -718,7 +718,7 @@ class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
                         f"{missing[:3]}); build it from loss_module.parameters()"
                     )
         self.num_steps = 0
-        self.history: list[dict[str, Any]] = []
+        self._init_history()
         self.initialized = False
 
     @torch.no_grad()
@@ -894,7 +894,7 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
             self.polyak_update(1.0)
         entry["critic_sparsity"] = [float(s) for s in self.critic.sparsity()]
         entry["actor_sparsity"] = [float(s) for s in self.actor.sparsity()]
-        self.history.append(entry)
+        self._record(entry)
         self.critic_loss_sums.zero_()
         self.actor_loss_sums.zero_()
         self.steps_in_period = 0
@@ -1019,7 +1019,7 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
             s = self.target_sparsity(t)
             prune_member_to(self.actor, 0, s, self.scope)
             prune_member_to(self.critic, 0, s, self.scope)
-            self.history.append(
+            self._record(
                 {
                     "step": t,
                     "event": "prune",

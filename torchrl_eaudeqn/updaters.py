@@ -59,7 +59,7 @@ class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
                 )
         self.optimizer = optimizer
         self.num_steps = 0
-        self.history: list[dict[str, Any]] = []
+        self._init_history()
         self.initialized = False
 
     def apply_masks_(self) -> None:
@@ -212,7 +212,7 @@ class TargetSelectionUpdater(_MaskedUpdater):
         speeds = list(self.speeds)
         self._copy_member_to_target(j)
         self._rebuild_members(j)
-        self.history.append(
+        self._record(
             {
                 "step": self.num_steps,
                 "selected": j,
@@ -370,13 +370,13 @@ class PolyPruneUpdater(_MaskedUpdater):
             prune_member_to(
                 self.actor, 0, self.target_sparsity(t), scope=self.scope, structure=self.structure
             )
-            self.history.append(
+            self._record(
                 {"step": t, "event": "prune", "sparsity": [float(self.actor.sparsity()[0])]}
             )
         self.actor.apply_masks_()
         if t % self.period == 0:
             self._copy_member_to_target(0)
-            self.history.append(
+            self._record(
                 {
                     "step": t,
                     "event": "target",
