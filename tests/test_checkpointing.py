@@ -265,7 +265,7 @@ def test_resume_from_an_older_checkpoint_writes_a_timeline_that_survives(
     assert last == ckpt_dir / "step000000000180.ckpt" and _header_steps(last) == 180
     # --resume last continues this timeline, not the abandoned step 200.
     assert control_main([*args, "env_steps=220", "--resume", "last"]) == 0
-    assert "done: 220 env steps" in capsys.readouterr().out
+    assert "\nenv steps         220 (40 after resuming at 180) in " in capsys.readouterr().out
     assert _steps(ckpt_dir) == [180, 200, 220] and _steps(ckpt_dir / "abandoned") == [160, 200]
 
 
@@ -323,6 +323,6 @@ def test_configs_that_differ_get_their_own_folder_and_old_folders_still_resume(
     legacy = tmp_path / "ckpt" / cfg.run_key
     mine.rename(legacy)
     assert control_main([*args[:-2], "env_steps=120", "--resume", "last"]) == 0
-    assert "done: 120 env steps" in capsys.readouterr().out
+    assert "\nenv steps         120 (40 after resuming at 80) in " in capsys.readouterr().out
     assert _steps(legacy) == [40, 80]  # read, not changed
     assert _steps(mine) == [120] and _header_steps(mine / "step000000000120.ckpt") == 120
