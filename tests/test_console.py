@@ -67,6 +67,19 @@ def test_selection_counts_and_layer_labels():
     assert (actor.total, actor.pruned_wins, critic.pruned_wins) == (3, 3, 0)
     (poly,) = count_selections([{"event": "prune", "sparsity": [0.1]}, {"event": "target"}])
     assert poly.pruned_wins is None and "no selection" in str(poly)
+    # A bounded history (the updater keeps its newest history_len entries): the
+    # run's total stays whole, the wins are said to be over the kept entries.
+    dqn = [{"selected": 1, "speeds_before": [0.0, 0.1]}, {"selected": 0, "speeds_before": [0, 0.1]}]
+    (kept,) = count_selections(dqn * 2, total=1500)
+    assert (kept.total, kept.pruned_wins, kept.counted) == (1500, 2, 4)
+    assert str(kept) == "1500, won by a pruned member 2 of the newest 4"
+    (whole,) = count_selections(dqn * 2, total=4)
+    assert whole.counted is None and str(whole) == "4, won by a pruned member 2"
+    (poly,) = count_selections([{"event": "target"}] * 3, total=9)
+    assert (
+        str(poly)
+        == "3 in the newest 3 updater entries (one network pruned on a schedule: no selection)"
+    )
     names = ["1.weight", "3.weight", "5.weight", "8.weight", "10.weight"]
     assert layer_labels(names, ["conv"] * 3 + ["fc"] * 2) == [
         "conv1", "conv2", "conv3", "fc1", "head",

@@ -282,33 +282,49 @@ class SelectionCount:
     """How many selections an updater made and how many a pruned member won.
 
     ``pruned_wins`` is ``None`` where nothing is selected (PolyPrune: one
-    network pruned on a schedule).
+    network pruned on a schedule). ``counted`` is set when the updater kept
+    only its newest ``counted`` history entries (``history_len``): the wins
+    (and a PolyPrune count) are over those entries, ``total`` of a selection
+    count is still the whole run's.
     """
 
     name: str
     total: int
     pruned_wins: int | None
+    counted: int | None = None
 
     def __str__(self) -> str:
         if self.pruned_wins is None:
-            return f"{self.total} (one network pruned on a schedule: no selection)"
-        return f"{self.total}, won by a pruned member {self.pruned_wins}"
+            window = f" in the newest {self.counted:,} updater entries" if self.counted else ""
+            return f"{self.total}{window} (one network pruned on a schedule: no selection)"
+        window = f" of the newest {self.counted:,}" if self.counted else ""
+        return f"{self.total}, won by a pruned member {self.pruned_wins}{window}"
 
 
-def count_selections(history: Sequence[Mapping[str, Any]]) -> tuple[SelectionCount, ...]:
+def count_selections(
+    history: Sequence[Mapping[str, Any]], total: int | None = None
+) -> tuple[SelectionCount, ...]:
     """Count target updates (DQN family) or selections (SAC) in an updater's ``history``.
 
     A win "by a pruned member" is a selection whose winner was pruned further
     during the period (its pruning speed was above 0): the steady copy of the
     last winner losing to a sparser one.
 
+    Args:
+        history: the updater's entries (it keeps the newest ``history_len``).
+        total: how many entries the updater recorded in all (``history_total``);
+            above ``len(history)``, the oldest are gone and the counts say so.
+
     Example:
         >>> count_selections([
         ...     {"selected": 0, "speeds_before": [0.0, 0.0, 0.0]},
         ...     {"selected": 2, "speeds_before": [0.0, 0.1, 0.2]},
         ...     {"selected": 0, "speeds_before": [0.0, 0.1, 0.2]}])[0]
-        SelectionCount(name='target updates', total=3, pruned_wins=1)
+        SelectionCount(name='target updates', total=3, pruned_wins=1, counted=None)
     """
+    kept = len(history)
+    # Fewer kept than recorded: the oldest entries were dropped (bounded history).
+    counted = kept if total is not None and total > kept else None
     dqn = [h for h in history if "speeds_before" in h]
     schedule = [h for h in history if h.get("event") == "target"]
     sac = [h for h in history if "actor_selected" in h]
@@ -317,19 +333,28 @@ def count_selections(history: Sequence[Mapping[str, Any]]) -> tuple[SelectionCou
     def wins(entries: list[Mapping[str, Any]], sel: str, speeds: str) -> int:
         return sum(1 for h in entries if float(h[speeds][int(h[sel])]) > 0)
 
+    # Every entry of a selecting updater is a selection: the whole run's count is ``total``.
+    every = total if counted is not None else None
     if sac:
         return tuple(
             SelectionCount(
-                f"{who} selections", len(sac), wins(sac, f"{who}_selected", f"{who}_speeds_before")
+                f"{who} selections",
+                every or len(sac),
+                wins(sac, f"{who}_selected", f"{who}_speeds_before"),
+                counted,
             )
             for who in ("actor", "critic")
         )
     if dqn:
-        return (SelectionCount("target updates", len(dqn), wins(dqn, "selected", "speeds_before")),)
+        return (
+            SelectionCount(
+                "target updates", every or len(dqn), wins(dqn, "selected", "speeds_before"), counted
+            ),
+        )
     if schedule:
-        return (SelectionCount("target updates", len(schedule), None),)
+        return (SelectionCount("target updates", len(schedule), None, counted),)
     if prunes:
-        return (SelectionCount("mask updates", len(prunes), None),)
+        return (SelectionCount("mask updates", len(prunes), None, counted),)
     return (SelectionCount("target updates", 0, 0),)
 
 
@@ -636,7 +661,9 @@ def gather_summary(
         history_note=history_note,
         training=learned,
         sparsity=registered.sparsity,
-        selections=count_selections(module.updater.history),
+        selections=count_selections(
+            module.updater.history, getattr(module.updater, "history_total", None)
+        ),
         model_uri=model_text,
         model_note=registered.note or "not registered",
         evaluate_cmd=evaluate_cmd,
