@@ -98,7 +98,10 @@ def test_terminal_on_life_loss_reaches_the_replay(collector):
         arrays = module.replay._arrays
         return int((arrays["terminated"] & arrays["valid"]).sum())
 
-    plain = _fit(["method=dqn", f"collector={collector}", "max_episode_steps=400"])
+    plain = _fit(
+        ["method=dqn", f"collector={collector}", "max_episode_steps=400",
+         "terminal_on_life_loss=false"]  # the quick preset turns it on
+    )  # fmt: skip
     lost = _fit(
         ["method=dqn", f"collector={collector}", "max_episode_steps=400",
          "terminal_on_life_loss=true"]
