@@ -48,6 +48,15 @@ def _sample_std(pop_std: float, n: int) -> float:
     return pop_std * math.sqrt(n / (n - 1)) if n > 1 else 0.0
 
 
+def _config_commit(preset: str) -> str | None:
+    # Ties a record to the preset's config (and the configs it extends) that produced it.
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h", "--", str(pathlib.Path(PRESETS[preset][1]).parent)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout.strip() or None
+
+
 def collect(
     preset: str, seed: int, store: str, run_name: str, ckpt_dir: str, wall_s: float
 ) -> dict:
@@ -100,6 +109,7 @@ def collect(
         "sparsity": {k: float(v) for k, v in tags.items() if k.startswith("sparsity")},
         "selection": selection,
         "model": f"models:/{versions[0].name}/{versions[0].version}" if versions else None,
+        "config_commit": _config_commit(preset),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "load_average_after": round(os.getloadavg()[0], 2),
     }
