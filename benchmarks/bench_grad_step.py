@@ -86,7 +86,7 @@ from torchrl_eaudeqn import (  # noqa: E402
 )
 
 GAMMA = 0.99
-LR = 6.25e-5  # Atari settings (REFERENCE.md)
+LR = 6.25e-5  # docs/algorithm.md, "Paper settings (Atari)"
 ADAM_EPS = 1.5e-4
 NEVER = 10**9  # a target period no benchmark reaches
 ATARI_PERIOD = 2000  # gradient steps between target updates on Atari

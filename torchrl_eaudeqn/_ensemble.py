@@ -6,7 +6,7 @@ template, the real parameters stacked in a :class:`~tensordict.nn.TensorDictPara
 ``[K]``, a bool mask per prunable weight), without committing to what the
 network computes. The SAC actor and critic build on it; the functions below
 (:func:`select_member`, :func:`rebuild_members`, ...) implement the
-select / copy / prune step of REFERENCE.md on any such ensemble.
+select / copy / prune step of ``docs/algorithm.md`` on any such ensemble.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything here works on *flat* ``{name: tensor}`` mappings (or TensorDicts
 flattened with ``"."``) so that the same code serves a plain ``nn.Module``,
 one member of an ensemble, or a whole ensemble (leading ``[K]`` dimension).
 
-Conventions (see ``REFERENCE.md``):
+Conventions (``docs/algorithm.md``):
 
 * Prunable tensors are the ``weight`` of ``nn.Linear`` and ``nn.Conv*d``
   layers. Biases and normalisation parameters are never pruned (JaxPruner's
