@@ -10,7 +10,7 @@ table in docs/results.md is rebuilt from every JSON present.
 
     python benchmarks/bench_presets.py run --preset atari --seeds 0 1 2 3 4
     python benchmarks/bench_presets.py collect --preset atari --seed 0 \
-        --store sqlite:///mlflow.db --run-name NAME --checkpoint-dir DIR --wall-s 612
+        --store sqlite:///mlflow.db --run-name NAME --checkpoint-dir DIR [--wall-s 612]
     python benchmarks/bench_presets.py table
 
 The verdict is the issue's bar: final mean minus random mean greater than twice
@@ -58,9 +58,21 @@ def _config_commit(preset: str) -> str | None:
 
 
 def collect(
-    preset: str, seed: int, store: str, run_name: str, ckpt_dir: str, wall_s: float
+    preset: str,
+    seed: int,
+    store: str,
+    run_name: str,
+    ckpt_dir: str,
+    wall_s: float | None = None,
+    started_after_ms: int = 0,
 ) -> dict:
-    """The per-seed record of a finished run (MLflow metrics, model tags, selection history)."""
+    """The per-seed record of a finished run (MLflow metrics, model tags, selection history).
+
+    A seed that was interrupted and run again leaves a RUNNING or FAILED run of the
+    same name behind; the record is the newest FINISHED one (started after
+    ``started_after_ms`` when given). Without ``wall_s`` the wall time is the MLflow
+    run's own start-to-end time.
+    """
     import torch
     from mlflow.tracking import MlflowClient
 
@@ -68,13 +80,17 @@ def collect(
     client = MlflowClient(store)
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"attributes.run_name = '{run_name}'",
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
     )
-    if len(runs) != 1:
-        raise SystemExit(
-            f"error: --run-name: expected one run named {run_name!r}, found {len(runs)}"
-        )
+    runs = [r for r in runs if r.info.start_time >= started_after_ms]
+    if not runs:
+        raise SystemExit(f"error: --run-name: no finished run named {run_name!r} in {store}")
     run = runs[0]
+    # Collected after the fact, today's load says nothing about the run's.
+    load = round(os.getloadavg()[0], 2) if wall_s is not None else None
+    if wall_s is None:
+        wall_s = (run.info.end_time - run.info.start_time) / 1000
     m = run.data.metrics
     hist = client.get_metric_history(run.info.run_id, f"eval/{kind}_mean")
     n, nr = int(m["eval/episodes"]), int(m["eval_random/episodes"])
@@ -84,7 +100,7 @@ def collect(
     se = math.sqrt(s1**2 / n + s2**2 / nr)
     versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     tags = versions[0].tags if versions else {}
-    ckpts = sorted(pathlib.Path(ckpt_dir).rglob("*.ckpt"))
+    ckpts = sorted(c for c in pathlib.Path(ckpt_dir).rglob("*.ckpt") if "abandoned" not in c.parts)
     state = torch.load(ckpts[-1], weights_only=True, map_location="cpu") if ckpts else {}
     history = state.get("callbacks", {}).get("TargetSelectionCallback", {}).get("history", [])
     selection = {}
@@ -111,7 +127,7 @@ def collect(
         "model": f"models:/{versions[0].name}/{versions[0].version}" if versions else None,
         "config_commit": _config_commit(preset),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
-        "load_average_after": round(os.getloadavg()[0], 2),
+        "load_average_after": load,
     }
 
 
@@ -126,9 +142,10 @@ def run(preset: str, seeds: list[int], workdir: pathlib.Path) -> None:
         name, ckpt = f"{preset}-seed{seed}", workdir / "ckpt" / f"{preset}-seed{seed}"
         cmd = [sys.executable, script, "--config", config, f"seed={seed}", f"tracking_uri={store}",
                f"run_name={name}", f"checkpoint_dir={ckpt}", "experiment=presets"]  # fmt: skip
-        start = time.monotonic()
+        start, started_ms = time.monotonic(), int(time.time() * 1000)
         subprocess.run(cmd, cwd=ROOT, check=True)
-        record = collect(preset, seed, store, name, str(ckpt), time.monotonic() - start)
+        wall = time.monotonic() - start
+        record = collect(preset, seed, store, name, str(ckpt), wall, started_ms)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1) + "\n")
         table()
@@ -178,7 +195,9 @@ def main() -> None:
     c.add_argument("--store", required=True)
     c.add_argument("--run-name", required=True)
     c.add_argument("--checkpoint-dir", required=True)
-    c.add_argument("--wall-s", type=float, required=True)
+    c.add_argument(
+        "--wall-s", type=float, default=None, help="default: the MLflow run's start-to-end time"
+    )
     sub.add_parser("table")
     a = p.parse_args()
     if a.cmd == "run":
