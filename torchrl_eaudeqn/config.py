@@ -207,7 +207,7 @@ class AtariConfig:
 class SACConfig:
     """EauDeSAC / PolyPruneSAC / dense SAC on a continuous-control task (MuJoCo).
 
-    Defaults are the standard SAC settings (REFERENCE.md, "MuJoCo (SAC)"):
+    Defaults are the standard SAC settings (Haarnoja et al. 2018, docs/algorithm.md):
     Adam 3e-4, batch 256, gamma 0.99, tau 0.005, replay 1M, two hidden layers
     of 256, automatic entropy tuning. The selection period, the pruning
     speeds and the PolyPruneSAC schedule are unpublished for MuJoCo; their
