@@ -177,7 +177,8 @@ def table() -> None:
             f"{_fmt(q['mean'])} +- {_fmt(q['std'])} | {verdict} ({_fmt(r['diff'])} vs "
             f"{_fmt(r['two_se'])}) | {hist} | {'-' if sp is None else f'{sp:.1%}'} | {sel} | "
             f"{r['wall_s'] / 60:.1f} min, {r['env_steps_per_s']} (threads {r['threads']}, "
-            f"load {r['load_average_after']}) | {cmd} |"
+            f"load {r['load_average_after'] if r['load_average_after'] is not None else '-'}) "
+            f"| {cmd} |"
         )
     write_docs_section("presets", "\n".join(rows), DOCS)
 

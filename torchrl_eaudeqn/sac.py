@@ -1,7 +1,7 @@
 """EauDeSAC: the EauDeQN mechanism applied to SAC's actor and critic (MuJoCo).
 
-This project's design (the paper's SAC variant is unpublished; see
-REFERENCE.md, "MuJoCo (SAC)"):
+This project's design (the paper's SAC variant is unpublished; the contract
+is docs/algorithm.md, "EauDeSAC"):
 
 * K critic members, each a twin-Q pair under *one* mask set
   (:class:`MaskedEnsembleTwinQ`), regress on one shared target
@@ -15,7 +15,7 @@ REFERENCE.md, "MuJoCo (SAC)"):
 * Every ``period`` optimizer steps :class:`SACTargetSelectionUpdater` selects
   the critic member with the smallest summed critic loss and the actor member
   with the smallest summed actor loss and rebuilds both ensembles as
-  REFERENCE.md specifies for DQN (steady member 0, others pruned further).
+  docs/algorithm.md specifies for DQN (steady member 0, others pruned further).
 """
 
 from __future__ import annotations
