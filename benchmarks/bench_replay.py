@@ -39,7 +39,7 @@ FRAME = (84, 84)
 STACK = 4
 N_ACTIONS = 6
 EPISODE = 1000  # transitions per synthetic episode
-# The fastest full Nature-CNN update seen on these 2-core machines (~52/s): the harshest denominator.
+# Fastest full Nature-CNN update seen on these 2-core machines (~52/s): the harshest denominator.
 REFERENCE_GRAD_STEP_MS = 19.0
 
 
