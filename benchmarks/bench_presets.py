@@ -133,6 +133,7 @@ def collect(
 
 def run(preset: str, seeds: list[int], workdir: pathlib.Path) -> None:
     script, config, _, _ = PRESETS[preset]
+    workdir.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         out = RESULTS / preset / f"seed{seed}.json"
         if out.exists():
