@@ -7,7 +7,7 @@
 Reads top to bottom: config -> checks -> MLflow run -> Lightning fit (collector
 -> frame replay -> EauDeQNLoss -> TargetSelectionCallback -> checkpoints) ->
 final evaluation -> plot -> registered sparse agent. The shared plumbing
-(arguments, resume, MLflow, Trainer, final steps) is torchrl_eaudeqn.recipe.
+(arguments, resume, MLflow, Trainer, final steps) is torchrl_eaudeqn.trainers.recipe.
 """
 
 from __future__ import annotations
@@ -35,15 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     import torch
 
-    from torchrl_eaudeqn import recipe
     from torchrl_eaudeqn.console import Registered, network_sparsity
     from torchrl_eaudeqn.envs import make_atari_env
-    from torchrl_eaudeqn.lightning import (
-        DQNLightningModule,
-        MLflowMetrics,
-        TargetSelectionCallback,
-    )
-    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.tracking import MLflowMetrics
+    from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.trainers import DQNLightningModule, TargetSelectionCallback, recipe
 
     plot = [
         recipe.PlotPanel(

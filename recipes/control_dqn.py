@@ -8,7 +8,7 @@ The CPU testbed of the reproduction study (recipes/study.py runs a grid of
 these). Reads top to bottom: config -> MLflow run -> Lightning fit (TorchRL
 collector -> replay -> EauDeQNLoss -> TargetSelectionCallback -> checkpoints)
 -> final evaluation -> plot -> (optionally) registered sparse agent. The shared
-plumbing is torchrl_eaudeqn.recipe; the module is torchrl_eaudeqn.control.
+plumbing is torchrl_eaudeqn.trainers.recipe; the module is torchrl_eaudeqn.trainers.control.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import torch
 
-    from torchrl_eaudeqn import recipe
     from torchrl_eaudeqn.console import Registered, network_sparsity
-    from torchrl_eaudeqn.control import ControlDQNModule
-    from torchrl_eaudeqn.lightning import MLflowMetrics, TargetSelectionCallback
-    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.tracking import MLflowMetrics
+    from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.trainers import ControlDQNModule, TargetSelectionCallback, recipe
 
     plot = [
         recipe.PlotPanel(
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             sparsity,
             None,
             alias=cfg.register_alias,
-            evaluate_note="load it with torchrl_eaudeqn.registry.load_registered",
+            evaluate_note="load it with torchrl_eaudeqn.tracking.registry.load_registered",
         )
 
     return recipe.run_recipe(

@@ -9,7 +9,7 @@ Reads top to bottom: config -> checks -> MLflow run -> Lightning fit (TorchRL
 collector -> replay -> EauDeSACLoss -> TargetSelectionCallback -> checkpoints)
 -> final evaluation (deterministic selected actor) -> plot -> registered sparse
 actor. The shared plumbing (arguments, resume, MLflow, Trainer, final steps)
-is torchrl_eaudeqn.recipe.
+is torchrl_eaudeqn.trainers.recipe.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     import torch
 
-    from torchrl_eaudeqn import recipe
     from torchrl_eaudeqn.console import (
         Registered,
         SparsityReport,
@@ -48,12 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         network_sparsity,
     )
     from torchrl_eaudeqn.envs import make_continuous_env
-    from torchrl_eaudeqn.lightning import (
-        MLflowMetrics,
-        SACLightningModule,
-        TargetSelectionCallback,
-    )
-    from torchrl_eaudeqn.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.tracking import MLflowMetrics
+    from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
+    from torchrl_eaudeqn.trainers import SACLightningModule, TargetSelectionCallback, recipe
 
     plot = [
         recipe.PlotPanel(

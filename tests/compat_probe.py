@@ -115,8 +115,8 @@ def header(path: pathlib.Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _captured_run_recipe() -> Iterator[dict[str, Any]]:
-    """Make :func:`torchrl_eaudeqn.recipe.run_recipe` record its arguments instead of running."""
-    from torchrl_eaudeqn import recipe
+    """Make :func:`~torchrl_eaudeqn.trainers.recipe.run_recipe` record its arguments, not run."""
+    from torchrl_eaudeqn.trainers import recipe
 
     seen: dict[str, Any] = {}
 
@@ -162,9 +162,9 @@ def resume(
         recipe would reopen, :func:`measure` right after Lightning restored
         the checkpoint and after the ``extra`` steps, and the module.
     """
-    from torchrl_eaudeqn import recipe
     from torchrl_eaudeqn.checkpointing import replay_dir
     from torchrl_eaudeqn.lightning import MLflowMetrics
+    from torchrl_eaudeqn.trainers import recipe
 
     script = load_script(RECIPES[name], name=f"compat_{name}")
     with _captured_run_recipe() as seen:

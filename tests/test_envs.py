@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchrl.envs import ParallelEnv, SerialEnv, TransformedEnv
 
-from torchrl_eaudeqn import envs as envs_mod
+from torchrl_eaudeqn.envs import atari as atari_envs
 from torchrl_eaudeqn.envs import (
     atari_game_ids,
     make_atari_env,
@@ -146,10 +146,10 @@ def test_batched_stacks_reset_per_env():
     """Stacking runs on the batched env: an env that resets alone gets a fresh stack."""
     cpu = torch.device("cpu")
     bases = [
-        functools.partial(envs_mod._atari_base, "Pong", 4, 0.25, cap, 0, False, cpu)
+        functools.partial(atari_envs._atari_base, "Pong", 4, 0.25, cap, 0, False, cpu)
         for cap in (3, 5)
     ]
-    env = TransformedEnv(SerialEnv(2, bases), envs_mod._atari_transforms(4, True))
+    env = TransformedEnv(SerialEnv(2, bases), atari_envs._atari_transforms(4, True))
     env.set_seed(0)
     roll = env.rollout(8, break_when_any_done=False)
     trunc = roll["next", "truncated"].squeeze(-1)
@@ -200,8 +200,8 @@ def test_atari_bad_input_fails_before_building(monkeypatch, kwargs, names):
     def no_build(*args, **kw):
         raise AssertionError("an env was built before the arguments were checked")
 
-    monkeypatch.setattr(envs_mod, "_atari_base", no_build)
-    monkeypatch.setattr(envs_mod, "_batched", no_build)
+    monkeypatch.setattr(atari_envs, "_atari_base", no_build)
+    monkeypatch.setattr(atari_envs, "_batched", no_build)
     game = kwargs.pop("game")
     with pytest.raises(ValueError) as info:
         make_atari_env(game, **kwargs)

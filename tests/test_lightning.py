@@ -167,8 +167,8 @@ def test_prune_structure_filters_from_the_config_to_the_compact_agent():
 
 
 def test_memory_does_not_grow_per_episode_or_per_target_update(monkeypatch):
-    from torchrl_eaudeqn._ensemble import TrainerHooks
     from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
+    from torchrl_eaudeqn.updaters.common import TrainerHooks
 
     monkeypatch.setattr(TrainerHooks, "history_len", 16)  # default 1000; a run passes 16 fast
     cfg = load_config(ControlConfig, overrides=[

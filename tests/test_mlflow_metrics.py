@@ -169,11 +169,11 @@ def test_a_real_outage_stops_at_the_bound_and_resume_logs_every_step_once(
     from mlflow_server import MlflowServer
     from scripts import load_script, run_dir
 
-    import torchrl_eaudeqn.lightning as lightning_mod
+    import torchrl_eaudeqn.tracking.metrics as metrics_mod
     from torchrl_eaudeqn.checkpointing import latest_checkpoint
 
     main = load_script("recipes/control_dqn.py", "control_dqn_metrics").main
-    monkeypatch.setattr(lightning_mod, "MAX_PENDING", 60)
+    monkeypatch.setattr(metrics_mod, "MAX_PENDING", 60)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     server = MlflowServer(tmp_path).start()

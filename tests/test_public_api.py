@@ -337,3 +337,57 @@ def test_importing_the_components_loads_neither_mlflow_nor_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+#: The packages of the house plan (docs/architecture.md) and names each must hold.
+PACKAGES = {
+    "modules": ["MaskedEnsemble", "MaskedEnsembleQValueActor", "MaskedEnsembleTwinQ"],
+    "objectives": ["BootstrapLossBase", "EauDeQNLoss", "EauDeSACLoss"],
+    "updaters": [
+        "TargetSelectionUpdater",
+        "SACTargetSelectionUpdater",
+        "build_updater",
+        "build_sac_updater",
+        "select_member",
+    ],
+    "data": ["FrameReplayBuffer"],
+    "collectors": ["AtariCollector", "linear_epsilon"],
+    "envs": ["make_atari_env", "make_continuous_env", "make_control_env", "make_minatar_env"],
+    "trainers": [
+        "DQNLightningModule",
+        "SACLightningModule",
+        "ControlDQNModule",
+        "TargetSelectionCallback",
+        "EnvStepCheckpoint",
+    ],
+    "tracking": ["MLflowMetrics", "start_mlflow_run"],
+    "export": ["compact", "CompactLinear"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_packages_hold_their_names_and_old_paths_give_the_same_objects(package):
+    mod = importlib.import_module(f"torchrl_eaudeqn.{package}")
+    assert hasattr(mod, "__path__"), f"torchrl_eaudeqn.{package} is not a package"
+    for name in PACKAGES[package]:
+        assert name in mod.__all__, name
+    # An old path and the new one hand out one object (isinstance agrees either way).
+    old = {"SACLightningModule": "lightning", "MLflowMetrics": "lightning",
+           "ControlDQNModule": "control", "EauDeSACLoss": "sac",
+           "FrameReplayBuffer": "replay", "EnvStepCheckpoint": "reliability"}  # fmt: skip
+    for name in PACKAGES[package]:
+        if name in old:
+            legacy = importlib.import_module(f"torchrl_eaudeqn.{old[name]}")
+            assert getattr(legacy, name) is getattr(mod, name), name
+
+
+def test_only_trainers_import_lightning_and_components_import_neither():
+    code = (
+        "import sys, torchrl_eaudeqn.modules, torchrl_eaudeqn.objectives, "
+        "torchrl_eaudeqn.updaters, torchrl_eaudeqn.data, torchrl_eaudeqn.collectors, "
+        "torchrl_eaudeqn.envs, torchrl_eaudeqn.checkpointing, torchrl_eaudeqn.tracking.runs; "
+        "print(sorted(m for m in ('mlflow', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -320,7 +320,7 @@ def store(tmp_path_factory):
         _pickled(Payload(marker, "__import__('torch').nn.Linear(4, 2)"))
     )
     # pt2 with a pickled record added to the project's own archive.
-    from torchrl_eaudeqn.registry import _use_uri
+    from torchrl_eaudeqn.tracking.registry import _use_uri
 
     (root / "own").mkdir()
     with _use_uri(uri):

@@ -8,7 +8,7 @@ their input in a fraction of a second before anything heavy is loaded.
 Example:
     >>> import torchrl_eaudeqn
     >>> torchrl_eaudeqn.EauDeQNLoss.__module__
-    'torchrl_eaudeqn.objectives'
+    'torchrl_eaudeqn.objectives.dqn'
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ _EXPORTS = {
     "mlp": "modules",
     "nature_cnn": "modules",
     "EauDeQNLoss": "objectives",
-    "FrameReplayBuffer": "replay",
-    "EauDeSACLoss": "sac",
-    "MaskedEnsembleTanhGaussianActor": "sac",
-    "MaskedEnsembleTwinQ": "sac",
-    "PolyPruneSACUpdater": "sac",
-    "SACTargetSelectionUpdater": "sac",
-    "TanhDeterministicPolicy": "sac",
-    "TwinQNetwork": "sac",
+    "FrameReplayBuffer": "data",
+    "EauDeSACLoss": "objectives",
+    "MaskedEnsembleTanhGaussianActor": "modules",
+    "MaskedEnsembleTwinQ": "modules",
+    "PolyPruneSACUpdater": "updaters",
+    "SACTargetSelectionUpdater": "updaters",
+    "TanhDeterministicPolicy": "modules",
+    "TwinQNetwork": "modules",
     "LinearSpeedGrid": "sparsity",
     "NoisySpeedPolicy": "sparsity",
     "PruningSpeedPolicy": "sparsity",
@@ -119,6 +119,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .collectors import AtariCollector, CollectedSteps, linear_epsilon
+    from .data import FrameReplayBuffer
     from .envs import (
         atari_game_ids,
         make_atari_env,
@@ -143,22 +144,16 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .modules import (
         NATURE_CNN_WIDTHS,
         MaskedEnsembleQValueActor,
+        MaskedEnsembleTanhGaussianActor,
+        MaskedEnsembleTwinQ,
         ScaleObservation,
         SelectedMemberPolicy,
+        TanhDeterministicPolicy,
+        TwinQNetwork,
         mlp,
         nature_cnn,
     )
-    from .objectives import EauDeQNLoss
-    from .replay import FrameReplayBuffer
-    from .sac import (
-        EauDeSACLoss,
-        MaskedEnsembleTanhGaussianActor,
-        MaskedEnsembleTwinQ,
-        PolyPruneSACUpdater,
-        SACTargetSelectionUpdater,
-        TanhDeterministicPolicy,
-        TwinQNetwork,
-    )
+    from .objectives import EauDeQNLoss, EauDeSACLoss
     from .sparsity import (
         LinearSpeedGrid,
         NoisySpeedPolicy,
@@ -170,7 +165,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         prunable_parameter_names,
         sparsity_stats,
     )
-    from .updaters import PolyPruneUpdater, TargetSelectionUpdater
+    from .updaters import (
+        PolyPruneSACUpdater,
+        PolyPruneUpdater,
+        SACTargetSelectionUpdater,
+        TargetSelectionUpdater,
+    )
 
 
 def __getattr__(name: str) -> Any:

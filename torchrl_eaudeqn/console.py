@@ -259,7 +259,8 @@ def network_sparsity(net: Any, name: str = "") -> SparsityReport:
     """
     import torch
 
-    from .registry import network_sparsity_tags, prunable_parameter_names
+    from .sparsity import prunable_parameter_names
+    from .tracking.registry import network_sparsity_tags
 
     tags = network_sparsity_tags(net)
     names = prunable_parameter_names(net)

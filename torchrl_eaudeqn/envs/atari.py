@@ -1,4 +1,4 @@
-"""Environment factories: Dopamine-style Atari, continuous control (MuJoCo), small discrete tasks.
+"""Dopamine-style Atari envs: TorchRL's (:func:`make_atari_env`) and a lean Gymnasium one.
 
 Both factories return a TorchRL :class:`~torchrl.envs.EnvBase` whose outputs
 any TorchRL collector, loss or replay buffer reads unchanged. Every argument is
@@ -15,84 +15,48 @@ Keys written by :func:`make_atari_env` (per step, under ``"next"``):
 * ``episode_reward`` / ``episode_score``: running sums of the two over the episode;
 * ``step_count``: agent steps since the episode started;
 * ``done``, ``terminated``, ``truncated``: ``truncated`` marks the step cap.
+
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torchrl.envs import (
     CatFrames,
     Compose,
-    DoubleToFloat,
     EndOfLifeTransform,
     EnvBase,
-    GymEnv,
     GymWrapper,
-    ParallelEnv,
     RenameTransform,
     RewardClipping,
     RewardSum,
-    SerialEnv,
     StepCounter,
-    TransformedEnv,
     UnsqueezeTransform,
 )
 
-from .console import mujoco_compiler_warnings_silenced
-from .tasks import (  # gymnasium-level checks, importable without torch
-    _check_control_id,
+from ..tasks import (  # gymnasium-level checks, importable without torch
     _resolve_game,
-    action_space_kind,
     atari_game_ids,
     resolve_atari_game,
-    resolve_continuous_env,
 )
+from .common import _batched, _check_bool, _check_device, _check_int
 
 __all__ = [
     "SCORE_REWARD_KEY",
-    "action_space_kind",
     "atari_game_ids",
     "make_atari_env",
     "make_atari_gym_env",
-    "make_continuous_env",
-    "make_control_env",
     "resolve_atari_game",
-    "resolve_continuous_env",
 ]
+
 
 #: Key of the raw (unclipped) game reward written by :func:`make_atari_env`.
 SCORE_REWARD_KEY = "score_reward"
 
 
-# --------------------------------------------------------------------------- validation
-def _check_int(name: str, value: object, *, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        none = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an int >= {minimum}{none}, got {value!r}")
-
-
-def _check_bool(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-
-
-def _check_device(device: object) -> torch.device:
-    try:
-        return torch.device(device)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device spec, got {device!r}") from None
-
-
-# --------------------------------------------------------------------------- ALE games
 def _check_rom(name: str, rom: str) -> None:
     from ale_py import roms
 
@@ -183,36 +147,6 @@ def _atari_transforms(frame_stack: int, clip_rewards: bool) -> Compose:
         StepCounter(),
     ]
     return Compose(*transforms)
-
-
-def _batched(
-    base: Callable[..., EnvBase],
-    transforms: Compose,
-    num_envs: int,
-    parallel: bool | None,
-    device: torch.device,
-) -> EnvBase:
-    if num_envs == 1:
-        return TransformedEnv(base(device), transforms)
-    # Workers step on CPU; the batched env moves their output to `device`.
-    base = functools.partial(base, torch.device("cpu"))
-    if parallel is None:
-        # Measured on the 2-core CI machine (Pong, 2 envs, shared with other
-        # jobs; best of 5 / median): SerialEnv 368 / 240 agent steps/s,
-        # ParallelEnv 249 / 142 (IPC, and the parent still spends as much CPU
-        # per step), one env 334 / 261; a gymnasium vector env under GymWrapper
-        # < 70 (TorchRL's partial-reset path). Workers pay off with spare cores.
-        parallel = (os.cpu_count() or 1) > num_envs
-    if parallel:
-        # fork starts workers in ~1 s where spawn re-imports torchrl (~7 s here),
-        # but a forked child cannot use a CUDA context created by the parent.
-        start = "spawn" if torch.cuda.is_initialized() else "fork"
-        batched = ParallelEnv(num_envs, base, device=device, mp_start_method=start)
-    else:
-        batched = SerialEnv(num_envs, base, device=device)
-    # Transforms run once on the batched env rather than in every worker
-    # (inside the workers SerialEnv measured ~60 agent steps/s).
-    return TransformedEnv(batched, transforms)
 
 
 def make_atari_env(
@@ -357,145 +291,3 @@ def make_atari_gym_env(
     """
     name, _ = _check_atari_args(game, frame_skip, sticky_actions, max_episode_steps, noop_max)
     return _atari_gym_env(name, frame_skip, sticky_actions, max_episode_steps, noop_max)
-
-
-# --------------------------------------------------------------------------- control
-def _control_base(
-    env_id: str,
-    max_episode_steps: int | None,
-    categorical_action_encoding: bool,
-    device: torch.device,
-) -> EnvBase:
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return GymEnv(
-        env_id,
-        categorical_action_encoding=categorical_action_encoding,
-        device=device,
-        **kwargs,
-    )
-
-
-def make_control_env(
-    env_id: str,
-    *,
-    seed: int | None = None,
-    max_episode_steps: int | None = None,
-    num_envs: int = 1,
-    device: str | torch.device = "cpu",
-    categorical_action_encoding: bool = False,
-    parallel: bool | None = None,
-) -> EnvBase:
-    """A small Gymnasium task with a discrete action space (e.g. ``CartPole-v1``).
-
-    Adds ``episode_reward`` (:class:`~torchrl.envs.RewardSum`) and
-    ``step_count`` (:class:`~torchrl.envs.StepCounter`).
-
-    Args:
-        env_id: a registered Gymnasium id with a ``Discrete`` action space.
-        seed: env seed (workers get ``seed + i``).
-        max_episode_steps: overrides the registered step cap; ``None`` keeps it.
-        num_envs: > 1 returns a batched env of that many copies.
-        device: device of the returned tensors.
-        categorical_action_encoding: actions as indices instead of one-hot.
-        parallel: as in :func:`make_atari_env`.
-
-    Returns:
-        A TorchRL env; batch size ``[]`` or ``[num_envs]``.
-
-    Raises:
-        ValueError: unknown ``env_id``, a non-discrete action space, or another
-            invalid argument.
-
-    Example:
-        >>> env = make_control_env("CartPole-v1", seed=0)
-        >>> td = env.rollout(5)
-        >>> td["observation"].shape, td["action"].shape
-        (torch.Size([5, 4]), torch.Size([5, 2]))
-    """
-    import gymnasium as gym
-
-    _check_control_id(env_id)
-    _check_int("seed", seed, minimum=0, allow_none=True)
-    _check_int("max_episode_steps", max_episode_steps, minimum=1, allow_none=True)
-    _check_int("num_envs", num_envs, minimum=1)
-    _check_bool("categorical_action_encoding", categorical_action_encoding)
-    _check_bool("parallel", parallel, allow_none=True)
-    dev = _check_device(device)
-
-    # The action space is only known once the env exists; a bare gym env is cheap.
-    probe = gym.make(env_id)
-    try:
-        space = probe.action_space
-    finally:
-        probe.close()
-    if not isinstance(space, gym.spaces.Discrete):
-        raise ValueError(
-            f"env_id={env_id!r} has a {type(space).__name__} action space; a discrete action "
-            "space (gymnasium.spaces.Discrete) is required"
-        )
-
-    base = functools.partial(_control_base, env_id, max_episode_steps, categorical_action_encoding)
-    env = _batched(base, Compose(RewardSum(), StepCounter()), num_envs, parallel, dev)
-    if seed is not None:
-        env.set_seed(seed)
-    return env
-
-
-# --------------------------------------------------------------------------- continuous
-def _continuous_base(env_id: str, max_episode_steps: int | None, device: torch.device) -> EnvBase:
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    with mujoco_compiler_warnings_silenced():  # Gymnasium's own MuJoCo model files
-        return GymEnv(env_id, device=device, **kwargs)
-
-
-def make_continuous_env(
-    env_id: str,
-    *,
-    seed: int | None = None,
-    max_episode_steps: int | None = None,
-    num_envs: int = 1,
-    device: str | torch.device = "cpu",
-    parallel: bool | None = None,
-) -> EnvBase:
-    """A continuous-control task (MuJoCo ``HalfCheetah-v5``, ``Hopper-v5``, ...) for SAC.
-
-    TorchRL's :class:`~torchrl.envs.GymEnv` with :class:`~torchrl.envs.DoubleToFloat`
-    (MuJoCo observations are float64; the networks and the replay use
-    float32), :class:`~torchrl.envs.RewardSum` (``episode_reward``) and
-    :class:`~torchrl.envs.StepCounter` (``step_count``). ``truncated`` marks
-    the step cap, ``terminated`` a real end (a fall): SAC bootstraps through
-    the first, not the second.
-
-    Args:
-        env_id: a registered Gymnasium id with a ``Box`` action space; see
-            :func:`resolve_continuous_env`.
-        seed: env seed (workers get ``seed + i``).
-        max_episode_steps: overrides the registered step cap; ``None`` keeps it.
-        num_envs: > 1 returns a batched env of that many copies.
-        device: device of the returned tensors.
-        parallel: as in :func:`make_atari_env`.
-
-    Returns:
-        A TorchRL env; batch size ``[]`` or ``[num_envs]``.
-
-    Raises:
-        ValueError: unknown id, discrete actions, or another invalid argument.
-
-    Example:
-        >>> env = make_continuous_env("HalfCheetah-v5", seed=0, max_episode_steps=3)
-        >>> td = env.rollout(5, break_when_any_done=False)
-        >>> td["observation"].dtype, td["action"].shape, td["next", "step_count"][:, 0].tolist()
-        (torch.float32, torch.Size([5, 6]), [1, 2, 3, 1, 2])
-    """
-    resolve_continuous_env(env_id)
-    _check_int("seed", seed, minimum=0, allow_none=True)
-    _check_int("max_episode_steps", max_episode_steps, minimum=1, allow_none=True)
-    _check_int("num_envs", num_envs, minimum=1)
-    _check_bool("parallel", parallel, allow_none=True)
-    dev = _check_device(device)
-    base = functools.partial(_continuous_base, env_id, max_episode_steps)
-    transforms = Compose(DoubleToFloat(), RewardSum(), StepCounter())
-    env = _batched(base, transforms, num_envs, parallel, dev)
-    if seed is not None:
-        env.set_seed(seed)
-    return env

@@ -5,6 +5,7 @@ The ensemble keeps one *template* network whose parameters live on the
 :class:`~tensordict.nn.TensorDictParams` with batch size ``[K]``. A member is
 evaluated by swapping its slice into the template (``to_module``), either in
 a Python loop or under :func:`torch.vmap`; both produce the same numbers.
+
 """
 
 from __future__ import annotations
@@ -13,22 +14,26 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import (
+    TensorDictModuleBase,
+)
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.data import TensorSpec
 from torchrl.modules.tensordict_module.actors import QValueModule
 
-from ._ensemble import MaskedEnsemble, check_num_members
+from .ensemble import MaskedEnsemble, check_num_members
 
 __all__ = [
     "NATURE_CNN_WIDTHS",
     "MaskedEnsembleQValueActor",
     "ScaleObservation",
     "SelectedMemberPolicy",
+    "minatar_cnn",
     "mlp",
     "nature_cnn",
 ]
+
 
 #: Hidden width of the dense layer of the Nature CNN per size name.
 NATURE_CNN_WIDTHS = {"small": 32, "medium": 512, "large": 2048}
@@ -122,6 +127,27 @@ def mlp(
         last = int(h)
     layers.append(nn.Linear(last, int(out_features)))
     return nn.Sequential(*layers)
+
+
+def minatar_cnn(in_channels: int, n_actions: int, width: int = 128) -> nn.Sequential:
+    """The MinAtar paper's DQN network with a configurable hidden width.
+
+    Conv 16 3x3 (stride 1) + ReLU, a dense layer of ``width`` units + ReLU,
+    a linear head. On 10x10 inputs the dense layer holds most weights
+    (``1024 * width``), as the first dense layer does in the Nature CNN.
+
+    Example:
+        >>> minatar_cnn(4, 3, width=32)(torch.zeros(2, 4, 10, 10)).shape
+        torch.Size([2, 3])
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, stride=1),
+        nn.ReLU(),
+        nn.Flatten(-3),  # also for unbatched [C, H, W] input (single env step)
+        nn.Linear(16 * 8 * 8, int(width)),
+        nn.ReLU(),
+        nn.Linear(int(width), int(n_actions)),
+    )
 
 
 def _n_actions(spec: TensorSpec) -> int:

@@ -5,27 +5,39 @@
 template, the real parameters stacked in a :class:`~tensordict.nn.TensorDictParams`
 ``[K]``, a bool mask per prunable weight), without committing to what the
 network computes. The SAC actor and critic build on it; the functions below
-(:func:`select_member`, :func:`rebuild_members`, ...) implement the
-select / copy / prune step of ``docs/algorithm.md`` on any such ensemble.
+(:func:`rebuild_members`, :func:`prune_member_to`) implement the
+copy / prune step of ``docs/algorithm.md`` on any such ensemble.
+
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModuleBase, TensorDictParams
+from tensordict.nn import (
+    TensorDictModuleBase,
+    TensorDictParams,
+)
 from torch import nn
 
-from .sparsity import magnitude_masks, prunable_parameter_names, sparsity_stats
+from ..sparsity import (
+    magnitude_masks,
+    prunable_parameter_names,
+    sparsity_stats,
+)
 
-__all__ = ["MaskedEnsemble", "TrainerHooks", "rebuild_members", "select_member"]
+__all__ = [
+    "MaskedEnsemble",
+    "check_num_members",
+    "prune_member_to",
+    "rebuild_members",
+    "write_member",
+]
 
 
 def _key(name: str) -> tuple[str, ...]:
@@ -192,23 +204,6 @@ def _sync_selected(module: MaskedEnsemble, incompatible_keys: object) -> None:
     module._selected_int = int(module._selected)
 
 
-# ------------------------------------------------------------ select / rebuild
-def select_member(loss_sums: Sequence[float] | torch.Tensor, sparsity: Sequence[float]) -> int:
-    """``argmin`` of the summed losses; ties: the less sparse, then the lower index.
-
-    NaN sums never win; all-NaN raises :class:`FloatingPointError`.
-
-    Example:
-        >>> select_member([2.0, 1.0, 1.0], [0.0, 0.5, 0.2])
-        2
-    """
-    sums = [float(x) for x in loss_sums]
-    if all(math.isnan(x) for x in sums):
-        raise FloatingPointError("every member's summed loss is NaN: cannot select a member")
-    key = [(math.inf if math.isnan(x) else x, float(sparsity[k]), k) for k, x in enumerate(sums)]
-    return min(range(len(sums)), key=key.__getitem__)
-
-
 def write_member(
     ens: MaskedEnsemble, k: int, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
 ) -> None:
@@ -280,92 +275,3 @@ def prune_member_to(
         {n: weights[n] for n in masks}, sparsity, scope=scope, masks=masks, structure=structure
     )
     write_member(ens, k, weights, new)
-
-
-def optimizer_list(
-    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None,
-) -> list[torch.optim.Optimizer]:
-    if optimizer is None:
-        return []
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return [optimizer]
-    out = list(optimizer)
-    for opt in out:
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch Optimizer, got {type(opt).__name__}")
-    return out
-
-
-class TrainerHooks:
-    """Mixin of the updaters: TorchRL ``Trainer`` registration and the common state.
-
-    Subclasses define ``step()``, ``num_steps`` and ``optimized_loss_keys``
-    (the loss keys the trainer's optimizer may sum), call
-    :meth:`_init_history` in ``__init__`` and :meth:`_record` for each
-    target update or prune event.
-
-    ``history`` holds the newest ``history_len`` entries (a ``deque``: memory
-    and checkpoints stay the same size however long the run is; the recipes
-    log every entry to MLflow as it happens, ``target_update/*``,
-    ``selection/*``); ``history_total`` counts all of them.
-    """
-
-    optimized_loss_keys: tuple[str, ...] = ("loss",)
-    #: entries kept in ``history`` (K = 5: ~1.3 kB each in memory, ~0.23 kB in a checkpoint)
-    history_len: int = 1000
-    num_steps: int
-    history: deque[dict[str, Any]]
-    history_total: int
-
-    def _init_history(self) -> None:
-        self.history = deque(maxlen=self.history_len)
-        self.history_total = 0
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        self.history_total += 1
-
-    def recent(self, count: int) -> list[dict[str, Any]]:
-        """The newest ``count`` history entries, oldest first (at most ``history_len``)."""
-        if count <= 0:
-            return []
-        return list(itertools.islice(reversed(self.history), count))[::-1]
-
-    def _post_optim(self) -> None:
-        self.step()
-
-    def register(self, trainer: Any, name: str = "target_net_updater") -> None:
-        """Hook this updater on a :class:`torchrl.trainers.Trainer`.
-
-        Runs ``step`` after every optimizer step, checkpoints the updater with
-        the trainer, and restricts the trainer's optimizer hook to
-        ``optimized_loss_keys`` (the trainer would otherwise also sum the
-        detached per-member losses, whose keys start with ``"loss"`` too).
-
-        Raises:
-            ValueError: if the trainer clips gradients by a joint norm, which
-                would couple the members' updates.
-        """
-        if getattr(trainer, "clip_grad_norm", False) and getattr(trainer, "clip_norm", None):
-            raise ValueError(
-                "trainer clips the gradient norm jointly across members "
-                "(clip_grad_norm=True, clip_norm set): pass clip_norm=None"
-            )
-        for module in getattr(trainer, "_modules", {}).values():
-            if hasattr(module, "loss_components") and module.loss_components is None:
-                module.loss_components = list(self.optimized_loss_keys)
-        trainer.register_op("post_optim", self._post_optim)
-        trainer.register_module(name, self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "num_steps": self.num_steps,
-            "history": [dict(h) for h in self.history],
-            "history_total": self.history_total,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.num_steps = int(state_dict["num_steps"])
-        # A checkpoint of an older version holds the whole history: keep its newest part.
-        self.history = deque((dict(h) for h in state_dict["history"]), maxlen=self.history_len)
-        self.history_total = int(state_dict.get("history_total", len(state_dict["history"])))

@@ -4,6 +4,7 @@ Both keep the masks (pruned weights exactly zero after every optimizer step)
 and replace the target network; they subclass TorchRL's
 :class:`~torchrl.objectives.utils.TargetNetUpdater` so they slot in where a
 ``HardUpdate`` would, with the same ``init_``/``step``/``state_dict`` API.
+
 """
 
 from __future__ import annotations
@@ -12,82 +13,17 @@ from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.objectives.utils import TargetNetUpdater
 
-from ._ensemble import TrainerHooks, _positive_int, prune_member_to, rebuild_members, select_member
-from .objectives import EauDeQNLoss
-from .sparsity import LinearSpeedGrid, PolynomialSchedule, PruningSpeedPolicy
+from ..modules.ensemble import prune_member_to, rebuild_members
+from ..objectives.dqn import EauDeQNLoss
+from ..sparsity import (
+    LinearSpeedGrid,
+    PolynomialSchedule,
+    PruningSpeedPolicy,
+)
+from .common import _MaskedUpdater, select_member
 
 __all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
-
-
-class _MaskedUpdater(TrainerHooks, TargetNetUpdater):
-    """Shared plumbing: checks, mask re-application, optimizer reset, Trainer hooks."""
-
-    def __init__(
-        self,
-        loss_module: EauDeQNLoss,
-        optimizer: torch.optim.Optimizer | None,
-        *,
-        period: int,
-        scope: Literal["global", "layer"],
-        require_optimizer: bool,
-        structure: Literal["weights", "filters"] = "weights",
-    ) -> None:
-        # TargetNetUpdater.__init__ assumes source/target parameter pairs of the
-        # same shape; ours are an ensemble [K] and one network, so we do our own.
-        if not isinstance(loss_module, EauDeQNLoss):
-            raise TypeError(f"loss_module must be an EauDeQNLoss, got {type(loss_module).__name__}")
-        self.period = _positive_int(period, "period")
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-        self.scope = scope
-        if structure not in ("weights", "filters"):
-            raise ValueError(f"structure must be 'weights' or 'filters', got {structure!r}")
-        self.structure = structure
-        self.loss_module = loss_module
-        self.actor = loss_module.value_network
-        if optimizer is None and require_optimizer:
-            raise ValueError("optimizer is required to reset the members' optimizer state")
-        if optimizer is not None:
-            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            missing = [n for n, p in self.actor.named_parameters() if id(p) not in held]
-            if missing:
-                raise ValueError(
-                    f"optimizer does not hold the members' parameters (missing {missing[:3]}); "
-                    "build it from loss_module.parameters()"
-                )
-        self.optimizer = optimizer
-        self.num_steps = 0
-        self._init_history()
-        self.initialized = False
-
-    def apply_masks_(self) -> None:
-        """Zero every pruned weight now (``step`` does it after each optimizer step).
-
-        Between an optimizer step and :meth:`step`, Adam may have moved pruned
-        weights off zero; anything that uses the network in that window (an
-        evaluation inside ``training_step``) calls this first.
-        """
-        self.actor.apply_masks_()
-
-    # ------------------------------------------------------------ helpers
-    def _copy_member_to_target(self, k: int) -> None:
-        loss = self.loss_module
-        loss.target_value_network_params.data.update_(self.actor.params[k].data)
-        loss.target_masks.update_(self.actor.masks[k])
-
-    def _reset_optimizer(self) -> None:
-        if self.optimizer is not None:
-            for p in self.actor.parameters():
-                self.optimizer.state.pop(p, None)
-
-    # -------------------------------------------------------- TorchRL API
-    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(period={self.period}, num_steps={self.num_steps})"
 
 
 class TargetSelectionUpdater(_MaskedUpdater):

@@ -1,0 +1,412 @@
+"""What the online recipes share: env-step budget, counters, logging, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+
+from ..checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
+from ..config import EVAL_SEED_OFFSET
+from ..credentials import redacted_config
+from ..data.replay import FrameReplayBuffer
+from ..tracking.metrics import MLflowMetrics
+
+__all__ = ["OnlineRLModule"]
+
+
+class _StepStream(IterableDataset):
+    """Yields until the module has collected its env-step budget (resume-aware)."""
+
+    def __init__(self, module: OnlineRLModule) -> None:
+        self.module = module
+
+    def __iter__(self) -> Iterator[int]:
+        while self.module.env_steps < self.module.cfg.env_steps:
+            yield self.module.env_steps
+
+    def __len__(self) -> int:
+        cfg = self.module.cfg
+        return max(0, math.ceil((cfg.env_steps - self.module.env_steps) / cfg.train_freq))
+
+
+class OnlineRLModule(L.LightningModule):
+    """Base of the online recipes: budget, credit, counters, logging, evaluation, checkpoints.
+
+    One ``training_step`` = ``train_freq`` env steps of credit and at most one
+    gradient step; the "dataset" yields until ``cfg.env_steps`` env steps are
+    collected, so a resumed run continues where it stopped. Subclasses
+    build the networks, the loss, ``optimizer``, ``updater`` (with
+    ``step(losses)`` and ``apply_masks_()``) and ``replay`` in ``__init__``
+    and implement:
+
+    * :meth:`collect_and_learn`: spend the credit on env steps (store them,
+      call :meth:`_episode_end` for finished episodes), then take one
+      gradient step when :meth:`_learning`; return what the updater callback
+      reads (see :class:`TargetSelectionCallback`) or ``None``;
+    * :meth:`evaluate` and :meth:`evaluate_random_baseline`;
+    * :meth:`_log_metrics`: metrics of the current state, and what the
+      progress bar shows;
+    * optionally :meth:`_start_collection` / :meth:`_stop_collection`,
+      :meth:`_checkpoint_extras` / :meth:`_load_checkpoint_extras`.
+
+    Config fields read here: ``env_steps``, ``train_freq``, ``learning_starts``,
+    ``batch_size``, ``buffer_size``, ``log_every``, ``eval_every``,
+    ``eval_episodes``, ``eval_random_baseline``.
+
+    Args:
+        cfg: a validated config dataclass (:class:`~torchrl_eaudeqn.config.AtariConfig`,
+            :class:`~torchrl_eaudeqn.config.SACConfig`).
+        env_fn: builds training and evaluation envs (keyword arguments are
+            the subclass's business).
+        metrics: where metrics go (an :class:`MLflowMetrics`), or ``None``.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Cfg:
+        ...     env_steps: int = 8
+        ...     train_freq: int = 2
+        >>> class Counter(OnlineRLModule):
+        ...     def collect_and_learn(self):
+        ...         self.env_steps += self._credit
+        ...         self._credit = 0
+        >>> module = Counter(Cfg(), env_fn=None)
+        >>> len(module.train_dataloader().dataset), module.env_steps
+        (4, 0)
+    """
+
+    #: Metric key of an episode's return (``_episode_end``).
+    episode_metric = "episode_score"
+    #: Key under ``"next"`` holding the running return (TorchRL ``RewardSum``).
+    episode_return_key = "episode_score"
+    #: Progress-bar name of the last episode's return.
+    progress_return_name = "score"
+
+    def __init__(self, cfg: Any, env_fn: Callable[..., EnvBase], metrics: Any = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.env_fn = env_fn
+        self.metrics = metrics or MLflowMetrics(None, None)
+        self.automatic_optimization = False
+        self.env_steps = 0
+        self.episodes = 0
+        self.last_score = float("nan")
+        self._credit = 0
+        self._clock = (time.perf_counter(), 0)
+        self._last_log = 0
+        self._last_eval = 0
+        # A dict, not an attribute: an env is an nn.Module and would otherwise
+        # put its transform buffers into the checkpoint's state_dict.
+        self._envs: dict[str, EnvBase] = {}
+        self.eval_results: list[dict[str, float]] = []
+        #: What the progress bar shows beside the env steps (see :meth:`_log_metrics`).
+        self.progress: dict[str, float] = {self.progress_return_name: float("nan")}
+        #: Env steps when this fit started (the resumed step after a resume).
+        self.start_steps = 0
+
+    # ------------------------------------------------------- subclass hooks
+    def collect_and_learn(self) -> dict[str, Any] | None:
+        """Spend ``self._credit`` on env steps, then at most one gradient step."""
+        raise NotImplementedError
+
+    def evaluate(self, episodes: int, **kwargs: Any) -> dict[str, float]:
+        """Play ``episodes`` evaluation episodes; log and return the results."""
+        raise NotImplementedError
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        """Score a uniformly random policy the way :meth:`evaluate` scores the agent."""
+        raise NotImplementedError
+
+    #: what an evaluation episode sums, and the metric name (``eval/<name>_mean``)
+    EVAL_REWARD_KEY: tuple[str, str] = ("next", "reward")
+    EVAL_NAME: str = "return"
+    #: extra keyword arguments of ``env_fn`` for the evaluation env
+    EVAL_ENV_KWARGS: dict[str, Any] = {}
+
+    def _play_eval(
+        self, policy: Any, episodes: int, exploration: ExplorationType, prefix: str
+    ) -> dict[str, float]:
+        """Play ``episodes`` episodes in the (kept) evaluation env; log and return the stats."""
+        cfg = self.cfg
+        if "eval" not in self._envs:
+            self._envs["eval"] = self.env_fn(
+                seed=cfg.seed + EVAL_SEED_OFFSET, eval=True, **self.EVAL_ENV_KWARGS
+            )
+        env = self._envs["eval"]
+        totals, lengths = [], []
+        with set_exploration_type(exploration):
+            for _ in range(episodes):
+                td = env.rollout(
+                    cfg.eval_max_steps, policy, break_when_any_done=True, auto_cast_to_device=True
+                )
+                totals.append(float(td.get(self.EVAL_REWARD_KEY).sum()))
+                lengths.append(td.shape[-1])
+        name = self.EVAL_NAME
+        return self._record_eval(
+            {
+                f"{prefix}/{name}_mean": float(np.mean(totals)),
+                f"{prefix}/{name}_std": float(np.std(totals)),
+                f"{prefix}/episode_length": float(np.mean(lengths)),
+                f"{prefix}/episodes": float(len(totals)),
+            }
+        )
+
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        """Add metrics at ``step``; return extra progress-bar entries.
+
+        :class:`EnvStepProgressBar` shows a key starting with ``sparsity`` as a
+        percentage and one starting with ``member`` as an index.
+        """
+        return {}
+
+    def _start_collection(self) -> None:
+        """Build collectors (called at the start of every fit, after device placement)."""
+
+    def _stop_collection(self) -> None:
+        """Release collectors at the end of a fit."""
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        """Extra entries of the checkpoint's ``"eaudeqn"`` section."""
+        return {}
+
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
+        """Read back what :meth:`_checkpoint_extras` wrote."""
+
+    # ------------------------------------------------------------ plumbing
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_StepStream(self), batch_size=None)
+
+    def on_train_start(self) -> None:
+        self.start_steps = self.env_steps
+        self._start_collection()
+        if self.cfg.eval_random_baseline and self.env_steps == 0:
+            self.evaluate_random_baseline()
+        self._clock = (time.perf_counter(), self.env_steps)
+
+    def on_train_epoch_end(self) -> None:
+        # Epochs carry no meaning here (the budget is env steps); stopping on
+        # the budget lets a resumed run continue whatever epoch it was saved in.
+        if self.env_steps >= self.cfg.env_steps:
+            self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        self.metrics.flush()
+        self._stop_collection()
+
+    # ------------------------------------------------------------ training
+    def _learning(self) -> bool:
+        cfg = self.cfg
+        # After a resume the replay starts empty (its contents are not in the
+        # checkpoint): learning waits until it holds learning_starts again.
+        warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
+        return self.env_steps >= cfg.learning_starts and self._replay_stored() >= warm
+
+    def _replay_stored(self) -> int:
+        """Transitions the replay holds, cheaply (called twice per gradient step).
+
+        TorchRL's buffers answer ``len()`` in O(1); a subclass whose replay
+        does not overrides this.
+        """
+        return len(self.replay)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
+        cfg = self.cfg
+        # One call = ``train_freq`` env steps of credit and at most one gradient
+        # step. With vectorised envs a batch holds ``num_envs`` steps per env
+        # step, so a batch can pay for several calls: the ratio of one gradient
+        # step per ``train_freq`` env steps holds for any ``num_envs``.
+        self._credit += cfg.train_freq
+        out = self.collect_and_learn()
+        log_due = self.env_steps - self._last_log >= cfg.log_every
+        # Not at the last step: the recipe's final evaluation logs that step.
+        eval_due = (
+            cfg.eval_every
+            and self.env_steps - self._last_eval >= cfg.eval_every
+            and self.env_steps < cfg.env_steps
+        )
+        if log_due or eval_due:
+            # The optimizer step just ran and the updater callback has not yet
+            # re-applied the masks: Adam has moved pruned weights off zero
+            # (right after a selection's optimizer reset, each by ~lr), and an
+            # evaluation here scored a different network from the one that
+            # acts and is registered (RoadRunner, width 512: 980 at the 50k
+            # evaluation; the checkpoint of that step scores 0 in every replay).
+            self.updater.apply_masks_()
+        if log_due:
+            self._log_progress()
+        if eval_due:
+            self._last_eval = self.env_steps
+            self.evaluate(cfg.eval_episodes)
+        return out
+
+    def _episode_end(self, score: float, length: int) -> None:
+        self.episodes += 1
+        self.last_score = float(score)
+        self.metrics.add(self.episode_metric, score, self.env_steps)
+        self.metrics.add("episode_length", length, self.env_steps)
+
+    def _record_episodes(self, data: TensorDictBase) -> None:
+        """Episodes that ended in a flat batch of collected steps (TorchRL keys)."""
+        done = data.get(("next", "done")).reshape(-1)
+        if done.any():
+            scores = data.get(("next", self.episode_return_key)).reshape(-1)[done]
+            steps = data.get(("next", "step_count")).reshape(-1)[done]
+            for score, length in zip(scores.tolist(), steps.tolist(), strict=True):
+                self._episode_end(score, length)
+
+    def _log_progress(self) -> None:
+        now = time.perf_counter()
+        t0, s0 = self._clock
+        sps = (self.env_steps - s0) / max(now - t0, 1e-9)
+        self._clock = (now, self.env_steps)
+        self._last_log = self.env_steps
+        self.metrics.add("steps_per_sec", sps, self.env_steps)
+        bar = self._log_metrics(self.env_steps)
+        self.metrics.flush()
+        # Read by EnvStepProgressBar (which counts env steps and shows its own rate).
+        self.progress = {self.progress_return_name: self.last_score, **bar}
+
+    def _record_eval(self, result: dict[str, float]) -> dict[str, float]:
+        for key, value in result.items():
+            self.metrics.add(key, value, self.env_steps)
+        self.metrics.flush()
+        self.eval_results.append({"env_steps": self.env_steps, **result})
+        return result
+
+    # --------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["eaudeqn"] = {
+            # Without credentials: tracking_uri may change on resume, so nothing needs them.
+            "config": redacted_config(self.cfg),
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "last_score": self.last_score,
+            "credit": self._credit,
+            "last_log": self._last_log,
+            "last_eval": self._last_eval,
+            "eval_results": list(self.eval_results),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                # Plain tensors and lists, so the checkpoint loads with
+                # torch.load(weights_only=True).
+                "numpy": _numpy_state_to_plain(np.random.get_state()),
+                "python": _python_state_to_plain(random.getstate()),
+            },
+            "mlflow_run_id": self.metrics.run_id,
+            "mlflow_pending": self.metrics.state_dict(),
+            **self._checkpoint_extras(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["eaudeqn"]
+        self.env_steps = int(state["env_steps"])
+        self.episodes = int(state["episodes"])
+        self.last_score = float(state["last_score"])
+        self._credit = int(state["credit"])
+        self._last_log = int(state["last_log"])
+        self._last_eval = int(state["last_eval"])
+        self.eval_results = list(state["eval_results"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_numpy_state_from_plain(state["rng"]["numpy"]))
+        random.setstate(_python_state_from_plain(state["rng"]["python"]))
+        if "mlflow_pending" in state:
+            self.metrics.load_state_dict(state["mlflow_pending"])
+        self._load_checkpoint_extras(state)
+
+    # -------------------------------------------------------------- replay
+    def save_replay(self, path: str | Path) -> None:
+        """Write the replay buffer to directory ``path``: atomic, ``fsync``-ed, checksummed.
+
+        :class:`~torchrl_eaudeqn.replay.FrameReplayBuffer` writes ``.npy``
+        arrays and a JSON state; TorchRL's ``ReplayBuffer`` writes its
+        ``state_dict()`` as one ``replay.pt`` (read back with
+        ``weights_only=True``). Both go through
+        :func:`~torchrl_eaudeqn.checkpointing.write_dir_atomic` (a temporary
+        directory, a ``MANIFEST.sha256``, then a rename).
+
+        Raises:
+            CheckpointError: the write failed (one line; checkpoints untouched).
+        """
+        path = Path(path)
+
+        def fill(tmp: Path) -> None:
+            if isinstance(self.replay, FrameReplayBuffer):
+                self.replay.dumps(tmp)
+            else:
+                # Not TorchRL's dumps(): its loads() unpickles a prefetch.pkl and
+                # lets tensordict unpickle non-tensor leaves.
+                torch.save(self.replay.state_dict(), tmp / _REPLAY_STATE)
+
+        try:
+            write_dir_atomic(path, fill)
+        except CheckpointError as err:
+            raise CheckpointError(f"replay buffer: {err}") from None
+
+    def load_replay(self, path: str | Path, *, verify: bool = True) -> None:
+        """Load a replay buffer written by :meth:`save_replay`; nothing in it can run code.
+
+        Args:
+            path: the ``stepN.replay`` directory.
+            verify: check its ``MANIFEST.sha256`` first
+                (:func:`~torchrl_eaudeqn.checkpointing.verify_dir`); ``False``
+                when the caller has just done so.
+
+        Raises:
+            CheckpointError: the directory is damaged, holds something other
+                than tensors, arrays and JSON, or does not fit this buffer (one line).
+        """
+        path = Path(path)
+        if verify:
+            verify_dir(path)
+        try:
+            if isinstance(self.replay, FrameReplayBuffer):
+                self.replay.loads(path)
+            else:
+                state = load_checkpoint_file(path / _REPLAY_STATE)
+                self.replay.load_state_dict(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"replay buffer {path}: {err}") from None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(
+                f"replay buffer {path} does not load into this run's buffer ({first[:200]})"
+            ) from None
+
+
+#: The file of a TorchRL replay's ``state_dict()`` in its ``stepN.replay`` directory.
+_REPLAY_STATE = "replay.pt"
+
+
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}  # fmt: skip
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["pos"], state["has_gauss"], state["cached"])
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

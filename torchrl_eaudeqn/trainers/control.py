@@ -1,0 +1,209 @@
+"""EauDeQN / PolyPruneQN / DQN on small discrete tasks: the CPU testbed of the study.
+
+The same components as the Atari recipe (masked ensemble actor, EauDeQN
+loss, target-selection and polynomial-pruning updaters, the Lightning base
+:class:`~torchrl_eaudeqn.trainers.OnlineRLModule`), on tasks that learn in
+minutes on one CPU core:
+
+* classic control (``CartPole-v1``, ``Acrobot-v1``, any discrete Gymnasium
+  id) with an MLP of two hidden layers of ``width`` units;
+* MinAtar games (``minatar:breakout``, ``minatar:asterix``, ...; the
+  ``minatar`` package) with a small CNN: one 16-channel 3x3 convolution and a
+  hidden dense layer of ``width`` units, as in the MinAtar paper's DQN.
+
+``recipes/control_dqn.py`` runs one config; ``recipes/study.py`` runs a grid.
+
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictSequential
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.data.replay_buffers import RandomSampler
+from torchrl.envs import EnvBase
+
+from ..config import ControlConfig  # defined there: no torch needed to validate
+from ..envs.control import make_task_env
+from ..modules.dqn import minatar_cnn, mlp
+from ..tracking.metrics import MLflowMetrics
+from .callbacks import TargetSelectionCallback
+from .dqn import EnsembleDQNModule
+
+__all__ = ["ControlDQNModule", "regression_trace"]
+
+
+# --------------------------------------------------------------------------- module
+class ControlDQNModule(EnsembleDQNModule):
+    """EauDeQN, PolyPruneQN or DQN on a small discrete task, trained online.
+
+    Each ``training_step`` collects ``train_freq`` env steps with TorchRL's
+    :class:`~torchrl.collectors.Collector` (epsilon-greedy on the acting
+    member through :class:`~torchrl.modules.EGreedyModule`; uniformly random
+    for the first ``learning_starts`` steps), stores them in a TorchRL
+    :class:`~torchrl.data.ReplayBuffer` (``LazyTensorStorage``, uniform), and
+    once ``learning_starts`` steps are in takes one gradient step of
+    :class:`~torchrl_eaudeqn.EauDeQNLoss`. The updater
+    (:func:`~torchrl_eaudeqn.lightning.build_updater`) runs after it through
+    :class:`~torchrl_eaudeqn.lightning.TargetSelectionCallback`.
+
+    Args:
+        cfg: the validated :class:`ControlConfig`.
+        env_fn: ``fn(seed, eval) -> EnvBase``; default :func:`make_task_env`.
+        metrics: where metrics go (an :class:`~torchrl_eaudeqn.lightning.MLflowMetrics`).
+
+    Example:
+        >>> cfg = ControlConfig(task="CartPole-v1", num_members=3, width=16, buffer_size=100)
+        >>> module = ControlDQNModule(cfg)
+        >>> module.actor.num_members, module.n_actions, type(module.updater).__name__
+        (3, 2, 'TargetSelectionUpdater')
+    """
+
+    episode_metric = "episode_return"
+    episode_return_key = "episode_reward"
+    progress_return_name = "return"
+    #: What the replay keeps of a collected step (nothing else is read by the loss).
+    REPLAY_KEYS = (
+        "observation",
+        "action",
+        ("next", "observation"),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+    )
+
+    def __init__(
+        self,
+        cfg: ControlConfig,
+        env_fn: Callable[..., EnvBase] | None = None,
+        metrics: MLflowMetrics | None = None,
+    ) -> None:
+        env_fn = env_fn or functools.partial(make_task_env, cfg)
+        super().__init__(cfg, env_fn, metrics)
+        probe = env_fn(seed=cfg.seed, eval=True)
+        action_spec = probe.action_spec
+        obs_shape = tuple(probe.observation_spec["observation"].shape)
+        probe.close()
+        self.n_actions = int(action_spec.space.n)
+        if len(obs_shape) == 3:
+            net = minatar_cnn(obs_shape[0], self.n_actions, cfg.width)
+        else:
+            net = mlp(obs_shape[-1], self.n_actions, hidden=(cfg.width, cfg.width))
+        self._build_ensemble(net, action_spec)
+        self.replay = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.buffer_size),
+            sampler=RandomSampler(),
+            batch_size=cfg.batch_size,
+        )
+        self._collector: Collector | None = None
+        self._iter: Iterator[TensorDictBase] | None = None
+
+    # ------------------------------------------------------------ plumbing
+    def _start_collection(self) -> None:
+        cfg = self.cfg
+        env = self.env_fn(seed=cfg.seed + self.env_steps, eval=False)
+        self._collector = Collector(
+            env,
+            TensorDictSequential(self.actor.policy, self.explore),
+            frames_per_batch=cfg.train_freq,
+            total_frames=-1,
+            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
+            device=self.device,
+            storing_device="cpu",
+        )
+        self._iter = iter(self._collector)
+
+    def _stop_collection(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = None
+
+    # ------------------------------------------------------------ training
+    def collect_and_learn(self) -> dict[str, torch.Tensor] | None:
+        cfg = self.cfg
+        while self._credit > 0:
+            data = next(self._iter).reshape(-1)
+            self.replay.extend(data.select(*self.REPLAY_KEYS))
+            n = data.numel()
+            self._credit -= n
+            self.env_steps += n
+            if self.env_steps > cfg.learning_starts:
+                self.explore.step(n)
+            self._record_episodes(data)
+        if not self._learning():
+            return None
+        losses = self.loss_module(self.replay.sample().to(self.device))
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(losses["loss"])
+        opt.step()
+        self._member_losses.append(losses["loss_per_member"])
+        return {"loss_per_member": losses["loss_per_member"]}
+
+
+# --------------------------------------------------------------------------- regression
+def regression_trace(cfg: ControlConfig) -> dict[str, Any]:
+    """Train ``cfg`` without tracking and return what a behaviour change would alter.
+
+    One torch thread and fixed seeds make the run deterministic on one
+    machine; the trace holds, per target update, the env step, the selected
+    member, every member's sparsity after the update and the period's
+    summed losses, plus the final evaluation return.
+
+    Example:
+        >>> cfg = ControlConfig(env_steps=40, learning_starts=20, target_period=10,
+        ...     batch_size=8, num_members=2, width=8, eval_episodes=1,
+        ...     eval_random_baseline=False, progress_bar=False)
+        >>> trace = regression_trace(cfg)
+        >>> len(trace["updates"]), sorted(trace["updates"][0])
+        (2, ['env_step', 'loss_sums', 'selected', 'sparsity'])
+    """
+    import lightning as L
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        module = ControlDQNModule(cfg)
+        updates: list[dict[str, Any]] = []
+
+        def on_update(entry: dict[str, Any]) -> None:
+            if entry.get("event", "target") != "target":
+                return
+            updates.append(
+                {
+                    "env_step": module.env_steps,
+                    "selected": int(entry.get("selected", 0)),
+                    "sparsity": [round(float(s), 8) for s in entry["sparsity"]],
+                    "loss_sums": [float(x) for x in entry.get("loss_sums", [])],
+                }
+            )
+
+        trainer = L.Trainer(
+            max_epochs=-1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            callbacks=[TargetSelectionCallback(module.updater, on_update=on_update)],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(module)
+        result = module.evaluate(cfg.eval_episodes)
+        return {
+            "env_steps": module.env_steps,
+            "updates": updates,
+            "final_sparsity": [round(float(s), 8) for s in module.actor.sparsity()],
+            "eval_return_mean": result["eval/return_mean"],
+        }
+    finally:
+        torch.set_num_threads(threads)

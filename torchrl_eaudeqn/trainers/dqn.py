@@ -1,0 +1,361 @@
+"""The DQN-family Lightning modules: the shared ensemble plumbing and the Atari loop."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictSequential
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, ExplorationType
+from torchrl.modules import EGreedyModule
+
+from ..collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
+from ..config import AtariConfig
+from ..data.replay import FrameReplayBuffer
+from ..envs import make_atari_gym_env
+from ..modules import MaskedEnsembleQValueActor, nature_cnn
+from ..objectives import EauDeQNLoss
+from ..sparsity import sparsity_stats
+from ..tracking.metrics import MLflowMetrics
+from ..updaters.builders import build_updater
+from .base import OnlineRLModule
+
+__all__ = ["DQNLightningModule", "EnsembleDQNModule"]
+
+
+class EnsembleDQNModule(OnlineRLModule):
+    """What the DQN-family modules share: the ensemble, its loss, optimizer, updater and metrics.
+
+    Subclasses (:class:`DQNLightningModule` for Atari,
+    :class:`~torchrl_eaudeqn.control.ControlDQNModule` for the study's small
+    tasks) build their network and replay, call :meth:`_build_ensemble`, and
+    say how exploration is read (:meth:`epsilon_now`).
+
+    Example:
+        >>> from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
+        >>> module = ControlDQNModule(ControlConfig(task="CartPole-v1", width=8, num_members=3))
+        >>> isinstance(module, EnsembleDQNModule), module.actor.num_members, module.epsilon_now()
+        (True, 3, 1.0)
+    """
+
+    def _build_ensemble(self, net: torch.nn.Module, action_spec: Any) -> None:
+        cfg = self.cfg
+        use_vmap = {"auto": None, "true": True, "false": False}[cfg.use_vmap]
+        self.actor = MaskedEnsembleQValueActor(
+            net, cfg.members, action_spec=action_spec, use_vmap=use_vmap
+        )
+        self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
+        self.loss_module.make_value_estimator(gamma=cfg.gamma)
+        # fused Adam: the default (foreach) implementation was 8x the dense
+        # step's optimizer time for K=5 on CPU (docs/benchmarks.md).
+        self.optimizer = torch.optim.Adam(
+            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
+        )
+        self.updater = build_updater(cfg, self.loss_module, self.optimizer)
+        self.explore = EGreedyModule(
+            action_spec,
+            eps_init=cfg.eps_start,
+            eps_end=cfg.eps_end,
+            annealing_num_steps=cfg.eps_decay_steps,
+        )
+        self._member_losses: list[torch.Tensor] = []
+
+    def epsilon_now(self) -> float:
+        """The exploration rate acting uses now (TorchRL's annealed ``EGreedyModule``)."""
+        return float(self.explore.eps)
+
+    def _log_metrics(self, step: int) -> dict[str, float]:
+        m = self.metrics
+        sparsity = self.actor.sparsity()
+        m.add("epsilon", self.epsilon_now(), step)
+        for k, s in enumerate(sparsity.tolist()):
+            m.add(f"sparsity/member_{k}", s, step)
+        target = sparsity_stats(
+            dict(self.loss_module.target_value_network_params.flatten_keys(".").items()),
+            dict(self.loss_module.target_masks.flatten_keys(".").items()),
+        )
+        m.add("sparsity/target", float(target["prunable"]), step)
+        stats = self.actor.sparsity_stats()
+        m.add("sparsity/selected_overall", float(stats["overall"][self.actor.selected]), step)
+        if self._member_losses:
+            mean = torch.stack(self._member_losses).mean(0).tolist()
+            for k, v in enumerate(mean):
+                m.add(f"td_loss/member_{k}", v, step)
+            self._member_losses.clear()
+        history = self.updater.history
+        selected = history[-1].get("selected", 0) if history else 0
+        m.add("selected_member", selected, step)
+        return {"sparsity": float(sparsity[self.actor.selected]), "member": float(selected)}
+
+    @torch.no_grad()
+    def evaluate(
+        self, episodes: int, epsilon: float | None = None, prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Play ``episodes`` episodes (epsilon ``eval_epsilon``); log and return the returns.
+
+        ``epsilon=1.0, prefix="eval_random"`` scores a uniformly random policy.
+        """
+        eps = self.cfg.eval_epsilon if epsilon is None else epsilon
+        greedy = EGreedyModule(self.explore.spec, eps_init=eps, eps_end=eps).to(self.device)
+        policy = TensorDictSequential(self.actor.policy, greedy)
+        return self._play_eval(policy, episodes, ExplorationType.RANDOM, prefix)
+
+    def evaluate_random_baseline(self) -> dict[str, float]:
+        return self.evaluate(self.cfg.eval_episodes, epsilon=1.0, prefix="eval_random")
+
+
+class DQNLightningModule(EnsembleDQNModule):
+    """EauDeQN, PolyPruneQN or DQN on one Atari game, trained online.
+
+    Args:
+        cfg: the validated :class:`~torchrl_eaudeqn.config.AtariConfig`.
+        env_fn: ``fn(seed, num_envs, eval) -> EnvBase``; builds training
+            and evaluation envs (the recipe passes ``make_atari_env``).
+        metrics: where metrics go (an :class:`MLflowMetrics`), or ``None``.
+
+    Example:
+        >>> from torchrl_eaudeqn.envs import make_atari_env
+        >>> cfg = AtariConfig(game="Pong", width="small", num_members=2, buffer_size=1000)
+        >>> module = DQNLightningModule(
+        ...     cfg, lambda seed, num_envs, eval: make_atari_env("Pong", seed=seed))
+        >>> module.actor.num_members, module.n_actions, type(module.updater).__name__
+        (2, 6, 'TargetSelectionUpdater')
+
+        ``recipes/atari_dqn.py`` wires it to a Lightning ``Trainer``, MLflow and the registry.
+    """
+
+    # The raw game score (rewards are clipped only for learning), one env.
+    EVAL_REWARD_KEY = ("next", "score_reward")
+    EVAL_NAME = "score"
+    EVAL_ENV_KWARGS = {"num_envs": 1}
+
+    def __init__(
+        self,
+        cfg: AtariConfig,
+        env_fn: Callable[..., EnvBase],
+        metrics: MLflowMetrics | None = None,
+    ) -> None:
+        super().__init__(cfg, env_fn, metrics)
+        probe = env_fn(seed=cfg.seed, num_envs=1, eval=True)
+        action_spec = probe.action_spec
+        if action_spec.ndim > 1:
+            action_spec = action_spec[0]
+        probe.close()
+        self.n_actions = int(action_spec.space.n)
+        width = int(cfg.width) if str(cfg.width).isdigit() else cfg.width
+        self._build_ensemble(nature_cnn(self.n_actions, width), action_spec)
+        self.replay = FrameReplayBuffer(
+            capacity=cfg.buffer_size,
+            frame_shape=(84, 84),
+            stack=4,
+            num_streams=cfg.num_envs,
+            seed=cfg.seed,
+            action_encoding="one_hot",
+            n_actions=self.n_actions,
+        )
+        self._collector: Collector | None = None
+        self._iter: Iterator[TensorDictBase] | None = None
+        self._fast: AtariCollector | None = None
+        self._fast_state: dict[str, Any] | None = None
+        self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
+
+    def _replay_stored(self) -> int:
+        # FrameReplayBuffer's len() scans the whole capacity (13 ms at 1M) and,
+        # once the buffer wraps, stays a few slots below capacity (so with
+        # learning_starts >= buffer_size learning never began); num_stored is O(1).
+        return self.replay.num_stored
+
+    # ------------------------------------------------------------ plumbing
+    def _start_collection(self) -> None:
+        if self.cfg.collector == "lean":
+            self._start_fast_collector()
+        else:
+            self._start_torchrl_collector()
+
+    def _start_fast_collector(self) -> None:
+        cfg = self.cfg
+        env_fn = functools.partial(
+            make_atari_gym_env,
+            cfg.game,
+            frame_skip=cfg.frame_skip,
+            sticky_actions=cfg.sticky_actions,
+            max_episode_steps=cfg.max_episode_steps,
+        )
+        self._fast = AtariCollector(
+            [env_fn] * cfg.num_envs,
+            self._acting_network,
+            self.n_actions,
+            seed=cfg.seed + self.env_steps,
+            device=self.device,
+            threaded=self.overlap,
+            terminal_on_life_loss=cfg.terminal_on_life_loss,
+        )
+        if self._fast_state is not None:
+            self._fast.load_state_dict(self._fast_state)
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the lean collector runs in a thread beside the learner.
+
+        ``auto`` turns it on with a GPU learner or with cores to spare. On the
+        2-core CPU machines it loses: the learner's OpenMP team uses both
+        cores, and a third busy thread makes every parallel region wait for
+        the descheduled one (dense DQN, Breakout: 0.75-0.78 of the learner
+        bound overlapped vs 0.79 sequential; docs/benchmarks.md).
+        """
+        mode = self.cfg.overlap
+        if mode != "auto":
+            return mode == "true"
+        if self.device.type == "cuda":
+            return True
+        return (os.cpu_count() or 1) >= torch.get_num_threads() + 2
+
+    def _acting_network(self) -> torch.nn.Module:
+        """The selected member as a plain module aliasing its parameters (cached)."""
+        k = self.actor.selected
+        ptr = next(iter(self.actor.params.values(True, True))).data_ptr()
+        cached = self._acting_nets.get(k)
+        if cached is None or cached[0] != ptr:
+            cached = (ptr, aliased_member_network(self.actor, k))
+            self._acting_nets[k] = cached
+        return cached[1]
+
+    def epsilon(self, step: int | None = None) -> float:
+        """Exploration rate at env step ``step`` (default: now); 1 before ``learning_starts``."""
+        cfg = self.cfg
+        return linear_epsilon(
+            self.env_steps if step is None else step,
+            start=cfg.eps_start,
+            end=cfg.eps_end,
+            decay_steps=cfg.eps_decay_steps,
+            warmup=cfg.learning_starts,
+        )
+
+    def _start_torchrl_collector(self) -> None:
+        cfg = self.cfg
+        env = self.env_fn(seed=cfg.seed + self.env_steps, num_envs=cfg.num_envs, eval=False)
+        policy = TensorDictSequential(self.actor.policy, self.explore)
+        self._collector = Collector(
+            env,
+            policy,
+            frames_per_batch=cfg.num_envs * max(1, cfg.train_freq // cfg.num_envs),
+            total_frames=-1,
+            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
+            device=self.device,
+            storing_device="cpu",
+        )
+        self._iter = iter(self._collector)
+
+    def _stop_collection(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = None
+        if self._fast is not None:
+            self._fast_state = self._fast.state_dict()
+            self._fast.close()
+            self._fast = None
+
+    # ------------------------------------------------------------ training
+    def collect_and_learn(self) -> dict[str, torch.Tensor] | None:
+        if self._fast is not None:
+            return self._lean_step()
+        return self._sequential_step()
+
+    def _lean_step(self) -> dict[str, torch.Tensor] | None:
+        overlap = self._fast.threaded
+        learn = self._learning()
+        n = self.cfg.num_envs
+        collecting = self._credit > 0
+        if collecting:
+            step0 = self.env_steps
+            self._fast.submit(
+                -(-self._credit // n),
+                lambda t: self.epsilon(step0 + t * n),
+                network=self._acting_network(),
+            )
+            if not overlap:
+                # Sequential: the new steps are in the replay before sampling.
+                self._store(self._fast.result())
+                collecting = False
+                learn = self._learning()
+        losses = None
+        if learn:
+            # Forward and backward only read the parameters, so the worker can
+            # act with them meanwhile; the optimizer writes after the join.
+            losses = self.loss_module(self.replay.sample(self.cfg.batch_size).to(self.device))
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(losses["loss"])
+        if collecting:
+            self._store(self._fast.result())
+        if losses is None:
+            return None
+        opt.step()
+        self._member_losses.append(losses["loss_per_member"])
+        return {"loss_per_member": losses["loss_per_member"]}
+
+    def _store(self, steps: CollectedSteps) -> None:
+        for i in range(steps.action.shape[0]):
+            self.replay.extend_stream(
+                i,
+                steps.observation[i],
+                steps.action[i],
+                steps.reward[i],
+                steps.next_observation[i],
+                steps.terminated[i],
+                steps.truncated[i],
+            )
+        n = steps.num_steps
+        self._credit -= n
+        self.env_steps += n
+        for _, score, length in steps.episodes:
+            self._episode_end(score, length)
+
+    def _sequential_step(self) -> dict[str, torch.Tensor] | None:
+        cfg = self.cfg
+        while self._credit > 0:
+            batch_td = next(self._iter)
+            if cfg.terminal_on_life_loss:
+                nxt = batch_td.get("next")
+                if "end-of-life" not in nxt.keys():
+                    raise KeyError(
+                        "terminal_on_life_loss needs the training env to write "
+                        "('next', 'end-of-life'): make_atari_env(..., end_of_life=True)"
+                    )
+                nxt.set("terminated", nxt.get("terminated") | nxt.get("end-of-life"))
+            self.replay.extend(batch_td)  # [num_envs, T] maps to one stream per env
+            data = batch_td.reshape(-1)
+            n = data.numel()
+            self._credit -= n
+            self.env_steps += n
+            if self.env_steps > cfg.learning_starts:
+                self.explore.step(n)
+            self._record_episodes(data)
+        if not self._learning():
+            return None
+        sample = self.replay.sample(cfg.batch_size).to(self.device)
+        losses = self.loss_module(sample)
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(losses["loss"])
+        opt.step()
+        self._member_losses.append(losses["loss_per_member"])
+        return {"loss_per_member": losses["loss_per_member"]}
+
+    def epsilon_now(self) -> float:
+        if self.cfg.collector == "lean":
+            return self.epsilon()
+        return float(self.explore.eps)
+
+    # --------------------------------------------------------- checkpoints
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        fast = self._fast.state_dict() if self._fast is not None else self._fast_state
+        return {} if fast is None else {"collector_rng": fast}
+
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
+        self._fast_state = state.get("collector_rng")
