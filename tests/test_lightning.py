@@ -19,7 +19,7 @@ from torchrl_eaudeqn.lightning import DQNLightningModule, TargetSelectionCallbac
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def _fit(overrides):
+def _fit(overrides, before_fit=None):
     cfg = load_config(
         AtariConfig,
         ROOT / "configs" / "atari" / "quick.yaml",
@@ -40,6 +40,8 @@ def _fit(overrides):
         )
 
     module = DQNLightningModule(cfg, env_fn)
+    if before_fit is not None:
+        before_fit(module)
     trainer = L.Trainer(
         max_epochs=-1, accelerator="cpu", devices=1, logger=False,
         callbacks=[TargetSelectionCallback(module.updater)], enable_progress_bar=False,
@@ -76,6 +78,28 @@ def test_one_gradient_step_per_train_freq_env_steps(collector, num_envs, updates
     assert batch["observation"].dtype == torch.uint8
     assert batch["action"].shape == (4, module.n_actions)
     assert batch["action"].sum(-1).eq(1).all()
+
+
+def test_lr_end_fraction_decays_the_rate_linearly_by_env_step():
+    seen = []
+
+    def record(module):
+        def hook(opt, args, kwargs):
+            seen.append((module.env_steps, opt.param_groups[0]["lr"]))
+
+        module.optimizer.register_step_pre_hook(hook)
+
+    module = _fit(["method=eaudeqn", "lr=1e-3", "lr_end_fraction=0.1"], before_fit=record)
+    # 1e-3 at learning_starts (100), 1e-4 at env_steps (300), linear between.
+    assert module.lr_now(0) == module.lr_now(100) == pytest.approx(1e-3)
+    assert module.lr_now(200) == pytest.approx(5.5e-4)
+    assert module.lr_now(300) == module.lr_now(10_000) == pytest.approx(1e-4)
+    assert len(seen) >= 40
+    # Each gradient step ran at the rate of the env step its call started from
+    # (sequential collection: the call's train_freq steps come first).
+    for steps, lr in seen:
+        assert lr == pytest.approx(module.lr_now(steps - module.cfg.train_freq))
+    assert seen[0][1] > seen[-1][1] > 1e-4 - 1e-12
 
 
 def test_lean_collector_prunes_and_acts_with_the_selected_member():

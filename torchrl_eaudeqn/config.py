@@ -85,6 +85,13 @@ class AtariConfig:
     prune_every: int = _f(4000, "polyprune mask update interval (env steps)", min=1)
     # DQN
     lr: float = _f(6.25e-5, "Adam learning rate", min=0.0)
+    lr_end_fraction: float = _f(
+        1.0,
+        "learning rate at the end of the budget as a fraction of lr, reached linearly "
+        "from learning_starts (1: constant)",
+        min=0.0,
+        max=1.0,
+    )
     adam_eps: float = _f(1.5e-4, "Adam epsilon", min=0.0)
     batch_size: int = _f(32, "replay batch size", min=1)
     buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
@@ -407,6 +414,13 @@ class ControlConfig:
     prune_every: int = _f(300, "polyprune mask update interval (env steps)", min=1)
     # DQN
     lr: float = _f(1e-3, "Adam learning rate", min=0.0)
+    lr_end_fraction: float = _f(
+        1.0,
+        "learning rate at the end of the budget as a fraction of lr, reached linearly "
+        "from learning_starts (1: constant)",
+        min=0.0,
+        max=1.0,
+    )
     adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
     batch_size: int = _f(64, "replay batch size", min=1)
     buffer_size: int = _f(50_000, "replay capacity (transitions)", min=1)

@@ -215,6 +215,9 @@ class OnlineRLModule(L.LightningModule):
         warm = max(cfg.batch_size, min(cfg.learning_starts, cfg.buffer_size))
         return self.env_steps >= cfg.learning_starts and self._replay_stored() >= warm
 
+    def _schedule_lr(self) -> None:
+        """Set the learning rate for the coming gradient step (default: leave it)."""
+
     def _replay_stored(self) -> int:
         """Transitions the replay holds, cheaply (called twice per gradient step).
 
@@ -230,6 +233,7 @@ class OnlineRLModule(L.LightningModule):
         # step, so a batch can pay for several calls: the ratio of one gradient
         # step per ``train_freq`` env steps holds for any ``num_envs``.
         self._credit += cfg.train_freq
+        self._schedule_lr()
         out = self.collect_and_learn()
         log_due = self.env_steps - self._last_log >= cfg.log_every
         # Not at the last step: the recipe's final evaluation logs that step.

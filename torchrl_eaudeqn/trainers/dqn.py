@@ -65,6 +65,26 @@ class EnsembleDQNModule(OnlineRLModule):
         )
         self._member_losses: list[torch.Tensor] = []
 
+    def lr_now(self, step: int | None = None) -> float:
+        """Learning rate at env step ``step`` (default: now).
+
+        ``lr`` until ``learning_starts``, then linear down to
+        ``lr * lr_end_fraction`` at ``env_steps``, then constant.
+        """
+        cfg = self.cfg
+        step = self.env_steps if step is None else step
+        span = max(1, cfg.env_steps - cfg.learning_starts)
+        done = min(1.0, max(0.0, (step - cfg.learning_starts) / span))
+        return cfg.lr * (1.0 - (1.0 - cfg.lr_end_fraction) * done)
+
+    def _schedule_lr(self) -> None:
+        # A function of the env step, not optimizer state: a resumed run and the
+        # optimizer resets at target updates see the same rate.
+        if self.cfg.lr_end_fraction != 1.0:
+            lr = self.lr_now()
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def epsilon_now(self) -> float:
         """The exploration rate acting uses now (TorchRL's annealed ``EGreedyModule``)."""
         return float(self.explore.eps)
@@ -73,6 +93,8 @@ class EnsembleDQNModule(OnlineRLModule):
         m = self.metrics
         sparsity = self.actor.sparsity()
         m.add("epsilon", self.epsilon_now(), step)
+        if self.cfg.lr_end_fraction != 1.0:
+            m.add("lr", self.lr_now(), step)
         for k, s in enumerate(sparsity.tolist()):
             m.add(f"sparsity/member_{k}", s, step)
         target = sparsity_stats(
