@@ -27,8 +27,15 @@ def write_docs_section(tag: str, body: str, docs: pathlib.Path = DOCS) -> None:
     start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
     text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
+    counts = (text.count(start), text.count(end))
+    if counts == (0, 0):
+        text = text.rstrip() + "\n\n" + block + "\n"
+    elif counts == (1, 1) and text.index(start) < text.index(end):
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        # A hand edit broke the markers: appending or splicing would duplicate text.
+        raise ValueError(
+            f"{docs}: expected one {start!r} before one {end!r}, found {counts[0]} and "
+            f"{counts[1]}; repair the markers by hand"
+        )
     docs.write_text(text)
