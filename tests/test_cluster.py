@@ -16,8 +16,9 @@ import pytest
 from mlflow_server import MlflowServer, free_port
 from scripts import load_script
 
-from torchrl_eaudeqn import cluster, study
+from torchrl_eaudeqn import study
 from torchrl_eaudeqn.checkpointing import AtomicCheckpointIO
+from torchrl_eaudeqn.study import cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
