@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchrl_eaudeqn.tracking import MLflowMetrics
     from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
     from torchrl_eaudeqn.trainers import DQNLightningModule, TargetSelectionCallback, recipe
+    from torchrl_eaudeqn.updaters import UpdateEvent
 
     plot = [
         recipe.PlotPanel(
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return DQNLightningModule(cfg, env_fn, metrics)
 
     def build_callbacks(module: DQNLightningModule) -> list:
-        def on_update(entry: dict) -> None:
+        def on_update(entry: UpdateEvent) -> None:
+            if not entry.updates_target:
+                return  # polyprune mask updates: the sparsity curve shows them
             step = module.env_steps
             module.metrics.add("target_update/selected", entry.get("selected", 0), step)
             module.metrics.add("target_update/selected_sparsity", entry["sparsity"][0], step)

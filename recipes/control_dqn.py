@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchrl_eaudeqn.tracking import MLflowMetrics
     from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
     from torchrl_eaudeqn.trainers import ControlDQNModule, TargetSelectionCallback, recipe
+    from torchrl_eaudeqn.updaters import UpdateEvent
 
     plot = [
         recipe.PlotPanel(
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return ControlDQNModule(cfg, metrics=metrics)
 
     def build_callbacks(module: ControlDQNModule) -> list:
-        def on_update(entry: dict) -> None:
-            if entry.get("event", "target") != "target":
+        def on_update(entry: UpdateEvent) -> None:
+            if not entry.updates_target:
                 return  # polyprune mask updates: the sparsity curve shows them
             m, step = module.metrics, module.env_steps
             m.add("target_update/selected", entry.get("selected", 0), step)

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchrl_eaudeqn.tracking import MLflowMetrics
     from torchrl_eaudeqn.tracking.registry import network_sparsity_tags, register_network
     from torchrl_eaudeqn.trainers import SACLightningModule, TargetSelectionCallback, recipe
+    from torchrl_eaudeqn.updaters import UpdateEvent
 
     plot = [
         recipe.PlotPanel(
@@ -76,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return SACLightningModule(cfg, env_fn, metrics)
 
     def build_callbacks(module: SACLightningModule) -> list:
-        def on_update(entry: dict) -> None:
+        def on_update(entry: UpdateEvent) -> None:
             m, step = module.metrics, module.env_steps
-            if "actor_selected" in entry:  # a selection (polyprune logs prune events instead)
+            if entry.roles:  # a selection (polyprune logs prune events instead)
                 m.add("selection/actor_selected", entry["actor_selected"], step)
                 m.add("selection/critic_selected", entry["critic_selected"], step)
                 m.add("selection/actor_sparsity", entry["actor_selected_sparsity"], step)

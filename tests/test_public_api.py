@@ -83,8 +83,10 @@ TOP_LEVEL = {
         "sparsity_stats",
     ],
     "updaters": [
+        "MaskedUpdater",
         "PolyPruneUpdater",
         "TargetSelectionUpdater",
+        "UpdateEvent",
     ],
 }
 
@@ -296,8 +298,10 @@ SUBMODULES = {
         "with_retries",
     ],
     "updaters": [
+        "MaskedUpdater",
         "PolyPruneUpdater",
         "TargetSelectionUpdater",
+        "UpdateEvent",
     ],
 }
 

@@ -64,8 +64,10 @@ _EXPORTS = {
     "polynomial_sparsity": "sparsity",
     "prunable_parameter_names": "sparsity",
     "sparsity_stats": "sparsity",
+    "MaskedUpdater": "updaters",
     "PolyPruneUpdater": "updaters",
     "TargetSelectionUpdater": "updaters",
+    "UpdateEvent": "updaters",
 }
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "MaskedEnsembleQValueActor",
     "MaskedEnsembleTanhGaussianActor",
     "MaskedEnsembleTwinQ",
+    "MaskedUpdater",
     "NATURE_CNN_WIDTHS",
     "NoisySpeedPolicy",
     "PolyPruneSACUpdater",
@@ -91,6 +94,7 @@ __all__ = [
     "TanhDeterministicPolicy",
     "TargetSelectionUpdater",
     "TwinQNetwork",
+    "UpdateEvent",
     "apply_masks_",
     "atari_game_ids",
     "compact",
@@ -166,10 +170,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         sparsity_stats,
     )
     from .updaters import (
+        MaskedUpdater,
         PolyPruneSACUpdater,
         PolyPruneUpdater,
         SACTargetSelectionUpdater,
         TargetSelectionUpdater,
+        UpdateEvent,
     )
 
 

@@ -326,13 +326,16 @@ def count_selections(
     kept = len(history)
     # Fewer kept than recorded: the oldest entries were dropped (bounded history).
     counted = kept if total is not None and total > kept else None
-    dqn = [h for h in history if "speeds_before" in h]
-    schedule = [h for h in history if h.get("event") == "target"]
-    sac = [h for h in history if "actor_selected" in h]
-    prunes = [h for h in history if h.get("event") == "prune"]
+    from .updaters.common import UpdateEvent  # here: the module stays importable without torch
 
-    def wins(entries: list[Mapping[str, Any]], sel: str, speeds: str) -> int:
-        return sum(1 for h in entries if float(h[speeds][int(h[sel])]) > 0)
+    events = [UpdateEvent(h) for h in history]
+    dqn = [h for h in events if h.pruned_win("value") is not None]
+    schedule = [h for h in events if h.event == "target"]
+    sac = [h for h in events if "actor" in h.roles]
+    prunes = [h for h in events if h.event == "prune"]
+
+    def wins(entries: list[UpdateEvent], role: str) -> int:
+        return sum(1 for h in entries if h.pruned_win(role))
 
     # Every entry of a selecting updater is a selection: the whole run's count is ``total``.
     every = total if counted is not None else None
@@ -341,17 +344,13 @@ def count_selections(
             SelectionCount(
                 f"{who} selections",
                 every or len(sac),
-                wins(sac, f"{who}_selected", f"{who}_speeds_before"),
+                wins(sac, who),
                 counted,
             )
             for who in ("actor", "critic")
         )
     if dqn:
-        return (
-            SelectionCount(
-                "target updates", every or len(dqn), wins(dqn, "selected", "speeds_before"), counted
-            ),
-        )
+        return (SelectionCount("target updates", every or len(dqn), wins(dqn, "value"), counted),)
     if schedule:
         return (SelectionCount("target updates", len(schedule), None, counted),)
     if prunes:

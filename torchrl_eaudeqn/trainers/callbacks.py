@@ -7,8 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from ..updaters import PolyPruneUpdater, TargetSelectionUpdater
-from ..updaters.sac import PolyPruneSACUpdater, SACTargetSelectionUpdater
+from ..updaters.common import MaskedUpdater, UpdateEvent
 
 __all__ = ["SAC_MEMBER_LOSS_KEYS", "TargetSelectionCallback"]
 
@@ -33,7 +32,9 @@ class TargetSelectionCallback(L.Callback):
             :class:`~torchrl_eaudeqn.PolyPruneUpdater`,
             :class:`~torchrl_eaudeqn.SACTargetSelectionUpdater` or
             :class:`~torchrl_eaudeqn.PolyPruneSACUpdater`.
-        on_update: optional ``fn(history_entry)`` called after each target update.
+        on_update: optional ``fn(entry)`` called with each new
+            :class:`~torchrl_eaudeqn.updaters.UpdateEvent` (selections, and a
+            baseline's target copies and mask updates).
 
     Example:
         >>> import torch
@@ -51,11 +52,8 @@ class TargetSelectionCallback(L.Callback):
 
     def __init__(
         self,
-        updater: TargetSelectionUpdater
-        | PolyPruneUpdater
-        | SACTargetSelectionUpdater
-        | PolyPruneSACUpdater,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
+        updater: MaskedUpdater,
+        on_update: Callable[[UpdateEvent], None] | None = None,
     ) -> None:
         self.updater = updater
         self.on_update = on_update

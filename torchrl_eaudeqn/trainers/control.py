@@ -33,6 +33,7 @@ from ..config import ControlConfig  # defined there: no torch needed to validate
 from ..envs.control import make_task_env
 from ..modules.dqn import minatar_cnn, mlp
 from ..tracking.metrics import MLflowMetrics
+from ..updaters.common import UpdateEvent
 from .callbacks import TargetSelectionCallback
 from .dqn import EnsembleDQNModule
 
@@ -173,8 +174,8 @@ def regression_trace(cfg: ControlConfig) -> dict[str, Any]:
         module = ControlDQNModule(cfg)
         updates: list[dict[str, Any]] = []
 
-        def on_update(entry: dict[str, Any]) -> None:
-            if entry.get("event", "target") != "target":
+        def on_update(entry: UpdateEvent) -> None:
+            if not entry.updates_target:
                 return
             updates.append(
                 {

@@ -109,8 +109,8 @@ class EnsembleDQNModule(OnlineRLModule):
             for k, v in enumerate(mean):
                 m.add(f"td_loss/member_{k}", v, step)
             self._member_losses.clear()
-        history = self.updater.history
-        selected = history[-1].get("selected", 0) if history else 0
+        last = self.updater.last_selection()
+        selected = last.selected() if last is not None else 0
         m.add("selected_member", selected, step)
         return {"sparsity": float(sparsity[self.actor.selected]), "member": float(selected)}
 

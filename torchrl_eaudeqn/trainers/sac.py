@@ -193,9 +193,9 @@ class SACLightningModule(OnlineRLModule):
             for key in ("loss_alpha", "alpha", "entropy"):
                 m.add(key, float(mean[key]), step)
             self._losses.clear()
-        last = next((h for h in reversed(self.updater.history) if "actor_selected" in h), {})
-        sel_a = last.get("actor_selected", 0)
-        sel_c = last.get("critic_selected", 0)
+        last = self.updater.last_selection()
+        sel_a = last.selected("actor") if last is not None else 0
+        sel_c = last.selected("critic") if last is not None else 0
         m.add("selected/actor", sel_a, step)
         m.add("selected/critic", sel_c, step)
         bar.update(member_actor=float(sel_a), member_critic=float(sel_c))

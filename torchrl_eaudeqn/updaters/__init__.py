@@ -2,7 +2,8 @@
 
 They subclass TorchRL's :class:`~torchrl.objectives.utils.TargetNetUpdater`
 (``init_`` / ``step`` / ``state_dict``); :mod:`.common` holds what they share
-(selection rule, masks after every step, optimizer reset, history).
+(:class:`~.common.MaskedUpdater`: checks, masks after every step, optimizer
+reset, selection, the :class:`~.common.UpdateEvent` history).
 
 Example:
     >>> from torchrl_eaudeqn.updaters import select_member
@@ -11,16 +12,18 @@ Example:
 """
 
 from .builders import build_sac_updater, build_updater
-from .common import TrainerHooks, optimizer_list, select_member
+from .common import MaskedUpdater, TrainerHooks, UpdateEvent, optimizer_list, select_member
 from .dqn import PolyPruneUpdater, TargetSelectionUpdater
 from .sac import PolyPruneSACUpdater, SACTargetSelectionUpdater
 
 __all__ = [
+    "MaskedUpdater",
     "PolyPruneSACUpdater",
     "PolyPruneUpdater",
     "SACTargetSelectionUpdater",
     "TargetSelectionUpdater",
     "TrainerHooks",
+    "UpdateEvent",
     "build_sac_updater",
     "build_updater",
     "optimizer_list",

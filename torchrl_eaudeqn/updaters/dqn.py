@@ -9,24 +9,35 @@ and replace the target network; they subclass TorchRL's
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
 
-from ..modules.ensemble import prune_member_to, rebuild_members
+from ..modules.ensemble import prune_member_to
 from ..objectives.dqn import EauDeQNLoss
 from ..sparsity import (
     LinearSpeedGrid,
     PolynomialSchedule,
     PruningSpeedPolicy,
 )
-from .common import _MaskedUpdater, select_member
+from .common import MaskedUpdater
 
 __all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
 
 
-class TargetSelectionUpdater(_MaskedUpdater):
+def _check_loss(loss_module: object) -> None:
+    if not isinstance(loss_module, EauDeQNLoss):
+        raise TypeError(f"loss_module must be an EauDeQNLoss, got {type(loss_module).__name__}")
+
+
+def _copy_member_to_target(loss: EauDeQNLoss, k: int) -> None:
+    loss.target_value_network_params.data.update_(loss.value_network.params[k].data)
+    loss.target_masks.update_(loss.value_network.masks[k])
+
+
+class TargetSelectionUpdater(MaskedUpdater):
     """EauDeQN's target update: select the best member, copy, prune, reset.
 
     Call :meth:`step` once after every optimizer step. It re-applies the
@@ -82,7 +93,7 @@ class TargetSelectionUpdater(_MaskedUpdater):
     def __init__(
         self,
         loss_module: EauDeQNLoss,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
         *,
         period: int = 2000,
         speed_policy: PruningSpeedPolicy | None = None,
@@ -91,86 +102,60 @@ class TargetSelectionUpdater(_MaskedUpdater):
         prune_at_init: bool = True,
         structure: Literal["weights", "filters"] = "weights",
     ) -> None:
+        _check_loss(loss_module)
         super().__init__(
             loss_module,
             optimizer,
+            networks={"value": loss_module.value_network},
             period=period,
             scope=scope,
-            require_optimizer=reset_optimizer,
             structure=structure,
+            require_optimizer=reset_optimizer,
+            speed_policies={
+                "value": LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
+            },
+            reset_optimizer=reset_optimizer,
+            prune_at_init=prune_at_init,
         )
-        self.speed_policy = LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
-        if not isinstance(self.speed_policy, PruningSpeedPolicy):
-            raise TypeError(
-                f"speed_policy must be a PruningSpeedPolicy, got {type(self.speed_policy).__name__}"
-            )
-        self.reset_optimizer = reset_optimizer
-        self.prune_at_init = prune_at_init
-        self.steps_in_period = 0
-        self._device_sums: torch.Tensor | None = None
-        self.loss_sums = torch.zeros(self.actor.num_members)
-        self.speeds: list[float] = [0.0] * self.actor.num_members
+        self.actor = loss_module.value_network
         self.init_()
+
+    @property
+    def speed_policy(self) -> PruningSpeedPolicy:
+        """The pruning-speed policy of the members."""
+        return self.speed_policies["value"]
+
+    @property
+    def speeds(self) -> list[float]:
+        """The members' pruning speeds in the current period."""
+        return self._speeds["value"]
+
+    @property
+    def loss_sums(self) -> torch.Tensor:
+        """Summed member losses of the current period (CPU, float64, a copy)."""
+        return self._sums["value"].value()
+
+    @loss_sums.setter
+    def loss_sums(self, value: torch.Tensor) -> None:
+        self._sums["value"].set_(value)
 
     def init_(self) -> None:
         """Apply the masks, copy the acting member into the target, build the first members."""
         self.loss_module._has_update_associated["value_network"] = True
-        self.actor.apply_masks_()
-        j = self.actor.selected
-        self._copy_member_to_target(j)
-        if self.prune_at_init:
-            self._rebuild_members(j)
-        self.initialized = True
+        self._init_selection()
 
-    def _rebuild_members(self, j: int) -> None:
-        speeds = list(self.speed_policy.speeds(self.actor.num_members, winner=j))
-        if len(speeds) != self.actor.num_members:
-            raise ValueError(
-                f"speed_policy returned {len(speeds)} speeds for {self.actor.num_members} members"
-            )
-        self.speeds = speeds
-        rebuild_members(self.actor, j, speeds, scope=self.scope, structure=self.structure)
-        if self.reset_optimizer:
-            self._reset_optimizer()
+    def _copy_target(self, winners: dict[str, int], *, at_init: bool) -> None:
+        _copy_member_to_target(self.loss_module, winners["value"])
 
     def select(self) -> int:
         """Index of the member with the smallest summed loss (ties: less sparse, lower index)."""
-        try:
-            return select_member(self.loss_sums, self.actor.sparsity().tolist())
-        except FloatingPointError as err:
-            raise FloatingPointError(f"{err} (step {self.num_steps})") from None
+        return self._select()["value"]
 
     def update_target(self) -> int:
         """Run the selection now (``step`` calls it at the end of each period)."""
-        j = self.select()
-        before = [float(s) for s in self.actor.sparsity()]
-        sums = [float(x) for x in self.loss_sums]
-        speeds = list(self.speeds)
-        self._copy_member_to_target(j)
-        self._rebuild_members(j)
-        self._record(
-            {
-                "step": self.num_steps,
-                "selected": j,
-                "selected_sparsity": before[j],
-                "loss_sums": sums,
-                "sparsity_before": before,
-                "speeds_before": speeds,
-                "sparsity": [float(s) for s in self.actor.sparsity()],
-            }
-        )
-        self.loss_sums = torch.zeros(self.actor.num_members)
-        self.steps_in_period = 0
-        return j
+        return self._run_selection()["value"]
 
-    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
-        """Call once after every optimizer step.
-
-        Args:
-            losses: the loss module's output (a TensorDict with
-                ``loss_per_member``) or the ``[K]`` member losses; ``None``
-                reads the loss module's latest forward.
-        """
+    def _member_losses(self, losses: TensorDictBase | torch.Tensor | None) -> dict:
         if isinstance(losses, TensorDictBase):
             losses = losses.get("loss_per_member")
         elif losses is None:
@@ -182,50 +167,20 @@ class TargetSelectionUpdater(_MaskedUpdater):
             raise ValueError(
                 f"losses must have shape [{self.actor.num_members}], got {tuple(losses.shape)}"
             )
-        self.actor.apply_masks_()
-        # Sums stay on the losses' device (no per-step host sync on CUDA), in
-        # float64 where the device has it; they reach the CPU once a period.
-        if self._device_sums is None or self._device_sums.device != losses.device:
-            dtype = torch.float32 if losses.device.type == "mps" else torch.float64
-            self._device_sums = self.loss_sums.to(losses.device, dtype)
-        self._device_sums += losses
-        self.num_steps += 1
-        self.steps_in_period += 1
-        if self.steps_in_period >= self.period:
-            self.update_target()
+        return {"value": losses}
 
-    @property
-    def loss_sums(self) -> torch.Tensor:
-        """Summed member losses of the current period (CPU, float64)."""
-        if self._device_sums is None:
-            return self._cpu_sums
-        return self._device_sums.to("cpu", torch.float64)
+    def step(self, losses: TensorDictBase | torch.Tensor | None = None) -> None:
+        """Call once after every optimizer step.
 
-    @loss_sums.setter
-    def loss_sums(self, value: torch.Tensor) -> None:
-        self._cpu_sums = torch.as_tensor(value, dtype=torch.float64).cpu().clone()
-        self._device_sums = None
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(
-            steps_in_period=self.steps_in_period,
-            loss_sums=self.loss_sums.clone(),
-            speeds=list(self.speeds),
-            speed_policy=self.speed_policy.state_dict(),
-            period=self.period,
-        )
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.steps_in_period = int(state_dict["steps_in_period"])
-        self.loss_sums = state_dict["loss_sums"]
-        self.speeds = list(state_dict["speeds"])
-        self.speed_policy.load_state_dict(state_dict["speed_policy"])
+        Args:
+            losses: the loss module's output (a TensorDict with
+                ``loss_per_member``) or the ``[K]`` member losses; ``None``
+                reads the loss module's latest forward.
+        """
+        self._selection_step(losses)
 
 
-class PolyPruneUpdater(_MaskedUpdater):
+class PolyPruneUpdater(MaskedUpdater):
     """PolyPruneQN baseline: one network pruned on a polynomial schedule, hard target updates.
 
     After every optimizer step the mask is re-applied; every ``prune_every``
@@ -271,14 +226,17 @@ class PolyPruneUpdater(_MaskedUpdater):
         scope: Literal["global", "layer"] = "global",
         structure: Literal["weights", "filters"] = "weights",
     ) -> None:
+        _check_loss(loss_module)
         super().__init__(
             loss_module,
             optimizer,
+            networks={"value": loss_module.value_network},
             period=period,
             scope=scope,
-            require_optimizer=False,
             structure=structure,
+            require_optimizer=False,
         )
+        self.actor = loss_module.value_network
         if self.actor.num_members != 1:
             raise ValueError(
                 f"PolyPruneUpdater trains one network: value_network has {self.actor.num_members} "
@@ -290,7 +248,7 @@ class PolyPruneUpdater(_MaskedUpdater):
     def init_(self) -> None:
         self.loss_module._has_update_associated["value_network"] = True
         self.actor.apply_masks_()
-        self._copy_member_to_target(0)
+        _copy_member_to_target(self.loss_module, 0)
         self.initialized = True
 
     def target_sparsity(self, step: int | None = None) -> float:
@@ -311,7 +269,7 @@ class PolyPruneUpdater(_MaskedUpdater):
             )
         self.actor.apply_masks_()
         if t % self.period == 0:
-            self._copy_member_to_target(0)
+            _copy_member_to_target(self.loss_module, 0)
             self._record(
                 {
                     "step": t,

@@ -8,24 +8,23 @@ from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.objectives.utils import TargetNetUpdater
 
-from ..modules.ensemble import _positive_int, prune_member_to, rebuild_members
+from ..modules.ensemble import prune_member_to
 from ..objectives.sac import OPTIMIZED_LOSS_KEYS, EauDeSACLoss
 from ..sparsity import (
     LinearSpeedGrid,
     PolynomialSchedule,
     PruningSpeedPolicy,
 )
-from .common import TrainerHooks, optimizer_list, select_member
+from .common import MaskedUpdater
 
 __all__ = ["PolyPruneSACUpdater", "SACTargetSelectionUpdater"]
 
 
-class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
-    optimized_loss_keys = OPTIMIZED_LOSS_KEYS
+class _SACUpdaterBase(MaskedUpdater):
+    """SAC's additions to the base: the Polyak-averaged target critic and ``tau``."""
 
-    """Checks, mask re-application, Polyak target, optimizer reset, Trainer hooks."""
+    optimized_loss_keys = OPTIMIZED_LOSS_KEYS
 
     def __init__(
         self,
@@ -33,11 +32,8 @@ class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
         optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None,
         *,
         tau: float,
-        scope: Literal["global", "layer"],
-        require_optimizer: bool,
+        **kwargs: Any,
     ) -> None:
-        # TargetNetUpdater.__init__ pairs same-shape source/target parameters;
-        # ours are an ensemble [K] and one twin-Q pair, so it is not called.
         if not isinstance(loss_module, EauDeSACLoss):
             raise TypeError(
                 f"loss_module must be an EauDeSACLoss, got {type(loss_module).__name__}"
@@ -45,27 +41,12 @@ class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
         tau = float(tau)
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-        self.tau, self.scope = tau, scope
-        self.loss_module = loss_module
+        self.tau = tau
         self.actor = loss_module.actor_network
         self.critic = loss_module.qvalue_network
-        self.optimizers = optimizer_list(optimizer)
-        if not self.optimizers and require_optimizer:
-            raise ValueError("optimizer is required to reset the members' optimizer state")
-        if self.optimizers:
-            held = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
-            for name, ens in (("actor", self.actor), ("critic", self.critic)):
-                missing = [n for n, p in ens.named_parameters() if id(p) not in held]
-                if missing:
-                    raise ValueError(
-                        f"optimizer does not hold the {name} members' parameters (missing "
-                        f"{missing[:3]}); build it from loss_module.parameters()"
-                    )
-        self.num_steps = 0
-        self._init_history()
-        self.initialized = False
+        # Critic first: its speeds are drawn and its members rebuilt before the actor's.
+        networks = {"critic": self.critic, "actor": self.actor}
+        super().__init__(loss_module, optimizer, networks=networks, **kwargs)
 
     @torch.no_grad()
     def polyak_update(self, tau: float | None = None) -> None:
@@ -77,24 +58,6 @@ class _SACUpdaterBase(TrainerHooks, TargetNetUpdater):
         torch._foreach_lerp_(
             [target.get(k).data for k in keys], [src.get(k).data for k in keys], tau
         )
-
-    def apply_masks_(self) -> None:
-        """Zero every pruned actor and critic weight now.
-
-        ``step`` does it after each optimizer step; call it before using the
-        networks in between.
-        """
-        self.actor.apply_masks_()
-        self.critic.apply_masks_()
-
-    def _reset_optimizer(self) -> None:
-        params = [*self.actor.parameters(), *self.critic.parameters()]
-        for opt in self.optimizers:
-            for p in params:
-                opt.state.pop(p, None)
-
-    def step(self, losses: TensorDictBase | None = None) -> None:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(tau={self.tau}, num_steps={self.num_steps})"
@@ -142,6 +105,8 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
         reset_optimizer: reset the members' optimizer state at each selection.
         prune_at_init: start the first period with pruned copies.
         hard_copy_on_selection: copy the critic winner into the target at selections.
+        structure: ``"weights"`` or ``"filters"`` (see
+            :class:`~torchrl_eaudeqn.TargetSelectionUpdater`; an MLP has no filters).
 
     Example:
         >>> from torchrl.data import Bounded
@@ -175,78 +140,93 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
         reset_optimizer: bool = True,
         prune_at_init: bool = True,
         hard_copy_on_selection: bool = False,
+        structure: Literal["weights", "filters"] = "weights",
     ) -> None:
+        speed_policy = LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
+        if actor_speed_policy is None:
+            actor_speed_policy = copy.deepcopy(speed_policy)
         super().__init__(
-            loss_module, optimizer, tau=tau, scope=scope, require_optimizer=reset_optimizer
+            loss_module,
+            optimizer,
+            tau=tau,
+            period=period,
+            scope=scope,
+            structure=structure,
+            require_optimizer=reset_optimizer,
+            speed_policies={"critic": speed_policy, "actor": actor_speed_policy},
+            reset_optimizer=reset_optimizer,
+            prune_at_init=prune_at_init,
         )
-        self.period = _positive_int(period, "period")
-        self.speed_policy = LinearSpeedGrid(0.01) if speed_policy is None else speed_policy
-        self.actor_speed_policy = (
-            copy.deepcopy(self.speed_policy) if actor_speed_policy is None else actor_speed_policy
-        )
-        for name, pol in (
-            ("speed_policy", self.speed_policy),
-            ("actor_speed_policy", self.actor_speed_policy),
-        ):
-            if not isinstance(pol, PruningSpeedPolicy):
-                raise TypeError(f"{name} must be a PruningSpeedPolicy, got {type(pol).__name__}")
-        if self.actor_speed_policy is self.speed_policy:
-            # A stateful policy (NoisySpeedPolicy) remembers the last winner's speed.
-            raise ValueError("actor_speed_policy must be a different object from speed_policy")
-        self.reset_optimizer = reset_optimizer
-        self.prune_at_init = prune_at_init
         self.hard_copy_on_selection = hard_copy_on_selection
-        self.steps_in_period = 0
-        self.critic_loss_sums = torch.zeros(self.critic.num_members, dtype=torch.float64)
-        self.actor_loss_sums = torch.zeros(self.actor.num_members, dtype=torch.float64)
-        self.critic_speeds = [0.0] * self.critic.num_members
-        self.actor_speeds = [0.0] * self.actor.num_members
         self.init_()
+
+    @property
+    def speed_policy(self) -> PruningSpeedPolicy:
+        """The critic's pruning-speed policy."""
+        return self.speed_policies["critic"]
+
+    @property
+    def actor_speed_policy(self) -> PruningSpeedPolicy:
+        """The actor's pruning-speed policy."""
+        return self.speed_policies["actor"]
+
+    @property
+    def critic_speeds(self) -> list[float]:
+        """The critic members' pruning speeds in the current period."""
+        return self._speeds["critic"]
+
+    @property
+    def actor_speeds(self) -> list[float]:
+        """The actor members' pruning speeds in the current period."""
+        return self._speeds["actor"]
+
+    @property
+    def critic_loss_sums(self) -> torch.Tensor:
+        """Summed critic member losses of the current period (CPU, float64, a copy)."""
+        return self._sums["critic"].value()
+
+    @property
+    def actor_loss_sums(self) -> torch.Tensor:
+        """Summed actor member losses of the current period (CPU, float64, a copy)."""
+        return self._sums["actor"].value()
 
     def init_(self) -> None:
         """Apply masks, copy the selected critic into the target, build the first members."""
         self.loss_module._has_update_associated["qvalue_network"] = True
-        self.apply_masks_()
-        self.polyak_update(1.0)
-        if self.prune_at_init:
-            self._rebuild(self.critic.selected, self.actor.selected)
-        self.initialized = True
+        self._init_selection()
 
-    def _rebuild(self, j_critic: int, j_actor: int) -> None:
-        self.critic_speeds = list(self.speed_policy.speeds(self.critic.num_members, j_critic))
-        self.actor_speeds = list(self.actor_speed_policy.speeds(self.actor.num_members, j_actor))
-        rebuild_members(self.critic, j_critic, self.critic_speeds, self.scope)
-        rebuild_members(self.actor, j_actor, self.actor_speeds, self.scope)
-        if self.reset_optimizer:
-            self._reset_optimizer()
+    def _copy_target(self, winners: dict[str, int], *, at_init: bool) -> None:
+        if at_init:
+            self.polyak_update(1.0)
+
+    def _after_rebuild(self, winners: dict[str, int]) -> None:
+        # Member 0 (the selected one) is now the critic winner's copy.
+        if self.hard_copy_on_selection:
+            self.polyak_update(1.0)
+
+    def _per_step_target(self) -> None:
+        self.polyak_update()
 
     def update_target(self) -> tuple[int, int]:
         """Run the selection now (``step`` calls it at each period end); returns (critic, actor)."""
-        c_sp = [float(s) for s in self.critic.sparsity()]
-        a_sp = [float(s) for s in self.actor.sparsity()]
-        j_c = select_member(self.critic_loss_sums, c_sp)
-        j_a = select_member(self.actor_loss_sums, a_sp)
-        entry = {
-            "step": self.num_steps,
-            "critic_selected": j_c,
-            "actor_selected": j_a,
-            "critic_selected_sparsity": c_sp[j_c],
-            "actor_selected_sparsity": a_sp[j_a],
-            "critic_loss_sums": self.critic_loss_sums.tolist(),
-            "actor_loss_sums": self.actor_loss_sums.tolist(),
-            "critic_speeds_before": list(self.critic_speeds),
-            "actor_speeds_before": list(self.actor_speeds),
-        }
-        self._rebuild(j_c, j_a)
-        if self.hard_copy_on_selection:
-            self.polyak_update(1.0)
-        entry["critic_sparsity"] = [float(s) for s in self.critic.sparsity()]
-        entry["actor_sparsity"] = [float(s) for s in self.actor.sparsity()]
-        self._record(entry)
-        self.critic_loss_sums.zero_()
-        self.actor_loss_sums.zero_()
-        self.steps_in_period = 0
-        return j_c, j_a
+        winners = self._run_selection()
+        return winners["critic"], winners["actor"]
+
+    def _member_losses(self, losses: TensorDictBase | None) -> dict[str, torch.Tensor]:
+        if losses is None:
+            losses = self.loss_module.last_losses
+            if losses is None:
+                raise RuntimeError("step() needs member losses: call the loss module first")
+        if not isinstance(losses, TensorDictBase):
+            raise TypeError(f"losses must be a TensorDict, got {type(losses).__name__}")
+        lc = losses.get("loss_qvalue_per_member").detach()
+        la = losses.get("loss_actor_per_member").detach()
+        if lc.shape != (self.critic.num_members,) or la.shape != (self.actor.num_members,):
+            raise ValueError(
+                f"per-member losses must have shapes [{self.critic.num_members}] (critic) and "
+                f"[{self.actor.num_members}] (actor), got {tuple(lc.shape)} and {tuple(la.shape)}"
+            )
+        return {"critic": lc, "actor": la}
 
     def step(self, losses: TensorDictBase | None = None) -> None:
         """Call once after every optimizer step.
@@ -256,51 +236,7 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
                 ``loss_qvalue_per_member``); ``None`` reads the loss module's
                 latest forward.
         """
-        if losses is None:
-            losses = self.loss_module.last_losses
-            if losses is None:
-                raise RuntimeError("step() needs member losses: call the loss module first")
-        if not isinstance(losses, TensorDictBase):
-            raise TypeError(f"losses must be a TensorDict, got {type(losses).__name__}")
-        lc = losses.get("loss_qvalue_per_member").detach().double().cpu()
-        la = losses.get("loss_actor_per_member").detach().double().cpu()
-        if lc.shape != self.critic_loss_sums.shape or la.shape != self.actor_loss_sums.shape:
-            raise ValueError(
-                f"per-member losses must have shapes [{self.critic.num_members}] (critic) and "
-                f"[{self.actor.num_members}] (actor), got {tuple(lc.shape)} and {tuple(la.shape)}"
-            )
-        self.apply_masks_()
-        self.polyak_update()
-        self.critic_loss_sums += lc
-        self.actor_loss_sums += la
-        self.num_steps += 1
-        self.steps_in_period += 1
-        if self.steps_in_period >= self.period:
-            self.update_target()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(
-            period=self.period,
-            steps_in_period=self.steps_in_period,
-            critic_loss_sums=self.critic_loss_sums.clone(),
-            actor_loss_sums=self.actor_loss_sums.clone(),
-            critic_speeds=list(self.critic_speeds),
-            actor_speeds=list(self.actor_speeds),
-            speed_policy=self.speed_policy.state_dict(),
-            actor_speed_policy=self.actor_speed_policy.state_dict(),
-        )
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.steps_in_period = int(state_dict["steps_in_period"])
-        self.critic_loss_sums = state_dict["critic_loss_sums"].clone().double()
-        self.actor_loss_sums = state_dict["actor_loss_sums"].clone().double()
-        self.critic_speeds = list(state_dict["critic_speeds"])
-        self.actor_speeds = list(state_dict["actor_speeds"])
-        self.speed_policy.load_state_dict(state_dict["speed_policy"])
-        self.actor_speed_policy.load_state_dict(state_dict["actor_speed_policy"])
+        self._selection_step(losses)
 
 
 class PolyPruneSACUpdater(_SACUpdaterBase):
@@ -338,8 +274,17 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
         prune_every: int = 1000,
         power: float = 3.0,
         scope: Literal["global", "layer"] = "global",
+        structure: Literal["weights", "filters"] = "weights",
     ) -> None:
-        super().__init__(loss_module, optimizer, tau=tau, scope=scope, require_optimizer=False)
+        super().__init__(
+            loss_module,
+            optimizer,
+            tau=tau,
+            period=1,  # no selection period: the target is Polyak-averaged every step
+            scope=scope,
+            structure=structure,
+            require_optimizer=False,
+        )
         for name, ens in (("actor", self.actor), ("critic", self.critic)):
             if ens.num_members != 1:
                 raise ValueError(
@@ -366,8 +311,8 @@ class PolyPruneSACUpdater(_SACUpdaterBase):
         t = self.num_steps
         if self.schedule.due(t):
             s = self.target_sparsity(t)
-            prune_member_to(self.actor, 0, s, self.scope)
-            prune_member_to(self.critic, 0, s, self.scope)
+            for ens in (self.actor, self.critic):
+                prune_member_to(ens, 0, s, scope=self.scope, structure=self.structure)
             self._record(
                 {
                     "step": t,
