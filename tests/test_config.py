@@ -75,3 +75,74 @@ def test_bad_files(tmp_path):
     loop.write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(AtariConfig, loop)
+
+
+FAMILIES = ("AtariConfig", "SACConfig", "ControlConfig")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_families_share_the_core_fields_with_the_same_checks(family):
+    import dataclasses
+
+    from torchrl_eaudeqn import config
+
+    cls = getattr(config, family)
+    assert issubclass(cls, config.RunConfig)
+    core = {f.name: f.metadata for f in dataclasses.fields(config.RunConfig)}
+    mine = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    assert core.keys() <= mine.keys()
+    # The control tasks bring their own episode cap: 0 there means "the task's".
+    own = {"ControlConfig": {"max_episode_steps"}}.get(family, set())
+    for name, meta in core.items():
+        if name in own:
+            continue
+        # A family may say what a field means for it; the checks are the core's.
+        checks = {k: v for k, v in meta.items() if k != "doc"}
+        assert {k: v for k, v in mine[name].items() if k != "doc"} == checks, name
+
+
+@pytest.mark.parametrize(
+    ("family", "task_field", "period_field"),
+    [
+        ("AtariConfig", "game", "target_period"),
+        ("SACConfig", "env", "selection_period"),
+        ("ControlConfig", "task", "target_period"),
+    ],
+)
+def test_one_name_reads_each_familys_task_and_period(family, task_field, period_field):
+    from torchrl_eaudeqn import config
+
+    cls = getattr(config, family)
+    cfg = cls(**{task_field: "Hopper-v5" if family == "SACConfig" else "Acrobot-v1"})
+    assert cfg.task_id == getattr(cfg, task_field) and cfg.period_field == period_field
+    assert cfg.period == getattr(cfg, period_field)
+    assert cfg.tags[task_field] == cfg.task_id
+    with pytest.raises(ConfigError, match=rf"^{period_field}: must be a multiple of train_freq"):
+        cls(**{period_field: 7, "train_freq": 2})
+
+
+def test_prune_structure_and_keep_checkpoints_are_core_fields_the_builders_use():
+    import torch
+    from torchrl.data import Bounded, OneHot
+
+    from torchrl_eaudeqn import (
+        EauDeQNLoss,
+        EauDeSACLoss,
+        MaskedEnsembleQValueActor,
+        MaskedEnsembleTanhGaussianActor,
+        MaskedEnsembleTwinQ,
+        mlp,
+    )
+    from torchrl_eaudeqn.config import ControlConfig, SACConfig
+    from torchrl_eaudeqn.updaters import build_sac_updater, build_updater
+
+    actor = MaskedEnsembleQValueActor(mlp(3, 2, hidden=(8,)), 3, action_spec=OneHot(2))
+    loss = EauDeQNLoss(actor)
+    cfg = ControlConfig(num_members=3, prune_structure="filters", keep_checkpoints=5)
+    up = build_updater(cfg, loss, torch.optim.Adam(loss.parameters()))
+    assert up.structure == "filters" and cfg.keep_checkpoints == 5
+    sac_actor = MaskedEnsembleTanhGaussianActor(3, Bounded(-1.0, 1.0, shape=(2,)), 3, hidden=(8,))
+    sac_loss = EauDeSACLoss(sac_actor, MaskedEnsembleTwinQ(3, 2, 3, hidden=(8,)))
+    scfg = SACConfig(num_members=3, prune_structure="filters")
+    sup = build_sac_updater(scfg, sac_loss, torch.optim.Adam(sac_loss.parameters()))
+    assert sup.structure == "filters" and sup.period == scfg.period

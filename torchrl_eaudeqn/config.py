@@ -14,7 +14,7 @@ import math
 import pathlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 import yaml
 
@@ -25,6 +25,7 @@ __all__ = [
     "AtariConfig",
     "ConfigError",
     "ControlConfig",
+    "RunConfig",
     "SACConfig",
     "config_diff",
     "load_config",
@@ -46,26 +47,45 @@ def _f(default: Any, doc: str, **checks: Any) -> Any:
     return field(default=default, metadata={"doc": doc, **checks})
 
 
+def _like(name: str, default: Any, doc: str | None = None, **checks: Any) -> Any:
+    """The core field ``name`` with a family's own default (and, where given, its doc)."""
+    meta = dict(RunConfig.__dataclass_fields__[name].metadata)
+    meta.update(checks)
+    if doc is not None:
+        meta["doc"] = doc
+    return field(default=default, metadata=meta)
+
+
 @dataclass
-class AtariConfig:
-    """EauDeQN / PolyPruneQN / DQN on Atari; defaults are the paper's settings.
+class RunConfig:
+    """The config core: the fields, checks and names every recipe family shares.
+
+    One name and one doc per idea: ``seed``, the EauDe* members and pruning
+    speeds, the PolyPrune schedule, the optimizer and replay, evaluation,
+    tracking, checkpoints and compute. A family (:class:`AtariConfig`,
+    :class:`SACConfig`, :class:`ControlConfig`) adds its task and network
+    fields and sets its own defaults; the checks in ``__post_init__`` and the
+    read-only names (:attr:`members`, :attr:`task_id`, :attr:`period`,
+    :attr:`tags`) are the same for all. Each family names its task field
+    after what it holds (``game``, ``env``, ``task``) and its period after
+    what happens at its end (``target_period``, ``selection_period``);
+    :attr:`task_id` and :attr:`period` read either.
 
     Example:
-        >>> cfg = load_config(AtariConfig, overrides=["game=Breakout", "width=small"])
-        >>> cfg.game, cfg.width, cfg.target_period
-        ('Breakout', 'small', 8000)
+        >>> cfg = load_config(ControlConfig, overrides=["target_period=500"])
+        >>> isinstance(cfg, RunConfig), cfg.task_id, cfg.period, cfg.period_field
+        (True, 'CartPole-v1', 500, 'target_period')
     """
 
-    method: str = _f(
-        "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
-    )
-    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5", nonempty=True)
-    width: str = _f(
-        "medium", "hidden width: small (32) | medium (512) | large (2048) | an int", nonempty=True
-    )
+    #: The family's adaptive method (``members`` is K for it, 1 for the baselines).
+    ADAPTIVE_METHOD: ClassVar[str] = "eaudeqn"
+    #: The field naming the task, and the one naming the selection period (env steps).
+    TASK_FIELD: ClassVar[str] = "task"
+    PERIOD_FIELD: ClassVar[str] = "target_period"
+
     seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
-    env_steps: int = _f(10_000_000, "agent steps in total (frames = 4x)", min=1)
-    # EauDeQN
+    env_steps: int = _f(1_000_000, "env steps in total", min=1)
+    # EauDe*: K members at different sparsity levels
     num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
     max_speed: float = _f(0.01, "fastest pruning speed per target update", min=0.0, max=1.0)
     speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
@@ -74,17 +94,122 @@ class AtariConfig:
     prune_structure: str = _f(
         "weights",
         "weights | filters: convolutions lose whole output filters, which the compact "
-        "export removes (faster inference)",
+        "export removes (faster inference; an MLP has none)",
         choices=("weights", "filters"),
     )
     reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
-    # PolyPruneQN
+    # PolyPrune baseline
     final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
-    prune_start: int = _f(2_000_000, "polyprune schedule start (env steps)", min=0)
-    prune_end: int = _f(8_000_000, "polyprune schedule end (env steps)", min=1)
-    prune_every: int = _f(4000, "polyprune mask update interval (env steps)", min=1)
+    prune_start: int = _f(200_000, "polyprune schedule start (env steps)", min=0)
+    prune_end: int = _f(800_000, "polyprune schedule end (env steps)", min=1)
+    prune_every: int = _f(1000, "polyprune mask update interval (env steps)", min=1)
+    # optimizer and replay
+    lr: float = _f(1e-3, "Adam learning rate", min=0.0)
+    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
+    batch_size: int = _f(32, "replay batch size", min=1)
+    buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
+    learning_starts: int = _f(1_000, "random env steps before learning", min=0)
+    train_freq: int = _f(1, "env steps per gradient step", min=1)
+    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
+    loss_function: str = _f("l2", "l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1"))
+    max_episode_steps: int = _f(1000, "step cap per training episode", min=1)
+    # evaluation
+    eval_every: int = _f(0, "env steps between evaluations (0: only at the end)", min=0)
+    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
+    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
+    eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
+    # tracking, checkpoints, registry
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
+    experiment: str = _f("eaudeqn", "MLflow experiment name", nonempty=True)
+    run_name: str = _f("", "MLflow run name (empty: generated)")
+    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
+    log_every: int = _f(1000, "env steps between metric logs", min=1)
+    register_name: str = _f("", "registered model name (empty: from the run key)")
+    register_alias: str = _f(
+        "final", "alias set on the new model version (@latest also works)", nonempty=True
+    )
+    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
+    checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
+    keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
+    # compute
+    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
+    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
+    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    progress_bar: bool = _f(True, "show the progress bar")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.prune_end <= self.prune_start:
+            raise ConfigError(
+                f"prune_end: must be greater than prune_start ({self.prune_start}), "
+                f"got {self.prune_end}"
+            )
+        if self.period % self.train_freq:
+            raise ConfigError(
+                f"{self.PERIOD_FIELD}: must be a multiple of train_freq ({self.train_freq}), "
+                f"got {self.period}"
+            )
+        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
+            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
+
+    @property
+    def members(self) -> int:
+        """Members actually used: K for the adaptive method, 1 for the baselines."""
+        return self.num_members if getattr(self, "method", "") == self.ADAPTIVE_METHOD else 1
+
+    @property
+    def task_id(self) -> str:
+        """The task as given (the family's ``game``, ``env`` or ``task`` field)."""
+        return getattr(self, self.TASK_FIELD)
+
+    @property
+    def period(self) -> int:
+        """Env steps between selections (``target_period`` or ``selection_period``)."""
+        return getattr(self, self.PERIOD_FIELD)
+
+    @property
+    def period_field(self) -> str:
+        """The family's name of :attr:`period`."""
+        return self.PERIOD_FIELD
+
+    def _tags(self, **base: str) -> dict[str, str]:
+        tags = {"method": getattr(self, "method", ""), **base}
+        for item in filter(None, self.run_tags.split(",")):
+            key, _, value = item.partition("=")
+            tags[key.strip()] = value.strip()
+        return tags
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of a new run: method, the task, and ``run_tags``."""
+        return self._tags(**{self.TASK_FIELD: self.task_id})
+
+
+@dataclass
+class AtariConfig(RunConfig):
+    """EauDeQN / PolyPruneQN / DQN on Atari; defaults are the paper's settings.
+
+    Example:
+        >>> cfg = load_config(AtariConfig, overrides=["game=Breakout", "width=small"])
+        >>> cfg.game, cfg.width, cfg.target_period
+        ('Breakout', 'small', 8000)
+    """
+
+    TASK_FIELD: ClassVar[str] = "game"
+
+    method: str = _f(
+        "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
+    )
+    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5", nonempty=True)
+    width: str = _f(
+        "medium", "hidden width: small (32) | medium (512) | large (2048) | an int", nonempty=True
+    )
+    env_steps: int = _like("env_steps", 10_000_000, "agent steps in total (frames = 4x)")
+    prune_start: int = _like("prune_start", 2_000_000)
+    prune_end: int = _like("prune_end", 8_000_000)
+    prune_every: int = _like("prune_every", 4000)
     # DQN
-    lr: float = _f(6.25e-5, "Adam learning rate", min=0.0)
+    lr: float = _like("lr", 6.25e-5)
     lr_end_fraction: float = _f(
         1.0,
         "learning rate at the end of the budget as a fraction of lr, reached linearly "
@@ -92,13 +217,9 @@ class AtariConfig:
         min=0.0,
         max=1.0,
     )
-    adam_eps: float = _f(1.5e-4, "Adam epsilon", min=0.0)
-    batch_size: int = _f(32, "replay batch size", min=1)
-    buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
-    learning_starts: int = _f(20_000, "random env steps before learning", min=0)
-    train_freq: int = _f(4, "env steps per gradient step", min=1)
-    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
-    loss_function: str = _f("l2", "l2 | smooth_l1", choices=("l2", "smooth_l1", "l1"))
+    adam_eps: float = _like("adam_eps", 1.5e-4)
+    learning_starts: int = _like("learning_starts", 20_000)
+    train_freq: int = _like("train_freq", 4)
     eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
     eps_end: float = _f(0.01, "final epsilon", min=0.0, max=1.0)
     eps_decay_steps: int = _f(250_000, "env steps of linear epsilon decay", min=1)
@@ -106,7 +227,7 @@ class AtariConfig:
     # environment
     sticky_actions: float = _f(0.25, "repeat-action probability", min=0.0, max=1.0)
     frame_skip: int = _f(4, "frames per agent step (max-pooled)", min=1)
-    max_episode_steps: int = _f(27_000, "agent-step cap per episode", min=1)
+    max_episode_steps: int = _like("max_episode_steps", 27_000, "agent-step cap per episode")
     terminal_on_life_loss: bool = _f(
         False,
         "a lost life ends the learning target (Nature DQN; not the paper's Dopamine "
@@ -125,20 +246,13 @@ class AtariConfig:
         choices=("auto", "true", "false"),
     )
     # evaluation
-    eval_every: int = _f(250_000, "env steps between evaluations (0: only at the end)", min=0)
-    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
+    eval_every: int = _like("eval_every", 250_000)
     eval_epsilon: float = _f(0.01, "epsilon during evaluation", min=0.0, max=1.0)
-    eval_max_steps: int = _f(27_000, "agent-step cap per evaluation episode", min=1)
-    eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
+    eval_max_steps: int = _like("eval_max_steps", 27_000, "agent-step cap per evaluation episode")
     # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
-    experiment: str = _f("eaudeqn-atari", "MLflow experiment name", nonempty=True)
-    run_name: str = _f("", "MLflow run name (empty: generated)")
-    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
-    log_every: int = _f(1000, "env steps between metric logs", min=1)
-    register_name: str = _f("", "registered model name (empty: eaudeqn-<game>-<method>-<width>)")
-    register_alias: str = _f(
-        "final", "alias set on the new model version (@latest also works)", nonempty=True
+    experiment: str = _like("experiment", "eaudeqn-atari")
+    register_name: str = _like(
+        "register_name", "", "registered model name (empty: eaudeqn-<game>-<method>-<width>)"
     )
     register_format: str = _f(
         "compact",
@@ -146,42 +260,17 @@ class AtariConfig:
         "(dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
     )
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
-    checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
-    keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
     checkpoint_replay: bool = _f(
         False, "also write the replay buffer beside each checkpoint (exact resume; large)"
     )
-    # compute
-    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
-    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
-    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    progress_bar: bool = _f(True, "show the progress bar")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        super().__post_init__()
         w = str(self.width)
         if w not in ("small", "medium", "large") and not (w.isdigit() and int(w) > 0):
             raise ConfigError(
                 f"width: expected small | medium | large or a positive int, got {w!r}"
             )
-        if self.prune_end <= self.prune_start:
-            raise ConfigError(
-                f"prune_end: must be greater than prune_start ({self.prune_start}), "
-                f"got {self.prune_end}"
-            )
-        if self.target_period % self.train_freq:
-            raise ConfigError(
-                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
-                f"got {self.target_period}"
-            )
-        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
-            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
-
-    @property
-    def members(self) -> int:
-        """Online networks actually used: K for eaudeqn, 1 for the baselines."""
-        return self.num_members if self.method == "eaudeqn" else 1
 
     @property
     def tags(self) -> dict[str, str]:
@@ -191,27 +280,26 @@ class AtariConfig:
             >>> AtariConfig(run_tags="study.key=Pong/dqn/small/seed0").tags["study.key"]
             'Pong/dqn/small/seed0'
         """
-        tags = {"method": self.method, "game": self.game, "width": str(self.width)}
-        for item in filter(None, self.run_tags.split(",")):
-            key, _, value = item.partition("=")
-            tags[key.strip()] = value.strip()
-        return tags
+        return self._tags(game=self.game, width=str(self.width))
+
+    @property
+    def task_name(self) -> str:
+        """The game without its ALE prefix and version (``ALE/Pong-v5`` -> ``Pong``)."""
+        return self.game.split("/")[-1].split("-")[0]
 
     @property
     def model_name(self) -> str:
         """Registered model name."""
-        game = self.game.split("/")[-1].split("-")[0]
-        return self.register_name or f"eaudeqn-{game}-{self.method}-{self.width}"
+        return self.register_name or f"eaudeqn-{self.task_name}-{self.method}-{self.width}"
 
     @property
     def run_key(self) -> str:
         """Names the run's checkpoint directory and its default MLflow run name."""
-        game = self.game.split("/")[-1].split("-")[0]
-        return f"{game}-{self.method}-{self.width}-seed{self.seed}"
+        return f"{self.task_name}-{self.method}-{self.width}-seed{self.seed}"
 
 
 @dataclass
-class SACConfig:
+class SACConfig(RunConfig):
     """EauDeSAC / PolyPruneSAC / dense SAC on a continuous-control task (MuJoCo).
 
     Defaults are the standard SAC settings (Haarnoja et al. 2018, docs/algorithm.md):
@@ -226,65 +314,50 @@ class SACConfig:
         ('Hopper-v5', 3, (256, 256), 'Hopper-v5-eaudesac-256x2-seed0')
     """
 
+    ADAPTIVE_METHOD: ClassVar[str] = "eaudesac"
+    TASK_FIELD: ClassVar[str] = "env"
+    PERIOD_FIELD: ClassVar[str] = "selection_period"
+
     method: str = _f(
         "eaudesac", "eaudesac | polyprune | sac", choices=("eaudesac", "polyprune", "sac")
     )
     env: str = _f(
         "HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space", nonempty=True
     )
-    seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
-    env_steps: int = _f(1_000_000, "env steps in total", min=1)
     # EauDeSAC
-    num_members: int = _f(5, "K actor and K critic members (eaudesac)", min=1)
+    num_members: int = _like("num_members", 5, "K actor and K critic members (eaudesac)")
     selection_period: int = _f(1000, "env steps between member selections (eaudesac)", min=1)
-    max_speed: float = _f(0.01, "fastest pruning speed per selection", min=0.0, max=1.0)
-    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
-    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
-    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
-    reset_optimizer: bool = _f(True, "reset Adam state of the members at each selection")
+    max_speed: float = _like("max_speed", 0.01, "fastest pruning speed per selection")
+    reset_optimizer: bool = _like(
+        "reset_optimizer", True, "reset Adam state of the members at each selection"
+    )
     hard_copy_on_selection: bool = _f(
         False, "copy the critic winner into the target at selections (else Polyak only)"
     )
-    # PolyPruneSAC
-    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
-    prune_start: int = _f(200_000, "polyprune schedule start (env steps)", min=0)
-    prune_end: int = _f(800_000, "polyprune schedule end (env steps)", min=1)
-    prune_every: int = _f(1000, "polyprune mask update interval (env steps)", min=1)
     # SAC
-    lr: float = _f(3e-4, "Adam learning rate (actor, critics, alpha)", min=0.0)
-    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
-    batch_size: int = _f(256, "replay batch size", min=1)
-    buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
-    learning_starts: int = _f(5000, "uniformly random env steps before learning", min=0)
-    train_freq: int = _f(1, "env steps per gradient step", min=1)
-    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
+    lr: float = _like("lr", 3e-4, "Adam learning rate (actor, critics, alpha)")
+    batch_size: int = _like("batch_size", 256)
+    learning_starts: int = _like(
+        "learning_starts", 5000, "uniformly random env steps before learning"
+    )
     tau: float = _f(0.005, "Polyak coefficient of the target critic, in (0, 1]")
     hidden: int = _f(256, "width of every hidden layer (actor and critics)", min=1)
     depth: int = _f(2, "hidden layers per network", min=1)
-    loss_function: str = _f(
-        "l2", "critic loss: l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1")
-    )
+    loss_function: str = _like("loss_function", "l2", "critic loss: l2 | smooth_l1 | l1")
     alpha_init: float = _f(1.0, "initial entropy coefficient", min=1e-12)
     fixed_alpha: bool = _f(False, "keep alpha at alpha_init (no entropy tuning)")
     target_entropy: str = _f("auto", "auto (-action_dim) or a number", nonempty=True)
-    # environment
-    max_episode_steps: int = _f(1000, "step cap per training episode", min=1)
     # evaluation
-    eval_every: int = _f(50_000, "env steps between evaluations (0: only at the end)", min=0)
-    eval_episodes: int = _f(10, "episodes per evaluation (deterministic selected actor)", min=1)
-    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
-    eval_random_baseline: bool = _f(False, "also score a uniformly random policy at the start")
-    # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
-    experiment: str = _f("eaudeqn-mujoco", "MLflow experiment name", nonempty=True)
-    run_name: str = _f("", "MLflow run name (empty: generated)")
-    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
-    log_every: int = _f(1000, "env steps between metric logs", min=1)
-    register_name: str = _f(
-        "", "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)"
+    eval_every: int = _like("eval_every", 50_000)
+    eval_episodes: int = _like(
+        "eval_episodes", 10, "episodes per evaluation (deterministic selected actor)"
     )
-    register_alias: str = _f(
-        "final", "alias set on the new model version (@latest also works)", nonempty=True
+    # tracking, checkpoints, registry
+    experiment: str = _like("experiment", "eaudeqn-mujoco")
+    register_name: str = _like(
+        "register_name",
+        "",
+        "registered model name (empty: eaudesac-<env>-<method>-<hidden>x<depth>)",
     )
     register_format: str = _f(
         "compact",
@@ -292,20 +365,12 @@ class SACConfig:
         "both (dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
     )
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
-    checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
-    keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
     checkpoint_replay: bool = _f(
         False, "also write the replay buffer beside each checkpoint (exact resume; large)"
     )
-    # compute
-    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
-    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
-    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    progress_bar: bool = _f(True, "show the progress bar")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        super().__post_init__()
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"tau: must be in (0, 1], got {self.tau!r}")
         if self.target_entropy != "auto":
@@ -318,23 +383,6 @@ class SACConfig:
                     "target_entropy: expected auto or a number (a finite one), "
                     f"got {self.target_entropy!r}"
                 )
-        if self.prune_end <= self.prune_start:
-            raise ConfigError(
-                f"prune_end: must be greater than prune_start ({self.prune_start}), "
-                f"got {self.prune_end}"
-            )
-        if self.selection_period % self.train_freq:
-            raise ConfigError(
-                f"selection_period: must be a multiple of train_freq ({self.train_freq}), "
-                f"got {self.selection_period}"
-            )
-        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
-            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
-
-    @property
-    def members(self) -> int:
-        """Members actually used: K for eaudesac, 1 for the baselines."""
-        return self.num_members if self.method == "eaudesac" else 1
 
     @property
     def tags(self) -> dict[str, str]:
@@ -344,11 +392,12 @@ class SACConfig:
             >>> SACConfig(run_tags="study.key=HalfCheetah-v5/sac/narrow/seed0").tags["study.key"]
             'HalfCheetah-v5/sac/narrow/seed0'
         """
-        tags = {"method": self.method, "env": self.env, "hidden": f"{self.hidden}x{self.depth}"}
-        for item in filter(None, self.run_tags.split(",")):
-            key, _, value = item.partition("=")
-            tags[key.strip()] = value.strip()
-        return tags
+        return self._tags(env=self.env, hidden=f"{self.hidden}x{self.depth}")
+
+    @property
+    def task_name(self) -> str:
+        """The env id (it has no family prefix)."""
+        return self.env
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -376,7 +425,7 @@ MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 
 
 @dataclass
-class ControlConfig:
+class ControlConfig(RunConfig):
     """EauDeQN / PolyPruneQN / DQN on a small discrete task (classic control or MinAtar).
 
     All step counts are env steps (the updater converts them to gradient
@@ -398,22 +447,12 @@ class ControlConfig:
     width: int = _f(
         128, "hidden width (MLP: both hidden layers; MinAtar CNN: the dense layer)", min=1
     )
-    seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
-    env_steps: int = _f(30_000, "env steps in total", min=1)
-    # EauDeQN
-    num_members: int = _f(5, "K online networks (eaudeqn)", min=1)
-    max_speed: float = _f(0.1, "fastest pruning speed per target update", min=0.0, max=1.0)
-    speed_policy: str = _f("grid", "grid | noisy", choices=("grid", "noisy"))
-    max_noise: float = _f(3.0, "spread of the noisy speed policy", min=1.0)
-    prune_scope: str = _f("global", "global | layer magnitude ranking", choices=("global", "layer"))
-    reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
-    # PolyPruneQN
-    final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
-    prune_start: int = _f(3_000, "polyprune schedule start (env steps)", min=0)
-    prune_end: int = _f(24_000, "polyprune schedule end (env steps)", min=1)
-    prune_every: int = _f(300, "polyprune mask update interval (env steps)", min=1)
+    env_steps: int = _like("env_steps", 30_000)
+    max_speed: float = _like("max_speed", 0.1)
+    prune_start: int = _like("prune_start", 3_000)
+    prune_end: int = _like("prune_end", 24_000)
+    prune_every: int = _like("prune_every", 300)
     # DQN
-    lr: float = _f(1e-3, "Adam learning rate", min=0.0)
     lr_end_fraction: float = _f(
         1.0,
         "learning rate at the end of the budget as a fraction of lr, reached linearly "
@@ -421,72 +460,40 @@ class ControlConfig:
         min=0.0,
         max=1.0,
     )
-    adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
-    batch_size: int = _f(64, "replay batch size", min=1)
-    buffer_size: int = _f(50_000, "replay capacity (transitions)", min=1)
-    learning_starts: int = _f(1_000, "random env steps before learning", min=0)
-    train_freq: int = _f(1, "env steps per gradient step", min=1)
-    gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
-    loss_function: str = _f("l2", "l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1"))
+    batch_size: int = _like("batch_size", 64)
+    buffer_size: int = _like("buffer_size", 50_000)
     eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
     eps_end: float = _f(0.05, "final epsilon", min=0.0, max=1.0)
     eps_decay_steps: int = _f(10_000, "env steps of linear epsilon decay", min=1)
     target_period: int = _f(300, "env steps between target updates", min=1)
     # environment
-    max_episode_steps: int = _f(0, "step cap per training episode (0: the task's own)", min=0)
+    max_episode_steps: int = _like(
+        "max_episode_steps", 0, "step cap per training episode (0: the task's own)", min=0
+    )
     # evaluation
-    eval_every: int = _f(0, "env steps between evaluations (0: only at the end)", min=0)
-    eval_episodes: int = _f(10, "episodes per evaluation", min=1)
     eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)
-    eval_max_steps: int = _f(1000, "step cap per evaluation episode", min=1)
-    eval_random_baseline: bool = _f(True, "also score a uniformly random policy at the start")
+    eval_random_baseline: bool = _like("eval_random_baseline", True)
     # tracking, checkpoints, registry
-    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", nonempty=True)
-    experiment: str = _f("eaudeqn-control", "MLflow experiment name", nonempty=True)
-    run_name: str = _f("", "MLflow run name (empty: generated)")
-    run_tags: str = _f("", "extra MLflow run tags, key=value,key=value (the study's grid key)")
-    log_every: int = _f(500, "env steps between metric logs", min=1)
+    experiment: str = _like("experiment", "eaudeqn-control")
+    log_every: int = _like("log_every", 500)
     register: bool = _f(False, "register the final acting network in the model registry")
-    register_name: str = _f("", "registered model name (empty: eaudeqn-<task>-<method>-w<width>)")
-    register_alias: str = _f("final", "alias set on the new model version", nonempty=True)
-    checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
-    checkpoint_every: int = _f(10_000, "env steps between checkpoints", min=1)
+    register_name: str = _like(
+        "register_name", "", "registered model name (empty: eaudeqn-<task>-<method>-w<width>)"
+    )
+    register_alias: str = _like("register_alias", "final", "alias set on the new model version")
+    checkpoint_every: int = _like("checkpoint_every", 10_000)
     # compute
-    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
-    threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
-    device: str = _f("cpu", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    progress_bar: bool = _f(True, "show the progress bar")
+    device: str = _like("device", "cpu")
 
     def __post_init__(self) -> None:
-        _validate(self)
-        if self.prune_end <= self.prune_start:
-            raise ConfigError(
-                f"prune_end: must be greater than prune_start ({self.prune_start}), "
-                f"got {self.prune_end}"
-            )
-        if self.target_period % self.train_freq:
-            raise ConfigError(
-                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
-                f"got {self.target_period}"
-            )
-        if any("=" not in item for item in filter(None, self.run_tags.split(","))):
-            raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
+        super().__post_init__()
         if self.task.startswith("minatar:") and self.task[8:] not in MINATAR_GAMES:
             raise ConfigError(f"task: unknown MinAtar game {self.task[8:]!r} ({MINATAR_GAMES})")
 
     @property
-    def members(self) -> int:
-        """Online networks actually used: K for eaudeqn, 1 for the baselines."""
-        return self.num_members if self.method == "eaudeqn" else 1
-
-    @property
     def tags(self) -> dict[str, str]:
         """MLflow tags of a new run: method, task, width, and ``run_tags``."""
-        tags = {"method": self.method, "task": self.task, "width": str(self.width)}
-        for item in filter(None, self.run_tags.split(",")):
-            key, _, value = item.partition("=")
-            tags[key.strip()] = value.strip()
-        return tags
+        return self._tags(task=self.task, width=str(self.width))
 
     @property
     def task_name(self) -> str:

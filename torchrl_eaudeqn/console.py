@@ -621,7 +621,7 @@ def gather_summary(
             metrics[f"eval_random/{name}_std"],
             metrics["eval_random/episodes"],
         )
-    elif not getattr(cfg, "eval_random_baseline", False):
+    elif not cfg.eval_random_baseline:
         random_note = "not scored (eval_random_baseline=false)"
     else:
         random_note = "not in this run (it is scored at env step 0, before any resume)"
@@ -632,7 +632,7 @@ def gather_summary(
         points[int(m.step)] = float(m.value)
     history = tuple(sorted(points.items()))
     history_note = ""
-    if len(history) <= 1 and not getattr(cfg, "eval_every", 0):
+    if len(history) <= 1 and not cfg.eval_every:
         history_note = "eval_every=0: only the final evaluation"
     model_uri = registered.model_uri
     if model_uri is not None and registered.alias:

@@ -390,9 +390,9 @@ def check_registered_names(cfg: Any) -> None:
         except ConfigError as err:
             if cfg.register_name:
                 raise
-            task = next(f for f in ("game", "env", "task") if hasattr(cfg, f))
             raise ConfigError(
-                f"register_name: the default name {name!r} (from {task}={getattr(cfg, task)!r}) "
+                f"register_name: the default name {name!r} "
+                f"(from {cfg.TASK_FIELD}={cfg.task_id!r}) "
                 f"is not a valid registered-model name ({str(err).split(': ', 1)[1]}); "
                 "set register_name"
             ) from None
@@ -696,13 +696,12 @@ def task_spaces(cfg: Any) -> dict[str, Any]:
     if minatar:
         env_id = f"MinAtar/{cfg.task_name.title().replace('_', '')}-v1"
     else:
-        env_id = cfg.env if isinstance(cfg, SACConfig) else cfg.task
+        env_id = cfg.task_id
     obs, act = _gym_spaces(env_id, minatar)
     if not isinstance(obs, gym.spaces.Box):
-        field = "env" if isinstance(cfg, SACConfig) else "task"
         raise ConfigError(
-            f"{field}: {env_id!r} has a {type(obs).__name__} observation space; the networks "
-            "read a flat or image Box"
+            f"{cfg.TASK_FIELD}: {env_id!r} has a {type(obs).__name__} observation space; "
+            "the networks read a flat or image Box"
         )
     # MinAtar: bool [10, 10, C] -> float32 [C, 10, 10] (control.make_minatar_env);
     # SAC: DoubleToFloat (envs.make_continuous_env); control: the task's dtype.

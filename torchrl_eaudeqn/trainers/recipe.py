@@ -254,7 +254,7 @@ def make_trainer(
         devices=1,
         logger=False,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO(keep_last=getattr(cfg, "keep_checkpoints", 3))],
+        plugins=[AtomicCheckpointIO(keep_last=cfg.keep_checkpoints)],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         # EnvStepCheckpoint writes the checkpoints; Lightning's default

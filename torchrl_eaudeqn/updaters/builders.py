@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import AtariConfig, SACConfig
+from ..config import AtariConfig, ControlConfig, SACConfig
 from ..objectives.dqn import EauDeQNLoss
 from ..objectives.sac import EauDeSACLoss
 from ..sparsity import make_speed_policy
@@ -15,13 +15,12 @@ __all__ = ["build_sac_updater", "build_updater"]
 
 
 def build_updater(
-    cfg: AtariConfig, loss: EauDeQNLoss, optimizer: torch.optim.Optimizer
+    cfg: AtariConfig | ControlConfig, loss: EauDeQNLoss, optimizer: torch.optim.Optimizer
 ) -> TargetSelectionUpdater | PolyPruneUpdater:
     """The config's updater; periods given in env steps become gradient steps."""
     per = cfg.train_freq
-    period = max(1, cfg.target_period // per)
-    # ControlConfig (MLPs, no convolutions) has no prune_structure field.
-    structure = getattr(cfg, "prune_structure", "weights")
+    period = max(1, cfg.period // per)
+    structure = cfg.prune_structure
     if cfg.method == "polyprune":
         return PolyPruneUpdater(
             loss,
@@ -76,8 +75,9 @@ def build_sac_updater(
             end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
             prune_every=max(1, cfg.prune_every // per),
             scope=cfg.prune_scope,
+            structure=cfg.prune_structure,
         )
-    period = max(1, cfg.selection_period // per)
+    period = max(1, cfg.period // per)
     if cfg.method == "sac":
         return SACTargetSelectionUpdater(
             loss,
@@ -103,6 +103,7 @@ def build_sac_updater(
         # Its own random stream: the actor's speeds are drawn independently.
         actor_speed_policy=policy(cfg.seed + 1),
         scope=cfg.prune_scope,
+        structure=cfg.prune_structure,
         reset_optimizer=cfg.reset_optimizer,
         hard_copy_on_selection=cfg.hard_copy_on_selection,
     )
