@@ -227,3 +227,11 @@ def test_memory_does_not_grow_per_episode_or_per_target_update(monkeypatch):
     updater.load_state_dict(old)
     assert [h["step"] for h in updater.history] == list(range(24, 40))
     assert updater.history_total == 40
+
+
+def test_every_family_runs_the_one_collect_and_learn_loop():
+    from torchrl_eaudeqn.trainers import ControlDQNModule, DQNLightningModule, SACLightningModule
+    from torchrl_eaudeqn.trainers.base import OnlineRLModule
+
+    for cls in (DQNLightningModule, SACLightningModule, ControlDQNModule):
+        assert cls.collect_and_learn is OnlineRLModule.collect_and_learn, cls.__name__

@@ -117,7 +117,64 @@ class OnlineRLModule(L.LightningModule):
 
     # ------------------------------------------------------- subclass hooks
     def collect_and_learn(self) -> dict[str, Any] | None:
-        """Spend ``self._credit`` on env steps, then at most one gradient step."""
+        """Spend ``self._credit`` on env steps, then at most one gradient step.
+
+        The one loop of every family: :meth:`_begin_collect` collects (or
+        starts collecting in the background and returns a handle), the
+        gradient is computed from a replay sample while that runs,
+        :meth:`_finish_collect` stores what the background collection got,
+        and only then the optimizer writes the parameters (the collector may
+        act with them until the join). Returns what the updater callback reads.
+        """
+        pending = self._begin_collect()
+        out = self._forward_backward() if self._learning() else None
+        if pending is not None:
+            self._finish_collect(pending)
+        if out is None:
+            return None
+        self.optimizers().step()
+        return self._after_step(out)
+
+    def _begin_collect(self) -> Any:
+        """Collect until the credit is spent (TorchRL collector); ``None``: nothing pending."""
+        while self._credit > 0:
+            data = self._store_batch(next(self._iter))
+            n = data.numel()
+            self._credit -= n
+            self.env_steps += n
+            self._collected(n)
+            self._record_episodes(data)
+        return None
+
+    def _finish_collect(self, pending: Any) -> None:
+        """Store the steps a background collection (``pending``) brought."""
+        raise NotImplementedError
+
+    def _store_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        """Put a collector batch into the replay; return it flat (one row per env step)."""
+        data = batch.reshape(-1)
+        self.replay.extend(data.select(*self.REPLAY_KEYS))
+        return data
+
+    def _collected(self, n: int) -> None:
+        """Called after ``n`` env steps were stored (DQN: the epsilon schedule moves)."""
+
+    def _sample(self) -> TensorDictBase:
+        return self.replay.sample()
+
+    def _total_loss(self, out: TensorDictBase) -> torch.Tensor:
+        """What the one backward pass differentiates."""
+        return out["loss"]
+
+    def _forward_backward(self) -> TensorDictBase:
+        out = self.loss_module(self._sample().to(self.device))
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(self._total_loss(out))
+        return out
+
+    def _after_step(self, out: TensorDictBase) -> dict[str, Any]:
+        """Keep what the logs average and return what the updater callback reads."""
         raise NotImplementedError
 
     def evaluate(self, episodes: int, **kwargs: Any) -> dict[str, float]:

@@ -125,28 +125,6 @@ class ControlDQNModule(EnsembleDQNModule):
             self._collector.shutdown()
             self._collector = None
 
-    # ------------------------------------------------------------ training
-    def collect_and_learn(self) -> dict[str, torch.Tensor] | None:
-        cfg = self.cfg
-        while self._credit > 0:
-            data = next(self._iter).reshape(-1)
-            self.replay.extend(data.select(*self.REPLAY_KEYS))
-            n = data.numel()
-            self._credit -= n
-            self.env_steps += n
-            if self.env_steps > cfg.learning_starts:
-                self.explore.step(n)
-            self._record_episodes(data)
-        if not self._learning():
-            return None
-        losses = self.loss_module(self.replay.sample().to(self.device))
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(losses["loss"])
-        opt.step()
-        self._member_losses.append(losses["loss_per_member"])
-        return {"loss_per_member": losses["loss_per_member"]}
-
 
 # --------------------------------------------------------------------------- regression
 def regression_trace(cfg: ControlConfig) -> dict[str, Any]:

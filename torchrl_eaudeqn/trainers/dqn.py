@@ -85,6 +85,14 @@ class EnsembleDQNModule(OnlineRLModule):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
+    def _collected(self, n: int) -> None:
+        if self.env_steps > self.cfg.learning_starts:
+            self.explore.step(n)
+
+    def _after_step(self, out: TensorDictBase) -> dict[str, torch.Tensor]:
+        self._member_losses.append(out["loss_per_member"])
+        return {"loss_per_member": out["loss_per_member"]}
+
     def epsilon_now(self) -> float:
         """The exploration rate acting uses now (TorchRL's annealed ``EGreedyModule``)."""
         return float(self.explore.eps)
@@ -283,43 +291,26 @@ class DQNLightningModule(EnsembleDQNModule):
             self._fast = None
 
     # ------------------------------------------------------------ training
-    def collect_and_learn(self) -> dict[str, torch.Tensor] | None:
-        if self._fast is not None:
-            return self._lean_step()
-        return self._sequential_step()
-
-    def _lean_step(self) -> dict[str, torch.Tensor] | None:
-        overlap = self._fast.threaded
-        learn = self._learning()
-        n = self.cfg.num_envs
-        collecting = self._credit > 0
-        if collecting:
-            step0 = self.env_steps
-            self._fast.submit(
-                -(-self._credit // n),
-                lambda t: self.epsilon(step0 + t * n),
-                network=self._acting_network(),
-            )
-            if not overlap:
-                # Sequential: the new steps are in the replay before sampling.
-                self._store(self._fast.result())
-                collecting = False
-                learn = self._learning()
-        losses = None
-        if learn:
-            # Forward and backward only read the parameters, so the worker can
-            # act with them meanwhile; the optimizer writes after the join.
-            losses = self.loss_module(self.replay.sample(self.cfg.batch_size).to(self.device))
-            opt = self.optimizers()
-            opt.zero_grad()
-            self.manual_backward(losses["loss"])
-        if collecting:
-            self._store(self._fast.result())
-        if losses is None:
+    def _begin_collect(self) -> bool | None:
+        if self._fast is None:
+            return super()._begin_collect()
+        if self._credit <= 0:
             return None
-        opt.step()
-        self._member_losses.append(losses["loss_per_member"])
-        return {"loss_per_member": losses["loss_per_member"]}
+        n, step0 = self.cfg.num_envs, self.env_steps
+        self._fast.submit(
+            -(-self._credit // n),
+            lambda t: self.epsilon(step0 + t * n),
+            network=self._acting_network(),
+        )
+        if self._fast.threaded:
+            # Forward and backward only read the parameters, so the worker
+            # acts with them meanwhile; the optimizer writes after the join.
+            return True
+        self._store(self._fast.result())  # the new steps are in the replay before sampling
+        return None
+
+    def _finish_collect(self, pending: bool) -> None:
+        self._store(self._fast.result())
 
     def _store(self, steps: CollectedSteps) -> None:
         for i in range(steps.action.shape[0]):
@@ -338,36 +329,20 @@ class DQNLightningModule(EnsembleDQNModule):
         for _, score, length in steps.episodes:
             self._episode_end(score, length)
 
-    def _sequential_step(self) -> dict[str, torch.Tensor] | None:
-        cfg = self.cfg
-        while self._credit > 0:
-            batch_td = next(self._iter)
-            if cfg.terminal_on_life_loss:
-                nxt = batch_td.get("next")
-                if "end-of-life" not in nxt.keys():
-                    raise KeyError(
-                        "terminal_on_life_loss needs the training env to write "
-                        "('next', 'end-of-life'): make_atari_env(..., end_of_life=True)"
-                    )
-                nxt.set("terminated", nxt.get("terminated") | nxt.get("end-of-life"))
-            self.replay.extend(batch_td)  # [num_envs, T] maps to one stream per env
-            data = batch_td.reshape(-1)
-            n = data.numel()
-            self._credit -= n
-            self.env_steps += n
-            if self.env_steps > cfg.learning_starts:
-                self.explore.step(n)
-            self._record_episodes(data)
-        if not self._learning():
-            return None
-        sample = self.replay.sample(cfg.batch_size).to(self.device)
-        losses = self.loss_module(sample)
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(losses["loss"])
-        opt.step()
-        self._member_losses.append(losses["loss_per_member"])
-        return {"loss_per_member": losses["loss_per_member"]}
+    def _store_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        if self.cfg.terminal_on_life_loss:
+            nxt = batch.get("next")
+            if "end-of-life" not in nxt.keys():
+                raise KeyError(
+                    "terminal_on_life_loss needs the training env to write "
+                    "('next', 'end-of-life'): make_atari_env(..., end_of_life=True)"
+                )
+            nxt.set("terminated", nxt.get("terminated") | nxt.get("end-of-life"))
+        self.replay.extend(batch)  # [num_envs, T] maps to one stream per env
+        return batch.reshape(-1)
+
+    def _sample(self) -> TensorDictBase:
+        return self.replay.sample(self.cfg.batch_size)
 
     def epsilon_now(self) -> float:
         if self.cfg.collector == "lean":

@@ -153,21 +153,10 @@ class SACLightningModule(OnlineRLModule):
             self._collector = None
 
     # ------------------------------------------------------------ training
-    def collect_and_learn(self) -> dict[str, TensorDictBase] | None:
-        while self._credit > 0:
-            data = next(self._iter).reshape(-1)
-            self.replay.extend(data.select(*self.REPLAY_KEYS))
-            n = data.numel()
-            self._credit -= n
-            self.env_steps += n
-            self._record_episodes(data)
-        if not self._learning():
-            return None
-        out = self.loss_module(self.replay.sample().to(self.device))
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"])
-        opt.step()
+    def _total_loss(self, out: TensorDictBase) -> torch.Tensor:
+        return out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]
+
+    def _after_step(self, out: TensorDictBase) -> dict[str, TensorDictBase]:
         self._losses.append(
             out.select("loss_alpha", "alpha", "entropy", *SAC_MEMBER_LOSS_KEYS).detach()
         )
