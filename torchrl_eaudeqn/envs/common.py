@@ -52,11 +52,8 @@ def _batched(
     # Workers step on CPU; the batched env moves their output to `device`.
     base = functools.partial(base, torch.device("cpu"))
     if parallel is None:
-        # Measured on the 2-core CI machine (Pong, 2 envs, shared with other
-        # jobs; best of 5 / median): SerialEnv 368 / 240 agent steps/s,
-        # ParallelEnv 249 / 142 (IPC, and the parent still spends as much CPU
-        # per step), one env 334 / 261; a gymnasium vector env under GymWrapper
-        # < 70 (TorchRL's partial-reset path). Workers pay off with spare cores.
+        # Worker processes pay off only with spare cores: on 2 cores, 2 Pong envs
+        # ran 249 agent steps/s in a ParallelEnv (IPC) against 368 in a SerialEnv.
         parallel = (os.cpu_count() or 1) > num_envs
     if parallel:
         # fork starts workers in ~1 s where spawn re-imports torchrl (~7 s here),

@@ -300,12 +300,8 @@ class OnlineRLModule(L.LightningModule):
             and self.env_steps < cfg.env_steps
         )
         if log_due or eval_due:
-            # The optimizer step just ran and the updater callback has not yet
-            # re-applied the masks: Adam has moved pruned weights off zero
-            # (right after a selection's optimizer reset, each by ~lr), and an
-            # evaluation here scored a different network from the one that
-            # acts and is registered (RoadRunner, width 512: 980 at the 50k
-            # evaluation; the checkpoint of that step scores 0 in every replay).
+            # Adam's step has moved pruned weights off zero and the updater
+            # callback re-applies the masks only after this: score the real network.
             self.updater.apply_masks_()
         if log_due:
             self._log_progress()
