@@ -177,322 +177,27 @@ def _check_task(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- game
 def resolve_game(game: str) -> str:
     """'pong', 'Pong' or 'ALE/Pong-v5' -> 'Pong' (UsageError for an unknown game)."""
-    import difflib
+    from torchrl_eaudeqn.tasks import resolve_atari_game
 
-    from torchrl_eaudeqn.tasks import atari_game_ids
-
-    name = game.removeprefix("ALE/").removesuffix("-v5")
-    games = {g.lower(): g for g in atari_game_ids()}
-    if name.lower() in games:
-        return games[name.lower()]
-    close = difflib.get_close_matches(name, list(games.values()), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise UsageError(f"--game: unknown Atari game {game!r}{hint}")
-
-
-class TorchRLGame:
-    """The training env (``make_atari_env``) behind a small reset/step interface."""
-
-    backend = "torchrl"
-
-    def __init__(self, game: str, seed: int, max_steps: int, record: bool) -> None:
-        from torchrl.envs.utils import step_mdp
-
-        from torchrl_eaudeqn import envs
-
-        self._step_mdp = step_mdp
-        self.env = envs.make_atari_env(
-            game, seed=seed, max_episode_steps=max_steps, categorical_action_encoding=True
-        )
-        self.score_key = getattr(envs, "SCORE_REWARD_KEY", "score_reward")
-        self.n_actions = int(self.env.action_spec.space.n)
-        # The TorchRL env exposes no renderer; the ALE inside it can still give its
-        # RGB screen. Without it, the video falls back to the observation frames.
-        self._ale = None
-        if record:
-            try:
-                self._ale = self.env.base_env._env.unwrapped.ale
-            except AttributeError:
-                self._ale = None
-        self.video_source = (
-            "the emulator's RGB screen"
-            if self._ale is not None
-            else "the last 84x84 frame of each observation (the env exposes no RGB renderer)"
-        )
-        self._td = None
-
-    def reset(self):
-        self._td = self.env.reset()
-        return self._td["observation"]
-
-    def step(self, action: int):
-        import torch
-
-        self._td["action"] = torch.tensor(action)
-        td = self.env.step(self._td)
-        nxt = td["next"]
-        out = (
-            nxt["observation"],
-            float(nxt[self.score_key]),
-            bool(nxt["terminated"]),
-            bool(nxt["truncated"]),
-        )
-        self._td = self._step_mdp(td)
-        return out
-
-    def frame(self, observation):
-        import numpy as np
-
-        if self._ale is not None:
-            return self._ale.getScreenRGB()
-        gray = observation[-1].numpy()
-        return np.repeat(gray[..., None], 3, axis=-1)
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class GymnasiumGame:
-    """Plain Gymnasium with the same preprocessing as ``make_atari_env``."""
-
-    backend = "gymnasium"
-
-    def __init__(self, game: str, seed: int, max_steps: int, record: bool) -> None:
-        import ale_py
-        import gymnasium as gym
-        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
-
-        gym.register_envs(ale_py)
-        env = gym.make(
-            f"ALE/{game}-v5",
-            frameskip=1,  # AtariPreprocessing skips (with the max-pool) itself
-            repeat_action_probability=0.25,
-            full_action_space=False,
-            max_num_frames_per_episode=0,  # the cap below counts agent steps
-            max_episode_steps=None,
-            render_mode="rgb_array" if record else None,
-        )
-        env = AtariPreprocessing(
-            env,
-            noop_max=0,
-            frame_skip=4,
-            screen_size=84,
-            terminal_on_life_loss=False,
-            grayscale_obs=True,
-            scale_obs=False,
-        )
-        env = TimeLimit(env, max_episode_steps=max_steps)
-        # Zero padding at the episode start, as TorchRL's CatFrames and Dopamine.
-        self.env = FrameStackObservation(env, stack_size=4, padding_type="zero")
-        self.n_actions = int(self.env.action_space.n)
-        self.video_source = "the emulator's RGB screen (render_mode='rgb_array')"
-        self._seed: int | None = seed
-
-    def reset(self):
-        import torch
-
-        # Seeded once, like TorchRL's set_seed: later episodes continue the RNG.
-        obs, _ = self.env.reset(seed=self._seed)
-        self._seed = None
-        return torch.as_tensor(obs)
-
-    def step(self, action: int):
-        import torch
-
-        obs, reward, terminated, truncated, _ = self.env.step(action)
-        return torch.as_tensor(obs), float(reward), bool(terminated), bool(truncated)
-
-    def frame(self, observation):
-        return self.env.render()
-
-    def close(self) -> None:
-        self.env.close()
+    try:
+        return resolve_atari_game(game)
+    except ValueError as err:
+        raise UsageError(f"--game: {err}") from None
 
 
 # --------------------------------------------------------------------------- main
-def play(model, game, episodes: int, epsilon: float, seed: int, video_frames: int):
-    """Epsilon-greedy episodes: (scores, steps, truncated flags, frames of episode 1)."""
-    import torch
-
-    rng = torch.Generator().manual_seed(seed)
-    scores, steps, truncs, frames = [], [], [], []
-    for episode in range(episodes):
-        obs = game.reset()
-        record = episode == 0 and video_frames > 0
-        score, n, done, truncated = 0.0, 0, False, False
-        if record:
-            frames.append(game.frame(obs))
-        while not done:
-            if float(torch.rand((), generator=rng)) < epsilon:
-                action = int(torch.randint(game.n_actions, (), generator=rng))
-            else:
-                with torch.no_grad():
-                    action = int(model(obs.unsqueeze(0)).argmax(-1))
-            obs, reward, terminated, truncated = game.step(action)
-            score += reward
-            n += 1
-            done = terminated or truncated
-            if record and len(frames) < video_frames:
-                frames.append(game.frame(obs))
-        scores.append(score)
-        steps.append(n)
-        truncs.append(truncated and not terminated)
-        end = "step cap" if truncs[-1] else "game over"
-        print(f"episode {episode + 1}/{episodes}: score {score:g} in {n} steps ({end})")
-    return scores, steps, truncs, frames
-
-
-def save_video(path: Path, frames: list, fps: int) -> None:
-    import imageio.v2 as imageio
-    import numpy as np
-
-    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
-    else:
-        # macro_block_size=1 keeps the 210x160 ALE screen unpadded.
-        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
-
-
-# Written by register_network (torchrl_eaudeqn.registry); older versions lack them.
-STORAGE_TAGS = {
-    "torchrl_eaudeqn.format",
-    "artifact_bytes",
-    "state_bytes",
-    "dense_state_bytes",
-    "size_ratio",
-    "compact_layers",
-    "latency_threads",
-    "latency_ms_b1",
-    "latency_ms_b32",
-    "dense_latency_ms_b1",
-    "dense_latency_ms_b32",
-    "speedup_b1",
-    "speedup_b32",
-}
-
-
-def describe_storage(tags: dict[str, str]) -> str | None:
-    """One line on the stored form: dense or compact, bytes, measured latency."""
-    if "torchrl_eaudeqn.format" not in tags:
-        return None
-    line = f"stored form: {tags['torchrl_eaudeqn.format']}"
-    if tags.get("compact_layers") not in (None, "none"):
-        line += f" (CSR layers: {tags['compact_layers']})"
-    try:
-        line += (
-            f", artifact {int(tags['artifact_bytes']):,} bytes, tensors "
-            f"{float(tags['size_ratio']):.1%} of dense"
-        )
-    except (KeyError, ValueError):
-        pass
-    latency = []
-    for batch in (1, 32):
-        if f"latency_ms_b{batch}" not in tags:
-            continue
-        text = f"{float(tags[f'latency_ms_b{batch}']):.3f} ms at batch {batch}"
-        if f"speedup_b{batch}" in tags:  # compact versions: timed beside the dense form
-            text += f" ({float(tags[f'speedup_b{batch}']):.2f}x the dense form)"
-        latency.append(text)
-    if latency:
-        line += f"; latency {', '.join(latency)} ({tags.get('latency_threads', '?')} threads)"
-    return line
-
-
-def describe_tags(tags: dict[str, str]) -> list[str]:
-    def num(key: str) -> str:
-        try:
-            return f"{float(tags[key]):.4f}"
-        except (KeyError, ValueError):
-            return "n/a"
-
-    lines = [f"sparsity: overall {num('sparsity_overall')}, prunable {num('sparsity_prunable')}"]
-    lines.append(
-        f"params: {tags.get('nonzero_params', 'n/a')} nonzero / "
-        f"{tags.get('total_params', 'n/a')} total"
-    )
-    layers = [k for k in tags if k.startswith("sparsity.")]
-    if layers:
-        per_layer = ", ".join(f"{k.removeprefix('sparsity.')} {num(k)}" for k in layers)
-        lines.append(f"per-layer sparsity: {per_layer}")
-    # A SAC actor's version also describes the critic it was trained with.
-    critic = [k for k in tags if k.startswith("critic_sparsity")]
-    if critic:
-        per_layer = ", ".join(
-            f"{k.removeprefix('critic_sparsity.')} {num(k)}"
-            for k in critic
-            if k.startswith("critic_sparsity.")
-        )
-        lines.append(
-            f"critic sparsity: overall {num('critic_sparsity_overall')}, prunable "
-            f"{num('critic_sparsity_prunable')}"
-            + (f"; per layer: {per_layer}" if per_layer else "")
-        )
-    storage = describe_storage(tags)
-    if storage:
-        lines.append(storage)
-    skip = {"sparsity_overall", "sparsity_prunable", "nonzero_params", "total_params"}
-    skip |= {"version", "run_id"}  # already on the "model:" line
-    skip |= STORAGE_TAGS | set(critic)
-    others = [f"{k}={v}" for k, v in tags.items() if k not in skip and k not in layers]
-    if others:
-        lines.append("tags: " + ", ".join(others))
-    return lines
-
-
 # --------------------------------------------------------------------------- SAC actors
 #: Registry kind of the deterministic SAC actors registered by recipes/mujoco_sac.py.
 SAC_ACTOR_KIND = "sac_actor"
-
-
-class ContinuousTask:
-    """A Gymnasium continuous-control task with float32 observations (as in training)."""
-
-    backend = "gymnasium"
-
-    def __init__(self, env_id: str, seed: int, max_steps: int | None, record: bool) -> None:
-        import gymnasium as gym
-        import numpy as np
-
-        if record and "DISPLAY" not in os.environ:
-            # MuJoCo renders offscreen through EGL when there is no display.
-            os.environ.setdefault("MUJOCO_GL", "egl")
-        kwargs = {} if max_steps is None else {"max_episode_steps": max_steps}
-        self.env = gym.make(env_id, render_mode="rgb_array" if record else None, **kwargs)
-        self.env_id = env_id
-        self.obs_dim = int(np.prod(self.env.observation_space.shape))
-        self.action_dim = int(np.prod(self.env.action_space.shape))
-        self.max_steps = self.env.spec.max_episode_steps
-        self.video_source = "MuJoCo's offscreen renderer (render_mode='rgb_array')"
-        self._seed: int | None = seed
-
-    def reset(self):
-        import torch
-
-        # Seeded once: later episodes continue the env's RNG.
-        obs, _ = self.env.reset(seed=self._seed)
-        self._seed = None
-        return torch.as_tensor(obs, dtype=torch.float32)
-
-    def step(self, action):
-        import torch
-
-        obs, reward, terminated, truncated, _ = self.env.step(action.numpy())
-        return torch.as_tensor(obs, dtype=torch.float32), float(reward), terminated, truncated
-
-    def frame(self, observation):
-        return self.env.render()
-
-    def close(self) -> None:
-        self.env.close()
 
 
 def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: str):
     """(model, task) for a registered SAC actor; UsageError/ValueError on a mismatch."""
     import torch
 
-    from torchrl_eaudeqn.registry import load_registered
+    from torchrl_eaudeqn.envs.evaluation import ContinuousTask
     from torchrl_eaudeqn.tasks import resolve_continuous_env
+    from torchrl_eaudeqn.tracking.registry import load_registered
 
     if args.game is not None:
         raise UsageError(f"{args.model} is a SAC actor: give its task with --env, not --game")
@@ -520,35 +225,10 @@ def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: st
     return model, task
 
 
-def play_actor(model, task: ContinuousTask, episodes: int, video_frames: int):
-    """Deterministic episodes: (returns, steps, frames of episode 1)."""
-    import torch
-
-    returns, steps, frames = [], [], []
-    for episode in range(episodes):
-        obs = task.reset()
-        record = episode == 0 and video_frames > 0
-        total, n, done, terminated = 0.0, 0, False, False
-        if record:
-            frames.append(task.frame(obs))
-        while not done:
-            with torch.no_grad():
-                action = model(obs.unsqueeze(0))[0]
-            obs, reward, terminated, truncated = task.step(action)
-            total += reward
-            n += 1
-            done = terminated or truncated
-            if record and len(frames) < video_frames:
-                frames.append(task.frame(obs))
-        returns.append(total)
-        steps.append(n)
-        end = "terminated" if terminated else "step cap"
-        print(f"episode {episode + 1}/{episodes}: return {total:.1f} in {n} steps ({end})")
-    return returns, steps, frames
-
-
 def play_actor_and_report(args, tags, tracking_uri, model, task, start: float) -> int:
     from torchrl_eaudeqn.credentials import redact_uri
+    from torchrl_eaudeqn.envs.evaluation import play_actor, save_video
+    from torchrl_eaudeqn.tracking.describe import describe_tags
 
     print(
         f"model: {args.model} (version {tags.get('version')}, run {tags.get('run_id')}, "
@@ -587,7 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         game_name = args.game  # checked and canonical (parse_args)
         import torch
 
-        from torchrl_eaudeqn.registry import (
+        from torchrl_eaudeqn.envs.evaluation import (
+            GymnasiumGame,
+            TorchRLGame,
+            play_q_network,
+            save_video,
+        )
+        from torchrl_eaudeqn.tracking.describe import describe_tags
+        from torchrl_eaudeqn.tracking.registry import (
             KIND_TAG,
             get_version_tags,
             load_registered,
@@ -644,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     video_frames = args.video_frames if args.video else 0
     try:
-        scores, steps, _, frames = play(
+        scores, steps, _, frames = play_q_network(
             model, game, args.episodes, args.epsilon, args.seed, video_frames
         )
     finally:

@@ -155,7 +155,7 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("eval-model-name-colon", "evaluate", [*EVAL, "--model", "models:/a:b@final"], r"^evaluate\.py: error: --model: .*cannot contain ':'", {}),
     ("eval-model-alias-dot", "evaluate", [*EVAL, "--model", "models:/a@b.c"], r"^evaluate\.py: error: --model: expected letters, digits", {}),
     ("eval-game-empty", "evaluate", [*EVAL, "--game", ""], r"^evaluate\.py: error: --game: expected a task name", {}),
-    ("eval-game-typo", "evaluate", [*EVAL, "--game", "Pongg"], r"^evaluate\.py: error: --game: unknown Atari game 'Pongg'; did you mean Pong", {}),
+    ("eval-game-typo", "evaluate", [*EVAL, "--game", "Pongg"], r"^evaluate\.py: error: --game: unknown Atari game 'Pongg'; did you mean 'Pong'", {}),
     ("eval-env-unknown", "evaluate", [*EVAL, "--env", "Nope-v1"], r"^evaluate\.py: error: --env: unknown Gymnasium env id 'Nope-v1'", {}),
     ("eval-env-discrete", "evaluate", [*EVAL, "--env", "CartPole-v1"], r"^evaluate\.py: error: --env: env id 'CartPole-v1' has discrete actions", {}),
     ("eval-game-and-env", "evaluate", [*EVAL, "--game", "Pong", "--env", "Hopper-v5"], r"^evaluate\.py: error: --game, --env: give --game .* not both$", {}),

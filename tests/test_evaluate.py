@@ -124,7 +124,7 @@ def test_usage_errors_exit_2(evaluate_module, store, capsys):
         (["--model", "pong", "--game", "Pong"], "models:/NAME@ALIAS"),
         (
             [*base, "--game", "Pnog", "--episodes", "1"],
-            "unknown Atari game 'Pnog'; did you mean Pong",
+            "unknown Atari game 'Pnog'; did you mean 'Pong'",
         ),
         ([*base, "--game", "Pong", "--tracking-uri", "http://127.0.0.1:1"], "not reachable"),
     ]:
@@ -137,11 +137,13 @@ def test_usage_errors_exit_2(evaluate_module, store, capsys):
     assert "alias 'nope'" in capsys.readouterr().err
 
 
-def test_gymnasium_backend_matches_torchrl(evaluate_module):
+def test_gymnasium_backend_matches_torchrl():
     """Same seed, same actions: the plain-Gymnasium backend sees the training env's frames."""
+    from torchrl_eaudeqn.envs.evaluation import GymnasiumGame, TorchRLGame
+
     games = [
-        evaluate_module.TorchRLGame("Pong", seed=7, max_steps=150, record=True),
-        evaluate_module.GymnasiumGame("Pong", seed=7, max_steps=150, record=True),
+        TorchRLGame("Pong", seed=7, max_steps=150, record=True),
+        GymnasiumGame("Pong", seed=7, max_steps=150, record=True),
     ]
     g = torch.Generator().manual_seed(0)
     try:

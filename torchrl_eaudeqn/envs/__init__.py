@@ -1,4 +1,4 @@
-"""Environment factories: Dopamine-style Atari, MuJoCo continuous control, small discrete tasks.
+"""Environment factories (Dopamine-style Atari, MuJoCo, small discrete tasks) and evaluation play.
 
 Each returns a TorchRL :class:`~torchrl.envs.EnvBase` (or, for the lean Atari
 path, a Gymnasium env) and validates every argument *before* anything is
@@ -20,10 +20,21 @@ from .atari import (
     resolve_atari_game,
 )
 from .control import make_control_env, make_minatar_env, make_task_env
+from .evaluation import (
+    ContinuousTask,
+    GymnasiumGame,
+    TorchRLGame,
+    play_actor,
+    play_q_network,
+    save_video,
+)
 from .mujoco import make_continuous_env, resolve_continuous_env
 
 __all__ = [
     "SCORE_REWARD_KEY",
+    "ContinuousTask",
+    "GymnasiumGame",
+    "TorchRLGame",
     "action_space_kind",
     "atari_game_ids",
     "make_atari_env",
@@ -32,6 +43,9 @@ __all__ = [
     "make_control_env",
     "make_minatar_env",
     "make_task_env",
+    "play_actor",
+    "play_q_network",
     "resolve_atari_game",
     "resolve_continuous_env",
+    "save_video",
 ]

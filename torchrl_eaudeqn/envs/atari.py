@@ -81,6 +81,7 @@ def _atari_gym_env(
     sticky_actions: float,
     max_episode_steps: int | None,
     noop_max: int,
+    render_mode: str | None = None,
 ):
     import ale_py
     import gymnasium as gym
@@ -98,6 +99,7 @@ def _atari_gym_env(
         # The wrapper reads the screen from the ALE itself, so a grayscale
         # observation of the base env only saves an unused RGB copy per frame.
         obs_type="grayscale",
+        render_mode=render_mode,
     )
     env = AtariPreprocessing(
         env,
@@ -263,6 +265,7 @@ def make_atari_gym_env(
     sticky_actions: float = 0.25,
     max_episode_steps: int | None = 27_000,
     noop_max: int = 0,
+    render_mode: str | None = None,
 ):
     """The Gymnasium env under :func:`make_atari_env`, before the TorchRL transforms.
 
@@ -279,6 +282,8 @@ def make_atari_gym_env(
         sticky_actions: probability in ``[0, 1]`` of repeating the previous action.
         max_episode_steps: agent-step cap (``truncated``); ``None`` for no cap.
         noop_max: up to this many no-op actions after reset (0 disables).
+        render_mode: Gymnasium's ``render_mode`` (``"rgb_array"``: the emulator's
+            RGB screen, for videos).
 
     Returns:
         A ``gymnasium.Env``.
@@ -290,4 +295,6 @@ def make_atari_gym_env(
         ((84, 84), 'uint8', 6)
     """
     name, _ = _check_atari_args(game, frame_skip, sticky_actions, max_episode_steps, noop_max)
-    return _atari_gym_env(name, frame_skip, sticky_actions, max_episode_steps, noop_max)
+    return _atari_gym_env(
+        name, frame_skip, sticky_actions, max_episode_steps, noop_max, render_mode=render_mode
+    )
