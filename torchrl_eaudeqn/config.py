@@ -56,6 +56,17 @@ def _like(name: str, default: Any, doc: str | None = None, **checks: Any) -> Any
     return field(default=default, metadata=meta)
 
 
+def _lr_end_fraction() -> Any:
+    # The DQN families' learning-rate decay (SAC keeps its rates constant).
+    return _f(
+        1.0,
+        "learning rate at the end of the budget as a fraction of lr, reached linearly "
+        "from learning_starts (1: constant)",
+        min=0.0,
+        max=1.0,
+    )
+
+
 @dataclass
 class RunConfig:
     """The config core: the fields, checks and names every recipe family shares.
@@ -210,13 +221,7 @@ class AtariConfig(RunConfig):
     prune_every: int = _like("prune_every", 4000)
     # DQN
     lr: float = _like("lr", 6.25e-5)
-    lr_end_fraction: float = _f(
-        1.0,
-        "learning rate at the end of the budget as a fraction of lr, reached linearly "
-        "from learning_starts (1: constant)",
-        min=0.0,
-        max=1.0,
-    )
+    lr_end_fraction: float = _lr_end_fraction()
     adam_eps: float = _like("adam_eps", 1.5e-4)
     learning_starts: int = _like("learning_starts", 20_000)
     train_freq: int = _like("train_freq", 4)
@@ -453,13 +458,7 @@ class ControlConfig(RunConfig):
     prune_end: int = _like("prune_end", 24_000)
     prune_every: int = _like("prune_every", 300)
     # DQN
-    lr_end_fraction: float = _f(
-        1.0,
-        "learning rate at the end of the budget as a fraction of lr, reached linearly "
-        "from learning_starts (1: constant)",
-        min=0.0,
-        max=1.0,
-    )
+    lr_end_fraction: float = _lr_end_fraction()
     batch_size: int = _like("batch_size", 64)
     buffer_size: int = _like("buffer_size", 50_000)
     eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tensordict.utils import NestedKey
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators
@@ -25,12 +27,49 @@ class BootstrapLossBase(LossModule):
     further keys in ``_extra_in_keys``.
     """
 
+    @dataclass
+    class _AcceptedKeys:
+        """Keys both losses read and write; change them with ``set_keys``.
+
+        Attributes:
+            action: the action taken.
+            value: the value handed to the value estimator.
+            value_target: value target written by the value estimator.
+            priority: where the selected member's TD error is written.
+            reward, done, terminated: read under ``"next"``.
+            priority_weight: importance weights of prioritized replay.
+        """
+
+        action: NestedKey = "action"
+        value: NestedKey = "state_value"
+        value_target: NestedKey = "value_target"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = {
         ValueEstimators.TD0: TD0Estimator,
         ValueEstimators.TD1: TD1Estimator,
         ValueEstimators.TDLambda: TDLambdaEstimator,
     }
+
+    def __init__(
+        self, *, loss_function: str, reduction: str, use_prioritized_weights: str | bool
+    ) -> None:
+        if loss_function not in _LOSS_FUNCTIONS:
+            raise ValueError(
+                f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
+            )
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        super().__init__()
+        self._in_keys = None
+        self.loss_function = loss_function
+        self.reduction = reduction
+        self.use_prioritized_weights = use_prioritized_weights
 
     def _observation_keys(self) -> list[NestedKey]:
         raise NotImplementedError

@@ -14,7 +14,7 @@ from tensordict.utils import NestedKey
 from torchrl.objectives.utils import distance_loss
 
 from ..modules.dqn import MaskedEnsembleQValueActor
-from .common import _LOSS_FUNCTIONS, BootstrapLossBase
+from .common import BootstrapLossBase
 
 __all__ = ["EauDeQNLoss"]
 
@@ -74,30 +74,21 @@ class EauDeQNLoss(BootstrapLossBase):
     """
 
     @dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(BootstrapLossBase._AcceptedKeys):
         """Keys read and written by the loss; change them with ``set_keys``.
+
+        Besides the shared keys (action, value_target, priority, reward,
+        done, terminated, priority_weight):
 
         Attributes:
             advantage: advantage written by the value estimator.
-            value_target: value target written by the value estimator.
             value: chosen action value.
             action_value: the ensemble's ``[..., K, n]`` action values.
-            action: the action taken (one-hot or index).
-            priority: where the TD error is written (prioritized replay).
-            reward, done, terminated: read under ``"next"``.
-            priority_weight: importance weights of prioritized replay.
         """
 
         advantage: NestedKey = "advantage"
-        value_target: NestedKey = "value_target"
         value: NestedKey = "chosen_action_value"
         action_value: NestedKey = "action_value"
-        action: NestedKey = "action"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -119,18 +110,12 @@ class EauDeQNLoss(BootstrapLossBase):
                 "value_network must be a MaskedEnsembleQValueActor, got "
                 f"{type(value_network).__name__}"
             )
-        if loss_function not in _LOSS_FUNCTIONS:
-            raise ValueError(
-                f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
-            )
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        super().__init__()
-        self._in_keys = None
+        super().__init__(
+            loss_function=loss_function,
+            reduction=reduction,
+            use_prioritized_weights=use_prioritized_weights,
+        )
         self.value_network = value_network
-        self.loss_function = loss_function
-        self.reduction = reduction
-        self.use_prioritized_weights = use_prioritized_weights
         self.action_space = "categorical" if _is_categorical(value_network) else "one-hot"
         k = value_network.selected
         self.target_value_network_params = TensorDictParams(

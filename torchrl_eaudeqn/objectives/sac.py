@@ -35,7 +35,7 @@ from torch import nn
 from torchrl.objectives.utils import distance_loss
 
 from ..modules.sac import MaskedEnsembleTanhGaussianActor, MaskedEnsembleTwinQ
-from .common import _LOSS_FUNCTIONS, BootstrapLossBase
+from .common import BootstrapLossBase
 
 __all__ = ["OPTIMIZED_LOSS_KEYS", "EauDeSACLoss"]
 
@@ -110,28 +110,19 @@ class EauDeSACLoss(BootstrapLossBase):
     """
 
     @dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(BootstrapLossBase._AcceptedKeys):
         """Keys read and written by the loss; change them with ``set_keys``.
 
+        Besides the shared keys (action, value_target, priority, reward,
+        done, terminated, priority_weight):
+
         Attributes:
-            action: the action taken (critic input).
             value: next-state value handed to the value estimator.
-            value_target: value target written by the value estimator.
             state_action_value: the critic's output key.
-            priority: where the selected critic's TD error is written.
-            reward, done, terminated: read under ``"next"``.
-            priority_weight: importance weights of prioritized replay.
         """
 
-        action: NestedKey = "action"
         value: NestedKey = "state_value"
-        value_target: NestedKey = "value_target"
         state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -172,23 +163,17 @@ class EauDeSACLoss(BootstrapLossBase):
             raise TypeError(
                 f"qvalue_network must be a MaskedEnsembleTwinQ, got {type(qvalue_network).__name__}"
             )
-        if loss_function not in _LOSS_FUNCTIONS:
-            raise ValueError(
-                f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}"
-            )
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if not alpha_init > 0:
             raise ValueError(f"alpha_init must be > 0, got {alpha_init}")
         if target_entropy != "auto" and not isinstance(target_entropy, (int, float)):
             raise ValueError(f"target_entropy must be 'auto' or a number, got {target_entropy!r}")
-        super().__init__()
-        self._in_keys = None
+        super().__init__(
+            loss_function=loss_function,
+            reduction=reduction,
+            use_prioritized_weights=use_prioritized_weights,
+        )
         self.actor_network = actor_network
         self.qvalue_network = qvalue_network
-        self.loss_function = loss_function
-        self.reduction = reduction
-        self.use_prioritized_weights = use_prioritized_weights
         k = qvalue_network.selected
         # One twin-Q pair (no ensemble dim), Polyak-averaged by the updaters.
         self.target_qvalue_network_params = TensorDictParams(

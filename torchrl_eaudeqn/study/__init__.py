@@ -24,93 +24,22 @@ Example:
     ('CartPole-v1/dqn/wide/seed0', 'CartPole-v1_dqn_wide_seed0')
 """
 
-from ..tracking.study_runs import (
-    FinishedRun,
-    ensure_experiment,
-    finished_keys,
-    finished_runs,
-    mark_stale_runs,
-    with_retries,
-)
-from .aggregate import (
-    RunRecord,
-    area_under_curve,
-    binned_curve,
-    collect_runs,
-    interval_estimates,
-    method_label,
-    normalise,
-    normalised_scores,
-    stratified_bootstrap,
-    task_bounds,
-)
-from .grid import (
-    DENSE_METHODS,
-    FAULT_ENV,
-    KEY_TAG,
-    METHOD_LABELS,
-    METHODS,
-    RECIPE_METHODS,
-    RECIPES,
-    URI_ENV,
-    Cell,
-    GridSpec,
-    TaskSpec,
-    _slug,  # noqa: F401  (tests and the Ray backend name log files with it)
-    cell_checkpoint_dir,
-    default_recipe,
-    expand_grid,
-    load_grid,
-)
-from .plots import (
-    COLORS,
-    plot_score_curves,
-    plot_score_vs_sparsity,
-    plot_sparsity_curves,
-    plot_sparsity_vs_width,
-    width_names,
-)
-from .runner import AttemptResult, run_cell, run_grid
+from ..tracking import study_runs
+from ..tracking.study_runs import *  # noqa: F403
+from . import aggregate, grid, plots, runner
+from .aggregate import *  # noqa: F403
+from .grid import *  # noqa: F403
+from .grid import _slug  # noqa: F401  (tests and the Ray backend name log files with it)
+from .plots import *  # noqa: F403
+from .runner import *  # noqa: F403
 
-__all__ = [
-    "COLORS",
-    "DENSE_METHODS",
-    "FAULT_ENV",
-    "KEY_TAG",
-    "METHODS",
-    "METHOD_LABELS",
-    "RECIPES",
-    "RECIPE_METHODS",
-    "URI_ENV",
-    "AttemptResult",
-    "Cell",
-    "FinishedRun",
-    "GridSpec",
-    "RunRecord",
-    "TaskSpec",
-    "area_under_curve",
-    "binned_curve",
-    "cell_checkpoint_dir",
-    "collect_runs",
-    "default_recipe",
-    "ensure_experiment",
-    "expand_grid",
-    "finished_keys",
-    "finished_runs",
-    "interval_estimates",
-    "load_grid",
-    "mark_stale_runs",
-    "method_label",
-    "normalise",
-    "normalised_scores",
-    "plot_score_curves",
-    "plot_score_vs_sparsity",
-    "plot_sparsity_curves",
-    "plot_sparsity_vs_width",
-    "run_cell",
-    "run_grid",
-    "stratified_bootstrap",
-    "task_bounds",
-    "width_names",
-    "with_retries",
-]
+# The package re-exports its modules' public names and the MLflow run queries it uses.
+__all__ = sorted(
+    {
+        *aggregate.__all__,
+        *grid.__all__,
+        *plots.__all__,
+        *runner.__all__,
+        *study_runs.__all__,
+    }
+)

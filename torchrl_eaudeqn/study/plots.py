@@ -34,6 +34,22 @@ def _plt():
     return plt
 
 
+def _panels(n: int, panel_width: float):
+    """A row of ``n`` panels; returns the figure and its axes (one row)."""
+    fig, axes = _plt().subplots(1, n, figsize=(panel_width * n, 3.4), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, out: pathlib.Path, axes=None, ylabel: str = "", **legend) -> None:
+    """Label the first panel, put the legend on the last, write the figure and free it."""
+    if axes is not None:
+        axes[0].set_ylabel(ylabel)
+        axes[-1].legend(**legend)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _plt().close(fig)
+
+
 COLORS = {
     "dqn": "tab:gray",
     "sac": "tab:gray",
@@ -65,11 +81,10 @@ def _iqm_per_bin(x: np.ndarray, bins: int) -> np.ndarray:
 
 def plot_score_curves(records, bounds, out: pathlib.Path, reps: int) -> None:
     """Normalised training return over env steps per width, IQM with 95% CI band."""
-    plt = _plt()
     widths = width_names(records)
     bins = 15
-    fig, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 3.4), squeeze=False)
-    for ax, w in zip(axes[0], widths, strict=True):
+    fig, axes = _panels(len(widths), 4.2)
+    for ax, w in zip(axes, widths, strict=True):
         for method in METHODS:
             rs = [r for r in records if r.width_name == w and r.method == method]
             if not rs:
@@ -106,22 +121,17 @@ def plot_score_curves(records, bounds, out: pathlib.Path, reps: int) -> None:
         ax.set_title(f"width: {w}")
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("normalised training return (IQM)")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, axes, "normalised training return (IQM)", loc="lower right", fontsize=8)
 
 
 def plot_sparsity_curves(records, out: pathlib.Path) -> None:
     """Sparsity of the acting network over env steps, a panel per task, a colour per width."""
-    plt = _plt()
     tasks = sorted({r.task for r in records})
     widths = width_names(records)
     palette = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:olive")
     cmap = {w: palette[i % len(palette)] for i, w in enumerate(widths)}
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
-    for ax, t in zip(axes[0], tasks, strict=True):
+    fig, axes = _panels(len(tasks), 4.5)
+    for ax, t in zip(axes, tasks, strict=True):
         for method, style in (("eaudeqn", "-"), ("eaudesac", "-"), ("polyprune", ":")):
             for w in widths:
                 rs = [r for r in records if (r.task, r.method, r.width_name) == (t, method, w)]
@@ -141,19 +151,14 @@ def plot_sparsity_curves(records, out: pathlib.Path) -> None:
         ax.set_xlabel("env steps")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("sparsity of the acting network (actor)")
-    axes[0][-1].legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, axes, "sparsity of the acting network (actor)", loc="upper left", fontsize=7)
 
 
 def plot_sparsity_vs_width(records, out: pathlib.Path) -> None:
     """Final sparsity against width (log scale), per task and method; dots are seeds."""
-    plt = _plt()
     tasks = sorted({r.task for r in records})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, t in zip(axes[0], tasks, strict=True):
+    fig, axes = _panels(len(tasks), 4.2)
+    for ax, t in zip(axes, tasks, strict=True):
         for method in ("eaudeqn", "eaudesac", "polyprune"):
             rs = [r for r in records if r.task == t and r.method == method]
             if not rs:
@@ -171,19 +176,14 @@ def plot_sparsity_vs_width(records, out: pathlib.Path) -> None:
         ax.set_xlabel("hidden width")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final sparsity")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, axes, "final sparsity", loc="lower right", fontsize=8)
 
 
 def plot_score_vs_sparsity(records, bounds, out: pathlib.Path) -> None:
     """Every run: final normalised score against final sparsity; marker size grows with width."""
-    plt = _plt()
     widths = width_names(records)
     size = {w: 15 + 25 * i for i, w in enumerate(widths)}
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _plt().subplots(figsize=(5.5, 4))
     for method in METHODS:
         rs = [r for r in records if r.method == method]
         if not rs:
@@ -200,6 +200,4 @@ def plot_score_vs_sparsity(records, bounds, out: pathlib.Path) -> None:
     ax.set_ylabel("final normalised score")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
+from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ..checkpointing import CheckpointError, load_checkpoint_file, verify_dir, write_dir_atomic
@@ -92,6 +93,15 @@ class OnlineRLModule(L.LightningModule):
     episode_return_key = "episode_score"
     #: Progress-bar name of the last episode's return.
     progress_return_name = "score"
+    #: What the replay keeps of a collected step (nothing else is read by the losses).
+    REPLAY_KEYS: tuple = (
+        "observation",
+        "action",
+        ("next", "observation"),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+    )
 
     def __init__(self, cfg: Any, env_fn: Callable[..., EnvBase], metrics: Any = None) -> None:
         super().__init__()
@@ -114,6 +124,8 @@ class OnlineRLModule(L.LightningModule):
         self.progress: dict[str, float] = {self.progress_return_name: float("nan")}
         #: Env steps when this fit started (the resumed step after a resume).
         self.start_steps = 0
+        self._collector: Collector | None = None
+        self._iter: Iterator[TensorDictBase] | None = None
 
     # ------------------------------------------------------- subclass hooks
     def collect_and_learn(self) -> dict[str, Any] | None:
@@ -232,6 +244,29 @@ class OnlineRLModule(L.LightningModule):
 
     def _stop_collection(self) -> None:
         """Release collectors at the end of a fit."""
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = None
+
+    def _collect_with_torchrl(
+        self, env: EnvBase, policy: Any, frames_per_batch: int, **kwargs: Any
+    ) -> None:
+        """Collect from ``env`` with a TorchRL ``Collector`` that :meth:`_begin_collect` reads.
+
+        Random actions until ``learning_starts`` env steps (counted across a
+        resume); batches are stored on the CPU whatever the module's device.
+        """
+        self._collector = Collector(
+            env,
+            policy,
+            frames_per_batch=frames_per_batch,
+            total_frames=-1,
+            init_random_frames=max(0, self.cfg.learning_starts - self.env_steps),
+            device=self.device,
+            storing_device="cpu",
+            **kwargs,
+        )
+        self._iter = iter(self._collector)
 
     def _checkpoint_extras(self) -> dict[str, Any]:
         """Extra entries of the checkpoint's ``"eaudeqn"`` section."""

@@ -18,13 +18,11 @@ minutes on one CPU core:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase
@@ -69,15 +67,6 @@ class ControlDQNModule(EnsembleDQNModule):
     episode_metric = "episode_return"
     episode_return_key = "episode_reward"
     progress_return_name = "return"
-    #: What the replay keeps of a collected step (nothing else is read by the loss).
-    REPLAY_KEYS = (
-        "observation",
-        "action",
-        ("next", "observation"),
-        ("next", "reward"),
-        ("next", "done"),
-        ("next", "terminated"),
-    )
 
     def __init__(
         self,
@@ -102,28 +91,15 @@ class ControlDQNModule(EnsembleDQNModule):
             sampler=RandomSampler(),
             batch_size=cfg.batch_size,
         )
-        self._collector: Collector | None = None
-        self._iter: Iterator[TensorDictBase] | None = None
 
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
         cfg = self.cfg
-        env = self.env_fn(seed=cfg.seed + self.env_steps, eval=False)
-        self._collector = Collector(
-            env,
+        self._collect_with_torchrl(
+            self.env_fn(seed=cfg.seed + self.env_steps, eval=False),
             TensorDictSequential(self.actor.policy, self.explore),
             frames_per_batch=cfg.train_freq,
-            total_frames=-1,
-            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
-            device=self.device,
-            storing_device="cpu",
         )
-        self._iter = iter(self._collector)
-
-    def _stop_collection(self) -> None:
-        if self._collector is not None:
-            self._collector.shutdown()
-            self._collector = None
 
 
 # --------------------------------------------------------------------------- regression

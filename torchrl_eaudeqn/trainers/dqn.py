@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
-from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
 from torchrl.modules import EGreedyModule
 
@@ -188,8 +187,6 @@ class DQNLightningModule(EnsembleDQNModule):
             action_encoding="one_hot",
             n_actions=self.n_actions,
         )
-        self._collector: Collector | None = None
-        self._iter: Iterator[TensorDictBase] | None = None
         self._fast: AtariCollector | None = None
         self._fast_state: dict[str, Any] | None = None
         self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
@@ -268,23 +265,14 @@ class DQNLightningModule(EnsembleDQNModule):
 
     def _start_torchrl_collector(self) -> None:
         cfg = self.cfg
-        env = self.env_fn(seed=cfg.seed + self.env_steps, num_envs=cfg.num_envs, eval=False)
-        policy = TensorDictSequential(self.actor.policy, self.explore)
-        self._collector = Collector(
-            env,
-            policy,
+        self._collect_with_torchrl(
+            self.env_fn(seed=cfg.seed + self.env_steps, num_envs=cfg.num_envs, eval=False),
+            TensorDictSequential(self.actor.policy, self.explore),
             frames_per_batch=cfg.num_envs * max(1, cfg.train_freq // cfg.num_envs),
-            total_frames=-1,
-            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
-            device=self.device,
-            storing_device="cpu",
         )
-        self._iter = iter(self._collector)
 
     def _stop_collection(self) -> None:
-        if self._collector is not None:
-            self._collector.shutdown()
-            self._collector = None
+        super()._stop_collection()
         if self._fast is not None:
             self._fast_state = self._fast.state_dict()
             self._fast.close()

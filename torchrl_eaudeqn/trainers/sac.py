@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase, ExplorationType
@@ -60,15 +59,7 @@ class SACLightningModule(OnlineRLModule):
     episode_return_key = "episode_reward"
     progress_return_name = "return"
     #: What the replay keeps of a collected step (nothing else is read by the loss).
-    REPLAY_KEYS = (
-        "observation",
-        "action",
-        ("next", "observation"),
-        ("next", "reward"),
-        ("next", "done"),
-        ("next", "terminated"),
-        ("next", "truncated"),
-    )
+    REPLAY_KEYS = (*OnlineRLModule.REPLAY_KEYS, ("next", "truncated"))
 
     def __init__(
         self,
@@ -121,8 +112,6 @@ class SACLightningModule(OnlineRLModule):
             batch_size=cfg.batch_size,
         )
         self._losses: list[TensorDictBase] = []
-        self._collector: Collector | None = None
-        self._iter: Iterator[TensorDictBase] | None = None
 
     def acting_policy(self) -> torch.nn.Module:
         """The selected actor member as a plain deterministic module (a copy, masks applied)."""
@@ -131,26 +120,15 @@ class SACLightningModule(OnlineRLModule):
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
         cfg = self.cfg
-        env = self.env_fn(seed=cfg.seed + self.env_steps, eval=False)
-        self._collector = Collector(
-            env,
+        self._collect_with_torchrl(
+            self.env_fn(seed=cfg.seed + self.env_steps, eval=False),
             self.actor.policy,
             frames_per_batch=cfg.train_freq,
-            total_frames=-1,
-            init_random_frames=max(0, cfg.learning_starts - self.env_steps),
-            device=self.device,
-            storing_device="cpu",
             # The acting view holds no parameters of its own (they live in the
             # ensemble on self.device), and it reads no transform-made keys.
             trust_policy=True,
             auto_register_policy_transforms=False,
         )
-        self._iter = iter(self._collector)
-
-    def _stop_collection(self) -> None:
-        if self._collector is not None:
-            self._collector.shutdown()
-            self._collector = None
 
     # ------------------------------------------------------------ training
     def _total_loss(self, out: TensorDictBase) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..config import AtariConfig, ControlConfig, SACConfig
@@ -14,24 +16,30 @@ from .sac import PolyPruneSACUpdater, SACTargetSelectionUpdater
 __all__ = ["build_sac_updater", "build_updater"]
 
 
+def _polyprune_schedule(cfg: AtariConfig | ControlConfig | SACConfig) -> dict[str, Any]:
+    """The PolyPrune schedule in gradient steps, counted from the first one."""
+    per = cfg.train_freq
+    return {
+        "final_sparsity": cfg.final_sparsity,
+        "start": max(0, (cfg.prune_start - cfg.learning_starts) // per),
+        "end": max(1, (cfg.prune_end - cfg.learning_starts) // per),
+        "prune_every": max(1, cfg.prune_every // per),
+        "scope": cfg.prune_scope,
+        "structure": cfg.prune_structure,
+    }
+
+
 def build_updater(
     cfg: AtariConfig | ControlConfig, loss: EauDeQNLoss, optimizer: torch.optim.Optimizer
 ) -> TargetSelectionUpdater | PolyPruneUpdater:
     """The config's updater; periods given in env steps become gradient steps."""
-    per = cfg.train_freq
-    period = max(1, cfg.period // per)
-    structure = cfg.prune_structure
+    period = max(1, cfg.period // cfg.train_freq)
     if cfg.method == "polyprune":
         return PolyPruneUpdater(
             loss,
             optimizer,
             period=period,
-            final_sparsity=cfg.final_sparsity,
-            start=max(0, (cfg.prune_start - cfg.learning_starts) // per),
-            end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
-            prune_every=max(1, cfg.prune_every // per),
-            scope=cfg.prune_scope,
-            structure=structure,
+            **_polyprune_schedule(cfg),
         )
     if cfg.method == "dqn":
         policy = make_speed_policy("grid", max_speed=0.0)
@@ -47,7 +55,7 @@ def build_updater(
         period=period,
         speed_policy=make_speed_policy(cfg.speed_policy, **kwargs),
         scope=cfg.prune_scope,
-        structure=structure,
+        structure=cfg.prune_structure,
         reset_optimizer=cfg.reset_optimizer,
     )
 
@@ -64,20 +72,14 @@ def build_sac_updater(
       counted from the first gradient step;
     * ``sac``: one member each, zero speeds, Adam state kept (dense SAC).
     """
-    per = cfg.train_freq
     if cfg.method == "polyprune":
         return PolyPruneSACUpdater(
             loss,
             optimizer,
             tau=cfg.tau,
-            final_sparsity=cfg.final_sparsity,
-            start=max(0, (cfg.prune_start - cfg.learning_starts) // per),
-            end=max(1, (cfg.prune_end - cfg.learning_starts) // per),
-            prune_every=max(1, cfg.prune_every // per),
-            scope=cfg.prune_scope,
-            structure=cfg.prune_structure,
+            **_polyprune_schedule(cfg),
         )
-    period = max(1, cfg.period // per)
+    period = max(1, cfg.period // cfg.train_freq)
     if cfg.method == "sac":
         return SACTargetSelectionUpdater(
             loss,

@@ -10,7 +10,7 @@ and replace the target network; they subclass TorchRL's
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -27,17 +27,28 @@ from .common import MaskedUpdater
 __all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
 
 
-def _check_loss(loss_module: object) -> None:
-    if not isinstance(loss_module, EauDeQNLoss):
-        raise TypeError(f"loss_module must be an EauDeQNLoss, got {type(loss_module).__name__}")
-
-
 def _copy_member_to_target(loss: EauDeQNLoss, k: int) -> None:
     loss.target_value_network_params.data.update_(loss.value_network.params[k].data)
     loss.target_masks.update_(loss.value_network.masks[k])
 
 
-class TargetSelectionUpdater(MaskedUpdater):
+class _DQNUpdaterBase(MaskedUpdater):
+    """DQN's additions to the base: one role, ``"value"``, the loss's Q-network."""
+
+    def __init__(
+        self,
+        loss_module: EauDeQNLoss,
+        optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(loss_module, EauDeQNLoss):
+            raise TypeError(f"loss_module must be an EauDeQNLoss, got {type(loss_module).__name__}")
+        networks = {"value": loss_module.value_network}
+        super().__init__(loss_module, optimizer, networks=networks, **kwargs)
+        self.actor = loss_module.value_network
+
+
+class TargetSelectionUpdater(_DQNUpdaterBase):
     """EauDeQN's target update: select the best member, copy, prune, reset.
 
     Call :meth:`step` once after every optimizer step. It re-applies the
@@ -102,11 +113,9 @@ class TargetSelectionUpdater(MaskedUpdater):
         prune_at_init: bool = True,
         structure: Literal["weights", "filters"] = "weights",
     ) -> None:
-        _check_loss(loss_module)
         super().__init__(
             loss_module,
             optimizer,
-            networks={"value": loss_module.value_network},
             period=period,
             scope=scope,
             structure=structure,
@@ -117,7 +126,6 @@ class TargetSelectionUpdater(MaskedUpdater):
             reset_optimizer=reset_optimizer,
             prune_at_init=prune_at_init,
         )
-        self.actor = loss_module.value_network
         self.init_()
 
     @property
@@ -180,7 +188,7 @@ class TargetSelectionUpdater(MaskedUpdater):
         self._selection_step(losses)
 
 
-class PolyPruneUpdater(MaskedUpdater):
+class PolyPruneUpdater(_DQNUpdaterBase):
     """PolyPruneQN baseline: one network pruned on a polynomial schedule, hard target updates.
 
     After every optimizer step the mask is re-applied; every ``prune_every``
@@ -226,17 +234,14 @@ class PolyPruneUpdater(MaskedUpdater):
         scope: Literal["global", "layer"] = "global",
         structure: Literal["weights", "filters"] = "weights",
     ) -> None:
-        _check_loss(loss_module)
         super().__init__(
             loss_module,
             optimizer,
-            networks={"value": loss_module.value_network},
             period=period,
             scope=scope,
             structure=structure,
             require_optimizer=False,
         )
-        self.actor = loss_module.value_network
         if self.actor.num_members != 1:
             raise ValueError(
                 f"PolyPruneUpdater trains one network: value_network has {self.actor.num_members} "
