@@ -46,7 +46,7 @@ from ..credentials import hide_run_urls, redact_text, redact_uri, resolve_env_ur
 from ..export import Rule, compact_summary, measure_latency_ms, state_size_bytes
 from ..export import compact as compact_module
 from ..sparsity import prunable_parameter_names
-from ..validation import (  # checks that need neither torch nor MLflow
+from .checks import (  # checks that need neither torch nor MLflow
     BUILTIN_ALIASES,
     MODELS_URI_RE,
     check_alias,
