@@ -262,7 +262,7 @@ def test_mujoco_deprecation_is_silenced_for_the_projects_envs_only(capfd):
 
 
 def test_locations_are_absolute_and_carry_no_credentials(tmp_path, monkeypatch):
-    from torchrl_eaudeqn.console import evaluate_command, local_artifact_path, ui_hint
+    from torchrl_eaudeqn.tracking.summary import evaluate_command, local_artifact_path, ui_hint
 
     monkeypatch.chdir(tmp_path)
     cmd = evaluate_command("models:/m/3", "sqlite:///mlflow.db", ["--game", "Pong"])

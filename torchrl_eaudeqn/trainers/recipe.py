@@ -59,9 +59,10 @@ from ..checkpointing import (
     verify_dir,
 )
 from ..config import ConfigError, config_diff
-from ..console import Registered, format_summary, gather_summary, known_noise_silenced
+from ..console import Registered, format_summary, known_noise_silenced
 from ..credentials import redact_text
 from ..tracking.runs import PlotPanel, plot_run, start_mlflow_run, training_score_summary
+from ..tracking.summary import gather_summary
 from ..validation import parse_args  # the command line; needs no torch (recipes call it first)
 from .checkpoint_io import AtomicCheckpointIO
 from .reliability import EnvStepCheckpoint, GracefulStop, NonFiniteError, NonFiniteGuard
