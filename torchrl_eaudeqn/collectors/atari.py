@@ -363,12 +363,8 @@ def _restore_env(env: Any, state: dict[str, Any], last_action: int | None = None
     ale = env.unwrapped.ale
     saved = ale_py.ALEState(bytes(state["ale"].numpy().tobytes()))
     if last_action is not None:
-        # The sticky action (the one ALE repeats with probability 0.25) is not
-        # in ALE's state when it changed on the newest frame (measured: 15 of 40
-        # restores diverged, ale-py 0.12). Acting with it until it sticks, then
-        # restoring, puts it back: each act sets it with probability 0.75, so
-        # 16 acts fail with probability 0.25**16. What it cannot know: a step
-        # whose 4 frames all repeated the older action (0.25**4 = 0.4%).
+        # ALE's state can miss the sticky action: act with it until it sticks, then
+        # restore (why and what stays inexact: docs/reliability.md, "exact resume").
         ale.restoreState(saved)
         code = env.unwrapped._action_set[int(last_action)]
         for _ in range(16):
@@ -385,9 +381,7 @@ def _restore_env(env: Any, state: dict[str, Any], last_action: int | None = None
 
 
 def _one_thread() -> None:
-    # Acting is a batch-1 forward: one thread is as fast (0.82 vs 0.87 ms for the
-    # Nature CNN here) and leaves the cores to the learner's OpenMP team.
-    # torch.set_num_threads called in a thread only sets that thread's count.
+    # A batch-1 forward is as fast on one thread, and the cores stay the learner's.
     torch.set_num_threads(1)
 
 

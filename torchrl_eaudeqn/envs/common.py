@@ -52,12 +52,10 @@ def _batched(
     # Workers step on CPU; the batched env moves their output to `device`.
     base = functools.partial(base, torch.device("cpu"))
     if parallel is None:
-        # Worker processes pay off only with spare cores: on 2 cores, 2 Pong envs
-        # ran 249 agent steps/s in a ParallelEnv (IPC) against 368 in a SerialEnv.
+        # Worker processes pay off only with spare cores (IPC costs more than it saves).
         parallel = (os.cpu_count() or 1) > num_envs
     if parallel:
-        # fork starts workers in ~1 s where spawn re-imports torchrl (~7 s here),
-        # but a forked child cannot use a CUDA context created by the parent.
+        # fork starts faster than spawn, but a forked child cannot use the parent's CUDA.
         start = "spawn" if torch.cuda.is_initialized() else "fork"
         batched = ParallelEnv(num_envs, base, device=device, mp_start_method=start)
     else:

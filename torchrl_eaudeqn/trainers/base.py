@@ -320,10 +320,7 @@ class OnlineRLModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
         cfg = self.cfg
-        # One call = ``train_freq`` env steps of credit and at most one gradient
-        # step. With vectorised envs a batch holds ``num_envs`` steps per env
-        # step, so a batch can pay for several calls: the ratio of one gradient
-        # step per ``train_freq`` env steps holds for any ``num_envs``.
+        # Credit of train_freq env steps per call keeps the update ratio for any num_envs.
         self._credit += cfg.train_freq
         self._schedule_lr()
         out = self.collect_and_learn()

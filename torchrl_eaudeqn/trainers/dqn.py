@@ -50,8 +50,7 @@ class EnsembleDQNModule(OnlineRLModule):
         )
         self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
         self.loss_module.make_value_estimator(gamma=cfg.gamma)
-        # fused Adam: the default (foreach) implementation was 8x the dense
-        # step's optimizer time for K=5 on CPU (docs/benchmarks.md).
+        # fused Adam: foreach is several times slower for K members on CPU (docs/benchmarks.md).
         self.optimizer = torch.optim.Adam(
             self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
         )
@@ -192,9 +191,7 @@ class DQNLightningModule(EnsembleDQNModule):
         self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
 
     def _replay_stored(self) -> int:
-        # FrameReplayBuffer's len() scans the whole capacity (13 ms at 1M) and,
-        # once the buffer wraps, stays a few slots below capacity (so with
-        # learning_starts >= buffer_size learning never began); num_stored is O(1).
+        # O(1); FrameReplayBuffer's len() scans the capacity and undercounts once it wraps.
         return self.replay.num_stored
 
     # ------------------------------------------------------------ plumbing
