@@ -197,7 +197,7 @@ def setup_actor(args: argparse.Namespace, tags: dict[str, str], tracking_uri: st
 
     from torchrl_eaudeqn.envs.evaluation import ContinuousTask
     from torchrl_eaudeqn.tasks import resolve_continuous_env
-    from torchrl_eaudeqn.tracking.registry import load_registered
+    from torchrl_eaudeqn.tracking.loading import load_registered
 
     if args.game is not None:
         raise UsageError(f"{args.model} is a SAC actor: give its task with --env, not --game")
@@ -274,12 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             save_video,
         )
         from torchrl_eaudeqn.tracking.describe import describe_tags
-        from torchrl_eaudeqn.tracking.registry import (
-            KIND_TAG,
-            get_version_tags,
-            load_registered,
-            resolve_tracking_uri,
-        )
+        from torchrl_eaudeqn.tracking.loading import get_version_tags, load_registered
+        from torchrl_eaudeqn.tracking.registry import KIND_TAG, resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         tags = get_version_tags(args.model, tracking_uri=tracking_uri)
