@@ -82,7 +82,7 @@ def benchmarks(session: nox.Session) -> None:
 def train(session: nox.Session) -> None:
     """The main job: EauDeQN on Atari, quick preset (~15 min on 2 cores); args are overrides.
 
-    `nox -s train -- --config configs/atari/eaudeqn.yaml game=Pong` runs the paper's settings.
+    `nox -s train -- --config configs/atari/eaudeqn.yaml env=Pong` runs the paper's settings.
     """
     _install(session, "recipes")
     args = _with_config(session.posargs, "configs/atari/quick.yaml")

@@ -60,7 +60,7 @@ def make_module(
         AtariConfig,
         ROOT / "configs" / "atari" / f"{method}.yaml",
         [
-            f"game={game}", f"width={width}", f"env_steps={warm + steps}",
+            f"env={game}", f"width={width}", f"env_steps={warm + steps}",
             f"learning_starts={warm}", f"buffer_size={buffer_size}", "eval_every=0",
             "progress_bar=false", "log_every=1000", f"collector={collector.split('+')[0]}",
             f"overlap={'true' if collector.endswith('+overlap') else 'false'}",
@@ -69,7 +69,7 @@ def make_module(
     )  # fmt: skip
 
     def env_fn(seed: int, num_envs: int, eval: bool):
-        return make_atari_env(cfg.game, seed=seed, num_envs=num_envs)
+        return make_atari_env(cfg.env, seed=seed, num_envs=num_envs)
 
     return DQNLightningModule(cfg, env_fn)
 

@@ -155,7 +155,7 @@ def main() -> None:
             {
                 "method": method,
                 "members": module.cfg.members,
-                "hidden": f"{module.cfg.hidden}x{module.cfg.depth}",
+                "hidden": f"{module.cfg.width}x{module.cfg.depth}",
                 "batch_size": module.cfg.batch_size,
                 "collect_env_steps_per_s": collect_sps,
                 "update_ms": update_s * 1e3,

@@ -1,6 +1,6 @@
 """Train EauDeQN (or PolyPruneQN / DQN) on an Atari game with Lightning and MLflow.
 
-    python recipes/atari_dqn.py --config configs/atari/eaudeqn.yaml game=Breakout width=small
+    python recipes/atari_dqn.py --config configs/atari/eaudeqn.yaml env=Breakout width=small
     python recipes/atari_dqn.py --config configs/atari/quick.yaml          # ~15 min on 2 cores
     python recipes/atari_dqn.py --config configs/atari/quick.yaml --resume last
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def env_fn(seed: int, num_envs: int, eval: bool):
         return make_atari_env(
-            cfg.game,
+            cfg.env,
             seed=seed,
             frame_skip=cfg.frame_skip,
             sticky_actions=cfg.sticky_actions,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         net = module.actor.member_network(0).cpu()
         tags = {
             "method": cfg.method,
-            "game": cfg.game,
+            "env": cfg.env,
             "width": str(cfg.width),
             "seed": cfg.seed,
             "env_steps": module.env_steps,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             suffix = "-compact" if cfg.register_format == "both" else ""
             version = register_network(net, name=cfg.model_name + suffix, compact=True, **common)
         # The summary's evaluate command plays it as the recipe evaluated it.
-        play = ("--game", cfg.game, "--episodes", str(cfg.eval_episodes), "--epsilon",
+        play = ("--game", cfg.env, "--episodes", str(cfg.eval_episodes), "--epsilon",
                 f"{cfg.eval_epsilon:g}", "--max-steps", str(cfg.eval_max_steps))  # fmt: skip
         return Registered(
             f"models:/{version.name}/{version.version}",
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="score_sparsity.png",
-        title=f"{METHODS[cfg.method]} on {cfg.game}",
+        title=f"{METHODS[cfg.method]} on {cfg.env}",
     )
 
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             example_input=torch.zeros(1, *obs),
             tags={
                 "method": cfg.method,
-                "task": cfg.task,
+                "env": cfg.env,
                 "width": cfg.width,
                 "seed": cfg.seed,
                 "eval_return_mean": result["eval/return_mean"],
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_panels=plot,
         run_tags=cfg.tags,
         plot_name="return_sparsity.png",
-        title=f"{METHODS[cfg.method]} on {cfg.task}",
+        title=f"{METHODS[cfg.method]} on {cfg.env}",
     )
 
 

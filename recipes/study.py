@@ -50,7 +50,8 @@ from torchrl_eaudeqn.validation import (  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REGRESSION_JSON = ROOT / "tests/data/regression_cartpole.json"
-#: The seeded regression run: CartPole, 1.5k env steps, K=3, one thread.
+#: The seeded regression run: CartPole, 1.5k env steps, K=3, one thread (written with
+#: the older name task=, which must go on reproducing the stored trace).
 REGRESSION_OVERRIDES = [
     "task=CartPole-v1", "method=eaudeqn", "width=32", "seed=0", "env_steps=1500",
     "learning_starts=300", "target_period=100", "num_members=3", "max_speed=0.02",

@@ -41,7 +41,7 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["game"] == "Breakout" and run.data.params["num_members"] == "3"
+    assert run.data.params["env"] == "Breakout" and run.data.params["num_members"] == "3"
     for key in (
         "td_loss/member_0",
         "sparsity/member_2",
@@ -76,7 +76,7 @@ def test_recipe_trains_logs_checkpoints_resumes_and_registers(tmp_path):
 
     version = client.get_model_version_by_alias("smoke-breakout", "final")
     tags = version.tags
-    assert tags["method"] == "eaudeqn" and tags["game"] == "Breakout" and tags["seed"] == "0"
+    assert tags["method"] == "eaudeqn" and tags["env"] == "Breakout" and tags["seed"] == "0"
     assert 0.0 < float(tags["sparsity_prunable"]) < 1.0 and int(tags["env_steps"]) == 300
     assert tags["torchrl_eaudeqn.format"] == "compact"  # register_format default
     assert int(tags["artifact_bytes"]) > 0 and float(tags["latency_ms_b1"]) > 0

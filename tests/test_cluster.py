@@ -316,7 +316,7 @@ def test_mujoco_cell_argv_is_the_sac_recipes_command_line():
     cell = study.Cell("HalfCheetah-v5", "eaudesac", "narrow", 64, 0, "h.yaml", recipe="mujoco")
     argv = cell.argv("sqlite:///x.db", "e", "ckpt", threads=2, extra=["device=cpu"])
     assert argv == [
-        "--config", "h.yaml", "env=HalfCheetah-v5", "method=eaudesac", "hidden=64", "seed=0",
+        "--config", "h.yaml", "env=HalfCheetah-v5", "method=eaudesac", "width=64", "seed=0",
         "tracking_uri=sqlite:///x.db", "experiment=e", "checkpoint_dir=ckpt",
         "progress_bar=false", "threads=2",
         "run_tags=study.key=HalfCheetah-v5/eaudesac/narrow/seed0,study.width_name=narrow",
@@ -331,9 +331,10 @@ def test_mujoco_cell_argv_is_the_sac_recipes_command_line():
     for c in cells:
         _, cfg = recipe.parse_args(SACConfig, c.argv("sqlite:///x.db", "e", "ckpt"),
                                    default_config=None)  # fmt: skip
-        assert (cfg.env, cfg.method, cfg.hidden, cfg.seed) == (c.task, c.method, c.width, 0)
-        assert cfg.tags[study.KEY_TAG] == c.key and cfg.tags["hidden"] == f"{c.width}x2"
-        assert (cfg.env_steps, cfg.learning_starts, cfg.selection_period) == (10000, 2000, 500)
+        assert (cfg.env, cfg.method, cfg.width, cfg.seed) == (c.task, c.method, c.width, 0)
+        assert cfg.tags[study.KEY_TAG] == c.key
+        assert (cfg.tags["width"], cfg.tags["depth"]) == (str(c.width), "2")
+        assert (cfg.env_steps, cfg.learning_starts, cfg.target_period) == (10000, 2000, 500)
         assert cfg.prune_end <= cfg.env_steps  # PolyPruneSAC reaches 95% inside the budget
 
 
@@ -445,7 +446,7 @@ tasks:
     assert "SIGKILL after the first checkpoint" in log and "resume from" in log
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("atari-tiny").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["game"] == "Breakout"
+    assert run.info.status == "FINISHED" and run.data.params["env"] == "Breakout"
     (r,) = study.collect_runs(uri, "atari-tiny")
     assert (r.key, r.task, r.width, r.env_steps) == (cell.key, "Breakout", 32, 300)
     assert 0.0 < r.final_sparsity < 1.0 and r.random_score == r.random_score  # not NaN

@@ -1,3 +1,4 @@
+import dataclasses
 import pathlib
 
 import pytest
@@ -23,11 +24,11 @@ def test_paper_settings_are_the_defaults_of_the_eaudeqn_config():
 
 
 def test_extends_and_overrides():
-    cfg = load_config(AtariConfig, CONFIGS / "polyprune.yaml", ["game=Breakout", "width=2048"])
+    cfg = load_config(AtariConfig, CONFIGS / "polyprune.yaml", ["env=Breakout", "width=2048"])
     assert cfg.method == "polyprune" and cfg.lr == 6.25e-5 and cfg.width == "2048"
     assert cfg.model_name == "eaudeqn-Breakout-polyprune-2048"
     assert config_diff(cfg, load_config(AtariConfig, CONFIGS / "polyprune.yaml")) == {
-        "game": ("Breakout", "Pong"),
+        "env": ("Breakout", "Pong"),
         "width": ("2048", "medium"),
     }
 
@@ -101,24 +102,87 @@ def test_families_share_the_core_fields_with_the_same_checks(family):
         assert {k: v for k, v in mine[name].items() if k != "doc"} == checks, name
 
 
-@pytest.mark.parametrize(
-    ("family", "task_field", "period_field"),
-    [
-        ("AtariConfig", "game", "target_period"),
-        ("SACConfig", "env", "selection_period"),
-        ("ControlConfig", "task", "target_period"),
-    ],
-)
-def test_one_name_reads_each_familys_task_and_period(family, task_field, period_field):
+FAMILY_ALIASES = [
+    ("AtariConfig", {"game": "env"}, "Breakout"),
+    ("SACConfig", {"selection_period": "target_period", "hidden": "width"}, "Hopper-v5"),
+    ("ControlConfig", {"task": "env"}, "Acrobot-v1"),
+]
+
+
+@pytest.mark.parametrize(("family", "aliases", "task"), FAMILY_ALIASES)
+def test_every_family_names_its_task_period_and_width_the_same(family, aliases, task):
     from torchrl_eaudeqn import config
 
     cls = getattr(config, family)
-    cfg = cls(**{task_field: "Hopper-v5" if family == "SACConfig" else "Acrobot-v1"})
-    assert cfg.task_id == getattr(cfg, task_field) and cfg.period_field == period_field
-    assert cfg.period == getattr(cfg, period_field)
-    assert cfg.tags[task_field] == cfg.task_id
-    with pytest.raises(ConfigError, match=rf"^{period_field}: must be a multiple of train_freq"):
-        cls(**{period_field: 7, "train_freq": 2})
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert {"env", "target_period", "width"} <= names and not names & set(cls.ALIASES)
+    assert cls.ALIASES == aliases
+    cfg = cls(env=task)
+    assert cfg.tags["env"] == task and cfg.tags["width"] == str(cfg.width)
+    with pytest.raises(ConfigError, match=r"^target_period: must be a multiple of train_freq"):
+        cls(target_period=7, train_freq=2)
+
+
+@pytest.mark.parametrize(("family", "aliases", "task"), FAMILY_ALIASES)
+def test_older_names_read_as_the_current_ones_everywhere(family, aliases, task, tmp_path):
+    from torchrl_eaudeqn import config
+    from torchrl_eaudeqn.trainers.recipe import config_fingerprint
+
+    cls = getattr(config, family)
+    values = {"env": task, "target_period": 64, "width": 16}
+    older = {old: values[new] for old, new in aliases.items()}
+    current = cls(**values)
+    rest = {k: v for k, v in values.items() if k not in aliases.values()}
+    # keyword arguments (a checkpoint's stored config), overrides, YAML files (extended)
+    by_kwargs = cls(**rest, **older)
+    assert by_kwargs == current
+    assert load_config(cls, overrides=[f"{k}={v}" for k, v in {**rest, **older}.items()]) == current
+    (tmp_path / "base.yaml").write_text("".join(f"{k}: {v}\n" for k, v in older.items()))
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\n")
+    assert load_config(cls, child, [f"{k}={v}" for k, v in rest.items()]) == current
+    # attribute reads and writes
+    for old, new in aliases.items():
+        assert getattr(current, old) == getattr(current, new)
+    old, new = next(iter(aliases.items()))
+    changed = cls(**values)
+    setattr(changed, old, "Other-v0" if new == "env" else 128)
+    assert getattr(changed, new) == getattr(changed, old) != values[new]
+    # checkpoint directories keep the names they had: same fingerprint either way
+    assert config_fingerprint(by_kwargs) == config_fingerprint(current)
+    with pytest.raises(AttributeError, match="no_such_field"):
+        _ = current.no_such_field
+
+
+@pytest.mark.parametrize(("family", "aliases", "task"), FAMILY_ALIASES)
+def test_an_older_and_a_current_name_together_is_an_error_except_as_an_override(
+    family, aliases, task, tmp_path
+):
+    from torchrl_eaudeqn import config
+
+    cls = getattr(config, family)
+    old, new = next(iter(aliases.items()))
+    value = task if new == "env" else 64
+    with pytest.raises(
+        ConfigError, match=rf"^{old}: the older name of {new}, both given in the arguments"
+    ):
+        cls(**{old: value, new: value})
+    both = tmp_path / "both.yaml"
+    both.write_text(f"{old}: {value}\n{new}: {value}\n")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{old}: the older name of {new}, both given in config file .*both.yaml",
+    ):
+        load_config(cls, both)
+    # a file in one spelling, an override in the other: the override wins
+    one = tmp_path / "one.yaml"
+    one.write_text(f"{old}: {value}\n")
+    other = "Other-v0" if new == "env" else 128
+    assert getattr(load_config(cls, one, [f"{new}={other}"]), new) == other
+    with pytest.raises(
+        ConfigError, match=rf"^{old[:-1]}x: unknown config key .* \(did you mean '{old}'"
+    ):
+        load_config(cls, overrides=[f"{old[:-1]}x=1"])
 
 
 def test_prune_structure_and_keep_checkpoints_are_core_fields_the_builders_use():
@@ -145,4 +209,4 @@ def test_prune_structure_and_keep_checkpoints_are_core_fields_the_builders_use()
     sac_loss = EauDeSACLoss(sac_actor, MaskedEnsembleTwinQ(3, 2, 3, hidden=(8,)))
     scfg = SACConfig(num_members=3, prune_structure="filters")
     sup = build_sac_updater(scfg, sac_loss, torch.optim.Adam(sac_loss.parameters()))
-    assert sup.structure == "filters" and sup.period == scfg.period
+    assert sup.structure == "filters" and sup.period == scfg.target_period

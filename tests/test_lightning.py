@@ -110,7 +110,7 @@ def test_lean_collector_prunes_and_acts_with_the_selected_member():
     net = module._acting_network()
     x = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
     torch.testing.assert_close(net(x), module.actor.member_values(module.actor.selected, x))
-    assert module.epsilon() < 1.0
+    assert module.epsilon_now() == module.epsilon_at() < 1.0
 
 
 @pytest.mark.parametrize("collector", ["lean", "torchrl"])

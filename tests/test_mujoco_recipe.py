@@ -78,7 +78,7 @@ def test_standard_sac_settings_are_the_eaudesac_config():
         (["method=eaudeqn"], "method: expected one of eaudesac"),
         (["hiden=64"], "did you mean 'hidden'"),
         (["target_entropy=high"], "target_entropy: expected auto or a number"),
-        (["selection_period=3", "train_freq=2"], "selection_period: must be a multiple"),
+        (["selection_period=3", "train_freq=2"], "target_period: must be a multiple"),
     ],
 )
 def test_bad_sac_config_values(overrides, message):

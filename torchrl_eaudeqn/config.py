@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import math
 import pathlib
 import re
@@ -67,6 +68,35 @@ def _lr_end_fraction() -> Any:
     )
 
 
+def _rename_aliases(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with the older field names of ``cls`` replaced by the current ones."""
+    for old, new in cls.ALIASES.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(
+                    f"{old}: the older name of {new}, both given in {where}; keep {new}"
+                )
+            data[new] = data.pop(old)
+    return data
+
+
+def _accepts_aliases(cls: type[C]) -> type[C]:
+    """Let the dataclass ``cls`` take its :attr:`RunConfig.ALIASES` as keyword arguments.
+
+    Checkpoints store a config as its field names, so one written before a
+    rename still constructs (``AtariConfig(game="Pong")``).
+    """
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **_rename_aliases(cls, kwargs, "the arguments"))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accepts_aliases
 @dataclass
 class RunConfig:
     """The config core: the fields, checks and names every recipe family shares.
@@ -76,24 +106,26 @@ class RunConfig:
     tracking, checkpoints and compute. A family (:class:`AtariConfig`,
     :class:`SACConfig`, :class:`ControlConfig`) adds its task and network
     fields and sets its own defaults; the checks in ``__post_init__`` and the
-    read-only names (:attr:`members`, :attr:`task_id`, :attr:`period`,
-    :attr:`tags`) are the same for all. Each family names its task field
-    after what it holds (``game``, ``env``, ``task``) and its period after
-    what happens at its end (``target_period``, ``selection_period``);
-    :attr:`task_id` and :attr:`period` read either.
+    read-only names (:attr:`members`, :attr:`tags`) are the same for all.
+    Every family calls its task ``env``, the env steps between target updates
+    (where the members are compared) ``target_period`` and its hidden width
+    ``width``; the names older versions used (:attr:`ALIASES`: Atari's
+    ``game``, the control family's ``task``, SAC's ``selection_period`` and
+    ``hidden``) are read as these everywhere a config comes from: YAML files,
+    overrides, keyword arguments, checkpoints and attribute reads.
 
     Example:
-        >>> cfg = load_config(ControlConfig, overrides=["target_period=500"])
-        >>> isinstance(cfg, RunConfig), cfg.task_id, cfg.period, cfg.period_field
-        (True, 'CartPole-v1', 500, 'target_period')
+        >>> cfg = load_config(ControlConfig, overrides=["task=Acrobot-v1", "target_period=500"])
+        >>> isinstance(cfg, RunConfig), cfg.env, cfg.target_period, cfg.task
+        (True, 'Acrobot-v1', 500, 'Acrobot-v1')
     """
 
     #: The family's adaptive method (``members`` is K for it, 1 for the baselines).
     ADAPTIVE_METHOD: ClassVar[str] = "eaudeqn"
-    #: The field naming the task, and the one naming the selection period (env steps).
-    TASK_FIELD: ClassVar[str] = "task"
-    PERIOD_FIELD: ClassVar[str] = "target_period"
+    #: Older field names, read as the field they map to (``{old: current}``).
+    ALIASES: ClassVar[dict[str, str]] = {}
 
+    env: str = _f("", "the task's id", nonempty=True)
     seed: int = _f(0, "random seed (torch, numpy, env)", min=0, max=SEED_MAX)
     env_steps: int = _f(1_000_000, "env steps in total", min=1)
     # EauDe*: K members at different sparsity levels
@@ -107,6 +139,9 @@ class RunConfig:
         "weights | filters: convolutions lose whole output filters, which the compact "
         "export removes (faster inference; an MLP has none)",
         choices=("weights", "filters"),
+    )
+    target_period: int = _f(
+        8000, "env steps between target updates (the members are compared there)", min=1
     )
     reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
     # PolyPrune baseline
@@ -155,10 +190,10 @@ class RunConfig:
                 f"prune_end: must be greater than prune_start ({self.prune_start}), "
                 f"got {self.prune_end}"
             )
-        if self.period % self.train_freq:
+        if self.target_period % self.train_freq:
             raise ConfigError(
-                f"{self.PERIOD_FIELD}: must be a multiple of train_freq ({self.train_freq}), "
-                f"got {self.period}"
+                f"target_period: must be a multiple of train_freq ({self.train_freq}), "
+                f"got {self.target_period}"
             )
         if any("=" not in item for item in filter(None, self.run_tags.split(","))):
             raise ConfigError(f"run_tags: expected key=value,key=value, got {self.run_tags!r}")
@@ -168,20 +203,15 @@ class RunConfig:
         """Members actually used: K for the adaptive method, 1 for the baselines."""
         return self.num_members if getattr(self, "method", "") == self.ADAPTIVE_METHOD else 1
 
-    @property
-    def task_id(self) -> str:
-        """The task as given (the family's ``game``, ``env`` or ``task`` field)."""
-        return getattr(self, self.TASK_FIELD)
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: an older field name reads its field.
+        current = type(self).ALIASES.get(name)
+        if current is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self, current)
 
-    @property
-    def period(self) -> int:
-        """Env steps between selections (``target_period`` or ``selection_period``)."""
-        return getattr(self, self.PERIOD_FIELD)
-
-    @property
-    def period_field(self) -> str:
-        """The family's name of :attr:`period`."""
-        return self.PERIOD_FIELD
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(type(self).ALIASES.get(name, name), value)
 
     def _tags(self, **base: str) -> dict[str, str]:
         tags = {"method": getattr(self, "method", ""), **base}
@@ -192,26 +222,27 @@ class RunConfig:
 
     @property
     def tags(self) -> dict[str, str]:
-        """MLflow tags of a new run: method, the task, and ``run_tags``."""
-        return self._tags(**{self.TASK_FIELD: self.task_id})
+        """MLflow tags of a new run: method, env, and ``run_tags``."""
+        return self._tags(env=self.env)
 
 
+@_accepts_aliases
 @dataclass
 class AtariConfig(RunConfig):
     """EauDeQN / PolyPruneQN / DQN on Atari; defaults are the paper's settings.
 
     Example:
-        >>> cfg = load_config(AtariConfig, overrides=["game=Breakout", "width=small"])
-        >>> cfg.game, cfg.width, cfg.target_period
+        >>> cfg = load_config(AtariConfig, overrides=["env=Breakout", "width=small"])
+        >>> cfg.env, cfg.width, cfg.target_period
         ('Breakout', 'small', 8000)
     """
 
-    TASK_FIELD: ClassVar[str] = "game"
+    ALIASES: ClassVar[dict[str, str]] = {"game": "env"}
 
     method: str = _f(
         "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
     )
-    game: str = _f("Pong", "ALE game, e.g. Pong or ALE/Pong-v5", nonempty=True)
+    env: str = _like("env", "Pong", "ALE game, e.g. Pong or ALE/Pong-v5 (older name: game)")
     width: str = _f(
         "medium", "hidden width: small (32) | medium (512) | large (2048) | an int", nonempty=True
     )
@@ -228,7 +259,6 @@ class AtariConfig(RunConfig):
     eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
     eps_end: float = _f(0.01, "final epsilon", min=0.0, max=1.0)
     eps_decay_steps: int = _f(250_000, "env steps of linear epsilon decay", min=1)
-    target_period: int = _f(8000, "env steps between target updates", min=1)
     # environment
     sticky_actions: float = _f(0.25, "repeat-action probability", min=0.0, max=1.0)
     frame_skip: int = _f(4, "frames per agent step (max-pooled)", min=1)
@@ -279,18 +309,18 @@ class AtariConfig(RunConfig):
 
     @property
     def tags(self) -> dict[str, str]:
-        """MLflow tags of a new run: method, game, width, and ``run_tags``.
+        """MLflow tags of a new run: method, env, width, and ``run_tags``.
 
         Example:
             >>> AtariConfig(run_tags="study.key=Pong/dqn/small/seed0").tags["study.key"]
             'Pong/dqn/small/seed0'
         """
-        return self._tags(game=self.game, width=str(self.width))
+        return self._tags(env=self.env, width=str(self.width))
 
     @property
     def task_name(self) -> str:
         """The game without its ALE prefix and version (``ALE/Pong-v5`` -> ``Pong``)."""
-        return self.game.split("/")[-1].split("-")[0]
+        return self.env.split("/")[-1].split("-")[0]
 
     @property
     def model_name(self) -> str:
@@ -303,6 +333,7 @@ class AtariConfig(RunConfig):
         return f"{self.task_name}-{self.method}-{self.width}-seed{self.seed}"
 
 
+@_accepts_aliases
 @dataclass
 class SACConfig(RunConfig):
     """EauDeSAC / PolyPruneSAC / dense SAC on a continuous-control task (MuJoCo).
@@ -320,18 +351,20 @@ class SACConfig(RunConfig):
     """
 
     ADAPTIVE_METHOD: ClassVar[str] = "eaudesac"
-    TASK_FIELD: ClassVar[str] = "env"
-    PERIOD_FIELD: ClassVar[str] = "selection_period"
+    ALIASES: ClassVar[dict[str, str]] = {"selection_period": "target_period", "hidden": "width"}
 
     method: str = _f(
         "eaudesac", "eaudesac | polyprune | sac", choices=("eaudesac", "polyprune", "sac")
     )
-    env: str = _f(
-        "HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space", nonempty=True
-    )
+    env: str = _like("env", "HalfCheetah-v5", "Gymnasium id with a continuous (Box) action space")
     # EauDeSAC
     num_members: int = _like("num_members", 5, "K actor and K critic members (eaudesac)")
-    selection_period: int = _f(1000, "env steps between member selections (eaudesac)", min=1)
+    target_period: int = _like(
+        "target_period",
+        1000,
+        "env steps between member selections (eaudesac): the Polyak target then follows the "
+        "selected critic (older name: selection_period)",
+    )
     max_speed: float = _like("max_speed", 0.01, "fastest pruning speed per selection")
     reset_optimizer: bool = _like(
         "reset_optimizer", True, "reset Adam state of the members at each selection"
@@ -346,7 +379,9 @@ class SACConfig(RunConfig):
         "learning_starts", 5000, "uniformly random env steps before learning"
     )
     tau: float = _f(0.005, "Polyak coefficient of the target critic, in (0, 1]")
-    hidden: int = _f(256, "width of every hidden layer (actor and critics)", min=1)
+    width: int = _f(
+        256, "width of every hidden layer, actor and critics (older name: hidden)", min=1
+    )
     depth: int = _f(2, "hidden layers per network", min=1)
     loss_function: str = _like("loss_function", "l2", "critic loss: l2 | smooth_l1 | l1")
     alpha_init: float = _f(1.0, "initial entropy coefficient", min=1e-12)
@@ -391,13 +426,13 @@ class SACConfig(RunConfig):
 
     @property
     def tags(self) -> dict[str, str]:
-        """MLflow tags of a new run: method, env, hidden (``<hidden>x<depth>``), and ``run_tags``.
+        """MLflow tags of a new run: method, env, width, depth, and ``run_tags``.
 
         Example:
             >>> SACConfig(run_tags="study.key=HalfCheetah-v5/sac/narrow/seed0").tags["study.key"]
             'HalfCheetah-v5/sac/narrow/seed0'
         """
-        return self._tags(env=self.env, hidden=f"{self.hidden}x{self.depth}")
+        return self._tags(env=self.env, width=str(self.width), depth=str(self.depth))
 
     @property
     def task_name(self) -> str:
@@ -407,7 +442,7 @@ class SACConfig(RunConfig):
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         """Hidden widths of every MLP (actor and each Q network)."""
-        return (self.hidden,) * self.depth
+        return (self.width,) * self.depth
 
     @property
     def target_entropy_value(self) -> str | float:
@@ -422,13 +457,14 @@ class SACConfig(RunConfig):
     @property
     def run_key(self) -> str:
         """Names the run's checkpoint directory and its default MLflow run name."""
-        return f"{self.env}-{self.method}-{self.hidden}x{self.depth}-seed{self.seed}"
+        return f"{self.env}-{self.method}-{self.width}x{self.depth}-seed{self.seed}"
 
 
 #: MinAtar games, as ``minatar:<game>`` task names take them.
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 
 
+@_accepts_aliases
 @dataclass
 class ControlConfig(RunConfig):
     """EauDeQN / PolyPruneQN / DQN on a small discrete task (classic control or MinAtar).
@@ -438,16 +474,20 @@ class ControlConfig(RunConfig):
     study's configs (``configs/study/``) set them per task.
 
     Example:
-        >>> cfg = load_config(ControlConfig, overrides=["task=Acrobot-v1", "width=32"])
-        >>> cfg.task, cfg.width, cfg.members, cfg.run_key
+        >>> cfg = load_config(ControlConfig, overrides=["env=Acrobot-v1", "width=32"])
+        >>> cfg.env, cfg.width, cfg.members, cfg.run_key
         ('Acrobot-v1', 32, 5, 'Acrobot-v1-eaudeqn-w32-seed0')
     """
+
+    ALIASES: ClassVar[dict[str, str]] = {"task": "env"}
 
     method: str = _f(
         "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")
     )
-    task: str = _f(
-        "CartPole-v1", "Gymnasium id with a Discrete action space, or minatar:<game>", nonempty=True
+    env: str = _like(
+        "env",
+        "CartPole-v1",
+        "Gymnasium id with a Discrete action space, or minatar:<game> (older name: task)",
     )
     width: int = _f(
         128, "hidden width (MLP: both hidden layers; MinAtar CNN: the dense layer)", min=1
@@ -464,7 +504,7 @@ class ControlConfig(RunConfig):
     eps_start: float = _f(1.0, "initial epsilon", min=0.0, max=1.0)
     eps_end: float = _f(0.05, "final epsilon", min=0.0, max=1.0)
     eps_decay_steps: int = _f(10_000, "env steps of linear epsilon decay", min=1)
-    target_period: int = _f(300, "env steps between target updates", min=1)
+    target_period: int = _like("target_period", 300)
     # environment
     max_episode_steps: int = _like(
         "max_episode_steps", 0, "step cap per training episode (0: the task's own)", min=0
@@ -486,18 +526,18 @@ class ControlConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.task.startswith("minatar:") and self.task[8:] not in MINATAR_GAMES:
-            raise ConfigError(f"task: unknown MinAtar game {self.task[8:]!r} ({MINATAR_GAMES})")
+        if self.env.startswith("minatar:") and self.env[8:] not in MINATAR_GAMES:
+            raise ConfigError(f"env: unknown MinAtar game {self.env[8:]!r} ({MINATAR_GAMES})")
 
     @property
     def tags(self) -> dict[str, str]:
-        """MLflow tags of a new run: method, task, width, and ``run_tags``."""
-        return self._tags(task=self.task, width=str(self.width))
+        """MLflow tags of a new run: method, env, width, and ``run_tags``."""
+        return self._tags(env=self.env, width=str(self.width))
 
     @property
     def task_name(self) -> str:
         """The task without its family prefix (``minatar:breakout`` -> ``breakout``)."""
-        return self.task.split(":", 1)[-1]
+        return self.env.split(":", 1)[-1]
 
     @property
     def model_name(self) -> str:
@@ -590,7 +630,9 @@ def _check_keys(data: dict[Any, Any], where: str) -> None:
             raise ConfigError(f"{where}: key {key!r}: expected a config field name (a string)")
 
 
-def _read_yaml(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
+def _read_yaml(
+    path: pathlib.Path, cls: type, seen: tuple[pathlib.Path, ...] = ()
+) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     if path in seen:
@@ -607,11 +649,12 @@ def _read_yaml(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values")
     _check_keys(data, f"config file {path}")
+    _rename_aliases(cls, data, f"config file {path}")
     base = data.pop("extends", None)
     if base is not None:
         if not isinstance(base, str) or not base.strip():
             raise ConfigError(f"config file {path}: extends: expected a file name, got {base!r}")
-        parent = _read_yaml((path.parent / base).resolve(), (*seen, path))
+        parent = _read_yaml((path.parent / base).resolve(), cls, (*seen, path))
         parent.update(data)
         data = parent
     return data
@@ -646,19 +689,19 @@ def load_config(
     source = "defaults"
     if path is not None:
         source = str(path)
-        data.update(_read_yaml(pathlib.Path(path).resolve()))
+        data.update(_read_yaml(pathlib.Path(path).resolve(), cls))
     hints = get_type_hints(cls)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        key = key.strip()
+        key = cls.ALIASES.get(key.strip(), key.strip())  # an override wins in either spelling
         data[key] = value if hints.get(key) is str else _parse_value(value)
         source = f"{source} + overrides"
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(key, [*names, *cls.ALIASES], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: unknown config key in {source}{hint}")
     return cls(**data)

@@ -1,6 +1,6 @@
 """Task names checked against Gymnasium and ALE, without torch or TorchRL.
 
-The recipes check ``game=``/``env=``/``task=`` here before anything heavy is
+The recipes check ``env=`` here before anything heavy is
 imported; :mod:`torchrl_eaudeqn.envs` builds the TorchRL envs and re-exports
 these functions.
 
@@ -115,7 +115,7 @@ def _resolve_game(game: object) -> tuple[str, str]:
     if name.startswith("ALE/"):
         match = re.fullmatch(r"ALE/(\w+)-v(\d+)", name)
         if match is None or match.group(2) != "5":
-            raise ValueError(f"game={game!r}: only ALE v5 ids ('ALE/<Game>-v5') are supported")
+            raise ValueError(f"{game!r}: only ALE v5 ids ('ALE/<Game>-v5') are supported")
         name = match.group(1)
     games = _ale_games()
     key = _norm(name)

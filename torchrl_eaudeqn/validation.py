@@ -366,20 +366,20 @@ def task_spaces(cfg: Any) -> dict[str, Any]:
     package, a few seconds), as the recipes' own env checks do.
 
     Example:
-        >>> task_spaces(ControlConfig(task="CartPole-v1"))
+        >>> task_spaces(ControlConfig(env="CartPole-v1"))
         {'obs_numel': 4, 'obs_itemsize': 4, 'action_numel': 2, 'action_space': 'Discrete'}
     """
     import gymnasium as gym
 
-    minatar = isinstance(cfg, ControlConfig) and cfg.task.startswith("minatar:")
+    minatar = isinstance(cfg, ControlConfig) and cfg.env.startswith("minatar:")
     if minatar:
         env_id = f"MinAtar/{cfg.task_name.title().replace('_', '')}-v1"
     else:
-        env_id = cfg.task_id
+        env_id = cfg.env
     obs, act = _gym_spaces(env_id, minatar)
     if not isinstance(obs, gym.spaces.Box):
         raise ConfigError(
-            f"{cfg.TASK_FIELD}: {env_id!r} has a {type(obs).__name__} observation space; "
+            f"env: {env_id!r} has a {type(obs).__name__} observation space; "
             "the networks read a flat or image Box"
         )
     # MinAtar: bool [10, 10, C] -> float32 [C, 10, 10] (control.make_minatar_env);
@@ -403,24 +403,24 @@ def check_atari(cfg: AtariConfig, *, memory: bool = True) -> None:
     """The Atari recipe's task checks: a known ALE game, the replay within memory.
 
     Raises:
-        ConfigError: one line naming ``game`` or ``buffer_size``.
+        ConfigError: one line naming ``env`` or ``buffer_size``.
     """
     from .tasks import action_space_kind, resolve_atari_game
 
     try:
-        resolve_atari_game(cfg.game)
+        resolve_atari_game(cfg.env)
     except ValueError as err:
         # A continuous-control id is a wrong recipe, not a typo: say which one to use.
         try:
-            continuous = action_space_kind(cfg.game) == "continuous"
+            continuous = action_space_kind(cfg.env) == "continuous"
         except ValueError:
             continuous = False
         if continuous:
             raise ConfigError(
-                f"game: {cfg.game!r} is a continuous-control task: use the SAC recipe "
+                f"env: {cfg.env!r} is a continuous-control task: use the SAC recipe "
                 "(recipes/mujoco_sac.py)"
             ) from None
-        raise _field_error("game", err) from None
+        raise _field_error("env", err) from None
     if memory:
         check_replay_memory(cfg, replay_bytes(cfg))
 
@@ -449,18 +449,18 @@ def check_control(cfg: ControlConfig, *, memory: bool = True) -> None:
     """
     from .tasks import _check_control_id
 
-    if not cfg.task.startswith("minatar:"):
+    if not cfg.env.startswith("minatar:"):
         try:
-            _check_control_id(cfg.task)
+            _check_control_id(cfg.env)
         except ValueError as err:
-            raise _field_error("task", err) from None
+            raise _field_error("env", err) from None
     try:
         spaces = task_spaces(cfg)
     except ImportError as err:
-        raise ConfigError(f"task: {cfg.task!r} needs the minatar package ({err})") from None
+        raise ConfigError(f"env: {cfg.env!r} needs the minatar package ({err})") from None
     if spaces["action_space"] != "Discrete":
         raise ConfigError(
-            f"task: {cfg.task!r} has a {spaces['action_space']} action space; the DQN recipes "
+            f"env: {cfg.env!r} has a {spaces['action_space']} action space; the DQN recipes "
             "need a Discrete one (continuous actions: recipes/mujoco_sac.py)"
         )
     if memory:

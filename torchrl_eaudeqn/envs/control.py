@@ -166,13 +166,13 @@ def make_minatar_env(
 
 
 def make_task_env(cfg: ControlConfig, seed: int, eval: bool = False) -> EnvBase:
-    """The env of ``cfg.task`` (classic control or MinAtar), one-hot actions.
+    """The env of ``cfg.env`` (classic control or MinAtar), one-hot actions.
 
     Example:
-        >>> make_task_env(ControlConfig(task="CartPole-v1"), seed=0).action_spec.shape
+        >>> make_task_env(ControlConfig(env="CartPole-v1"), seed=0).action_spec.shape
         torch.Size([2])
     """
     cap = cfg.eval_max_steps if eval else (cfg.max_episode_steps or None)
-    if cfg.task.startswith("minatar:"):
+    if cfg.env.startswith("minatar:"):
         return make_minatar_env(cfg.task_name, seed=seed, max_episode_steps=cap)
-    return make_control_env(cfg.task, seed=seed, max_episode_steps=cap)
+    return make_control_env(cfg.env, seed=seed, max_episode_steps=cap)

@@ -125,7 +125,7 @@ class EauDeQNLoss(BootstrapLossBase):
         # LossModule warns when a target is read with no updater attached;
         # the updaters flip this flag.
         self._has_update_associated["value_network"] = False
-        self._last_loss_per_member: torch.Tensor | None = None
+        self._last: TensorDict | None = None
 
     def _observation_keys(self) -> list[NestedKey]:
         return list(self.value_network.in_keys)
@@ -182,13 +182,13 @@ class EauDeQNLoss(BootstrapLossBase):
                 weights.sum() if weights is not None else pred[..., 0].numel()
             )
         loss = per_member.sum()
-        self._last_loss_per_member = per_member.detach()
-        return TensorDict({"loss": loss, "loss_per_member": per_member.detach()})
+        self._last = TensorDict({"loss": loss, "loss_per_member": per_member.detach()})
+        return self._last
 
     @property
-    def last_loss_per_member(self) -> torch.Tensor | None:
-        """The detached ``[K]`` member losses of the latest forward call."""
-        return self._last_loss_per_member
+    def last_losses(self) -> TensorDict | None:
+        """The latest forward's output: ``loss`` and the detached ``[K]`` ``loss_per_member``."""
+        return self._last
 
 
 def _is_categorical(actor: MaskedEnsembleQValueActor) -> bool:

@@ -69,9 +69,8 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
     records = []
     for run in finished_runs(tracking_uri, experiment, _HISTORY_KEYS if histories else ()):
         p, m, t = run.params, run.metrics, run.tags
-        # control recipe: task, width, eval/return_mean; Atari recipe: game, width,
-        # eval/score_mean; MuJoCo recipe: env, hidden, eval/return_mean (the selected
-        # actor's sparsity: sparsity/actor_selected).
+        # control recipe: eval/return_mean; Atari recipe: eval/score_mean; MuJoCo
+        # recipe: eval/return_mean and the selected actor's sparsity/actor_selected.
         final = t.get("final_eval_return", m.get("eval/return_mean", m.get("eval/score_mean")))
         if final is None:
             continue
@@ -82,13 +81,15 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
                     return found
             return []
 
-        kind = "control" if "task" in p else "atari" if "game" in p else "mujoco"
-        width = p.get("width") or p["hidden"]
+        # A field only that family has; game / hidden: runs logged before the rename to env / width.
+        atari, mujoco = {"frame_skip", "game"} & p.keys(), {"tau", "hidden"} & p.keys()
+        kind = "atari" if atari else "mujoco" if mujoco else "control"
+        width = p.get("width") or p["hidden"]  # hidden: SAC runs before the rename
         last = m.get("sparsity/member_0", m.get("sparsity/actor_selected", 0.0))
         records.append(
             RunRecord(
                 key=run.key,
-                task=p.get("task") or p.get("game") or p["env"],
+                task=p.get("env") or p.get("task") or p["game"],
                 method=p["method"],
                 width_name=t.get("study.width_name", width),
                 width=int(width),

@@ -55,9 +55,6 @@ RECIPE_METHODS = {
     "atari": ("dqn", "eaudeqn", "polyprune"),
     "mujoco": ("sac", "eaudesac", "polyprune"),
 }
-#: The first flag of each recipe kind: the task's name, and the width's (per hidden layer).
-_TASK_FLAG = {"control": "task", "atari": "game", "mujoco": "env"}
-_WIDTH_FLAG = {"control": "width", "atari": "width", "mujoco": "hidden"}
 #: Method order in tables and figures.
 METHODS = ("dqn", "sac", "eaudeqn", "eaudesac", "polyprune")
 #: The dense baselines: a task's normalisation reference (:func:`task_bounds`).
@@ -76,11 +73,10 @@ METHOD_LABELS = {
 class TaskSpec:
     """One task of a grid: its base config, the widths to run and the recipe kind.
 
-    ``recipe`` is a key of :data:`RECIPES`: ``control`` (``recipes/control_dqn.py``,
-    the task is its ``task=``), ``atari`` (``recipes/atari_dqn.py``, the task is
-    its ``game=``) or ``mujoco`` (``recipes/mujoco_sac.py``, the task is its
-    ``env=`` and the width its ``hidden=``; methods ``sac``, ``eaudesac``,
-    ``polyprune``: :data:`RECIPE_METHODS`).
+    ``recipe`` is a key of :data:`RECIPES`: ``control`` (``recipes/control_dqn.py``),
+    ``atari`` (``recipes/atari_dqn.py``) or ``mujoco`` (``recipes/mujoco_sac.py``;
+    methods ``sac``, ``eaudesac``, ``polyprune``: :data:`RECIPE_METHODS`). Each
+    recipe takes the task as ``env=`` and the width (per hidden layer) as ``width=``.
 
     Example:
         >>> TaskSpec("configs/study/cartpole.yaml", {"narrow": 32}).widths["narrow"]
@@ -152,19 +148,19 @@ class Cell:
     ) -> list[str]:
         """Arguments of the cell's recipe (:data:`RECIPES`).
 
-        The task and the width go to the recipe's own flags (``task``/``game``/
-        ``env``; ``width``/``hidden``). ``extra`` overrides come last (e.g.
-        ``device=cuda`` on a GPU worker). A ``tracking_uri`` with credentials
-        is not written here (any user can read a process's arguments): the
-        recipe gets ``tracking_uri=env:MLFLOW_TRACKING_URI`` and
-        :func:`run_cell` puts the URI in its environment.
+        The task and the width go to the recipe's ``env=`` and ``width=``.
+        ``extra`` overrides come last (e.g. ``device=cuda`` on a GPU worker).
+        A ``tracking_uri`` with credentials is not written here (any user can
+        read a process's arguments): the recipe gets
+        ``tracking_uri=env:MLFLOW_TRACKING_URI`` and :func:`run_cell` puts the
+        URI in its environment.
 
         Example:
             >>> Cell("Pong", "dqn", "small", 32, 0, "a.yaml", recipe="atari").argv("u", "e", "c")[2]
-            'game=Pong'
+            'env=Pong'
             >>> Cell("Hopper-v5", "sac", "narrow", 64, 0, "m.yaml", recipe="mujoco").argv(
             ...     "u", "e", "c")[2:5]
-            ['env=Hopper-v5', 'method=sac', 'hidden=64']
+            ['env=Hopper-v5', 'method=sac', 'width=64']
             >>> [a for a in Cell("T", "dqn", "w", 8, 0, "c.yaml").argv("https://u:p@h", "e", "c")
             ...  if a.startswith("tracking_uri")]
             ['tracking_uri=env:MLFLOW_TRACKING_URI']
@@ -173,9 +169,9 @@ class Cell:
         return [
             "--config",
             self.config,
-            f"{_TASK_FLAG[self.recipe]}={self.task}",
+            f"env={self.task}",
             f"method={self.method}",
-            f"{_WIDTH_FLAG[self.recipe]}={self.width}",
+            f"width={self.width}",
             f"seed={self.seed}",
             *self.overrides,
             f"tracking_uri={uri_arg}",

@@ -332,7 +332,7 @@ def check_registered_names(cfg: Any) -> None:
                 raise
             raise ConfigError(
                 f"register_name: the default name {name!r} "
-                f"(from {cfg.TASK_FIELD}={cfg.task_id!r}) "
+                f"(from env={cfg.env!r}) "
                 f"is not a valid registered-model name ({str(err).split(': ', 1)[1]}); "
                 "set register_name"
             ) from None

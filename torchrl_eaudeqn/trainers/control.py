@@ -58,7 +58,7 @@ class ControlDQNModule(EnsembleDQNModule):
         metrics: where metrics go (an :class:`~torchrl_eaudeqn.lightning.MLflowMetrics`).
 
     Example:
-        >>> cfg = ControlConfig(task="CartPole-v1", num_members=3, width=16, buffer_size=100)
+        >>> cfg = ControlConfig(env="CartPole-v1", num_members=3, width=16, buffer_size=100)
         >>> module = ControlDQNModule(cfg)
         >>> module.actor.num_members, module.n_actions, type(module.updater).__name__
         (3, 2, 'TargetSelectionUpdater')

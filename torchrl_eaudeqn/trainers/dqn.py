@@ -37,7 +37,7 @@ class EnsembleDQNModule(OnlineRLModule):
 
     Example:
         >>> from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
-        >>> module = ControlDQNModule(ControlConfig(task="CartPole-v1", width=8, num_members=3))
+        >>> module = ControlDQNModule(ControlConfig(env="CartPole-v1", width=8, num_members=3))
         >>> isinstance(module, EnsembleDQNModule), module.actor.num_members, module.epsilon_now()
         (True, 3, 1.0)
     """
@@ -148,7 +148,7 @@ class DQNLightningModule(EnsembleDQNModule):
 
     Example:
         >>> from torchrl_eaudeqn.envs import make_atari_env
-        >>> cfg = AtariConfig(game="Pong", width="small", num_members=2, buffer_size=1000)
+        >>> cfg = AtariConfig(env="Pong", width="small", num_members=2, buffer_size=1000)
         >>> module = DQNLightningModule(
         ...     cfg, lambda seed, num_envs, eval: make_atari_env("Pong", seed=seed))
         >>> module.actor.num_members, module.n_actions, type(module.updater).__name__
@@ -205,7 +205,7 @@ class DQNLightningModule(EnsembleDQNModule):
         cfg = self.cfg
         env_fn = functools.partial(
             make_atari_gym_env,
-            cfg.game,
+            cfg.env,
             frame_skip=cfg.frame_skip,
             sticky_actions=cfg.sticky_actions,
             max_episode_steps=cfg.max_episode_steps,
@@ -249,7 +249,7 @@ class DQNLightningModule(EnsembleDQNModule):
             self._acting_nets[k] = cached
         return cached[1]
 
-    def epsilon(self, step: int | None = None) -> float:
+    def epsilon_at(self, step: int | None = None) -> float:
         """Exploration rate at env step ``step`` (default: now); 1 before ``learning_starts``."""
         cfg = self.cfg
         return linear_epsilon(
@@ -284,7 +284,7 @@ class DQNLightningModule(EnsembleDQNModule):
         n, step0 = self.cfg.num_envs, self.env_steps
         self._fast.submit(
             -(-self._credit // n),
-            lambda t: self.epsilon(step0 + t * n),
+            lambda t: self.epsilon_at(step0 + t * n),
             network=self._acting_network(),
         )
         if self._fast.threaded:
@@ -331,7 +331,7 @@ class DQNLightningModule(EnsembleDQNModule):
 
     def epsilon_now(self) -> float:
         if self.cfg.collector == "lean":
-            return self.epsilon()
+            return self.epsilon_at()
         return float(self.explore.eps)
 
     # --------------------------------------------------------- checkpoints

@@ -27,9 +27,9 @@ to register, and hands the rest to :func:`run_recipe`:
 
 Example:
     >>> from torchrl_eaudeqn.config import AtariConfig
-    >>> args, cfg = parse_args(AtariConfig, ["game=Breakout", "width=small"],
+    >>> args, cfg = parse_args(AtariConfig, ["env=Breakout", "width=small"],
     ...                        default_config=None)
-    >>> cfg.game, args.resume, checkpoint_dir(cfg).as_posix()
+    >>> cfg.env, args.resume, checkpoint_dir(cfg).as_posix()
     ('Breakout', None, 'checkpoints/Breakout-eaudeqn-small-seed0-2f26696a')
 """
 
@@ -106,13 +106,17 @@ def config_fingerprint(cfg: Any, resumable: Sequence[str] = RESUMABLE) -> str:
 
     Example:
         >>> from torchrl_eaudeqn.config import AtariConfig
-        >>> a = AtariConfig(game="Breakout")
-        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(game="Breakout", env_steps=5))
+        >>> a = AtariConfig(env="Breakout")
+        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(env="Breakout", env_steps=5))
         True
-        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(game="Breakout", lr=1e-3))
+        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(env="Breakout", lr=1e-3))
         False
+        >>> config_fingerprint(a) == config_fingerprint(AtariConfig(game="Breakout"))
+        True
     """
     skip = {*resumable, "checkpoint_dir"}
+    # A renamed field keeps its older name here, so its runs keep their directories.
+    older = {new: old for old, new in getattr(type(cfg), "ALIASES", {}).items()}
     lines = []
     for f in dataclasses.fields(cfg):
         if f.name in skip:
@@ -120,7 +124,8 @@ def config_fingerprint(cfg: Any, resumable: Sequence[str] = RESUMABLE) -> str:
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if value != default:
-            lines.append(f"{f.name}={json.dumps(value, sort_keys=True, default=str)}")
+            name = older.get(f.name, f.name)
+            lines.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:8]
 
 

@@ -44,7 +44,7 @@ class SACLightningModule(OnlineRLModule):
 
     Example:
         >>> from torchrl_eaudeqn.envs import make_continuous_env
-        >>> cfg = SACConfig(env="Pendulum-v1", num_members=3, hidden=16, buffer_size=1000)
+        >>> cfg = SACConfig(env="Pendulum-v1", num_members=3, width=16, buffer_size=1000)
         >>> module = SACLightningModule(
         ...     cfg, lambda seed, eval: make_continuous_env(cfg.env, seed=seed))
         >>> module.actor.num_members, module.critic.num_members, type(module.updater).__name__

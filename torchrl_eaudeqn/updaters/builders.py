@@ -33,7 +33,7 @@ def build_updater(
     cfg: AtariConfig | ControlConfig, loss: EauDeQNLoss, optimizer: torch.optim.Optimizer
 ) -> TargetSelectionUpdater | PolyPruneUpdater:
     """The config's updater; periods given in env steps become gradient steps."""
-    period = max(1, cfg.period // cfg.train_freq)
+    period = max(1, cfg.target_period // cfg.train_freq)
     if cfg.method == "polyprune":
         return PolyPruneUpdater(
             loss,
@@ -66,7 +66,7 @@ def build_sac_updater(
     """The SAC config's updater; periods given in env steps become gradient steps.
 
     * ``eaudesac``: :class:`~torchrl_eaudeqn.SACTargetSelectionUpdater`, selection
-      every ``selection_period`` env steps, the same speed policy (separate
+      every ``target_period`` env steps, the same speed policy (separate
       objects) for critics and actors;
     * ``polyprune``: :class:`~torchrl_eaudeqn.PolyPruneSACUpdater`, schedule
       counted from the first gradient step;
@@ -79,7 +79,7 @@ def build_sac_updater(
             tau=cfg.tau,
             **_polyprune_schedule(cfg),
         )
-    period = max(1, cfg.period // cfg.train_freq)
+    period = max(1, cfg.target_period // cfg.train_freq)
     if cfg.method == "sac":
         return SACTargetSelectionUpdater(
             loss,

@@ -164,12 +164,12 @@ class TargetSelectionUpdater(_DQNUpdaterBase):
         return self._run_selection()["value"]
 
     def _member_losses(self, losses: TensorDictBase | torch.Tensor | None) -> dict:
-        if isinstance(losses, TensorDictBase):
-            losses = losses.get("loss_per_member")
-        elif losses is None:
-            losses = self.loss_module.last_loss_per_member
+        if losses is None:
+            losses = self.loss_module.last_losses
             if losses is None:
                 raise RuntimeError("step() needs member losses: call the loss module first")
+        if isinstance(losses, TensorDictBase):
+            losses = losses.get("loss_per_member")
         losses = torch.as_tensor(losses).detach()
         if losses.shape != (self.actor.num_members,):
             raise ValueError(
