@@ -67,6 +67,8 @@ from typing import Any
 
 import torch
 
+from ._lazy import moved_names
+
 __all__ = [
     "ABANDONED",
     "LATEST",
@@ -707,10 +709,7 @@ class CheckpointDirLock:
         self.release()
 
 
-def __getattr__(name: str) -> Any:
-    # The Lightning plugin lives with the trainers; this module stays free of Lightning.
-    if name == "AtomicCheckpointIO":
-        from .trainers.checkpoint_io import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The Lightning plugin lives with the trainers; this module stays free of Lightning.
+__getattr__ = moved_names(
+    __name__, "torchrl_eaudeqn.trainers.checkpoint_io", ["AtomicCheckpointIO"]
+)

@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ._lazy import moved_names
+
 __all__ = [
     "EvalStats",
     "Registered",
@@ -606,11 +608,5 @@ _MOVED = (
     "ui_hint",
 )
 
-
-def __getattr__(name: str) -> Any:
-    # These read a finished MLflow run; they live in tracking.summary (which imports this module).
-    if name in _MOVED:
-        from .tracking import summary
-
-        return getattr(summary, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# These read a finished MLflow run; they live in tracking.summary (which imports this module).
+__getattr__ = moved_names(__name__, "torchrl_eaudeqn.tracking.summary", _MOVED)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._lazy import moved_names
 from ..credentials import hide_run_urls, redact_text, redact_uri, resolve_env_uri
 from ..export import Rule, compact_summary, measure_latency_ms, state_size_bytes
 from ..export import compact as compact_module
@@ -613,11 +614,5 @@ _LOADING = (
     "load_registered",
 )
 
-
-def __getattr__(name: str) -> Any:
-    # Loading lives in .loading, which imports this module's MLflow helpers.
-    if name in _LOADING:
-        from . import loading
-
-        return getattr(loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Loading lives in .loading, which imports this module's MLflow helpers.
+__getattr__ = moved_names(__name__, "torchrl_eaudeqn.tracking.loading", _LOADING)

@@ -186,8 +186,8 @@ class DQNLightningModule(EnsembleDQNModule):
             action_encoding="one_hot",
             n_actions=self.n_actions,
         )
-        self._fast: AtariCollector | None = None
-        self._fast_state: dict[str, Any] | None = None
+        self._lean: AtariCollector | None = None
+        self._lean_state: dict[str, Any] | None = None
         self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
 
     def _replay_stored(self) -> int:
@@ -197,11 +197,11 @@ class DQNLightningModule(EnsembleDQNModule):
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
         if self.cfg.collector == "lean":
-            self._start_fast_collector()
+            self._start_lean_collector()
         else:
             self._start_torchrl_collector()
 
-    def _start_fast_collector(self) -> None:
+    def _start_lean_collector(self) -> None:
         cfg = self.cfg
         env_fn = functools.partial(
             make_atari_gym_env,
@@ -210,7 +210,7 @@ class DQNLightningModule(EnsembleDQNModule):
             sticky_actions=cfg.sticky_actions,
             max_episode_steps=cfg.max_episode_steps,
         )
-        self._fast = AtariCollector(
+        self._lean = AtariCollector(
             [env_fn] * cfg.num_envs,
             self._acting_network,
             self.n_actions,
@@ -219,8 +219,8 @@ class DQNLightningModule(EnsembleDQNModule):
             threaded=self.overlap,
             terminal_on_life_loss=cfg.terminal_on_life_loss,
         )
-        if self._fast_state is not None:
-            self._fast.load_state_dict(self._fast_state)
+        if self._lean_state is not None:
+            self._lean.load_state_dict(self._lean_state)
 
     @property
     def overlap(self) -> bool:
@@ -270,32 +270,32 @@ class DQNLightningModule(EnsembleDQNModule):
 
     def _stop_collection(self) -> None:
         super()._stop_collection()
-        if self._fast is not None:
-            self._fast_state = self._fast.state_dict()
-            self._fast.close()
-            self._fast = None
+        if self._lean is not None:
+            self._lean_state = self._lean.state_dict()
+            self._lean.close()
+            self._lean = None
 
     # ------------------------------------------------------------ training
     def _begin_collect(self) -> bool | None:
-        if self._fast is None:
+        if self._lean is None:
             return super()._begin_collect()
         if self._credit <= 0:
             return None
         n, step0 = self.cfg.num_envs, self.env_steps
-        self._fast.submit(
+        self._lean.submit(
             -(-self._credit // n),
             lambda t: self.epsilon_at(step0 + t * n),
             network=self._acting_network(),
         )
-        if self._fast.threaded:
+        if self._lean.threaded:
             # Forward and backward only read the parameters, so the worker
             # acts with them meanwhile; the optimizer writes after the join.
             return True
-        self._store(self._fast.result())  # the new steps are in the replay before sampling
+        self._store(self._lean.result())  # the new steps are in the replay before sampling
         return None
 
     def _finish_collect(self, pending: bool) -> None:
-        self._store(self._fast.result())
+        self._store(self._lean.result())
 
     def _store(self, steps: CollectedSteps) -> None:
         for i in range(steps.action.shape[0]):
@@ -336,8 +336,8 @@ class DQNLightningModule(EnsembleDQNModule):
 
     # --------------------------------------------------------- checkpoints
     def _checkpoint_extras(self) -> dict[str, Any]:
-        fast = self._fast.state_dict() if self._fast is not None else self._fast_state
-        return {} if fast is None else {"collector_rng": fast}
+        lean = self._lean.state_dict() if self._lean is not None else self._lean_state
+        return {} if lean is None else {"collector_rng": lean}
 
     def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
-        self._fast_state = state.get("collector_rng")
+        self._lean_state = state.get("collector_rng")

@@ -116,6 +116,19 @@ class UpdateEvent(dict):
         return float(speeds[j]) > 0
 
 
+def role_view(what: str, role: str, doc: str) -> property:
+    """A read-only property of an updater: one role's ``speed_policy``, ``speeds`` or ``loss_sums``.
+
+    ``loss_sums`` reads a copy (CPU, float64) of the sums kept on the device.
+    """
+    read = {
+        "speed_policy": lambda self: self.speed_policies[role],
+        "speeds": lambda self: self._speeds[role],
+        "loss_sums": lambda self: self._sums[role].value(),
+    }[what]
+    return property(read, doc=doc)
+
+
 class _LossSums:
     """Per-period summed member losses, kept on the losses' device.
 

@@ -22,7 +22,7 @@ from ..sparsity import (
     PolynomialSchedule,
     PruningSpeedPolicy,
 )
-from .common import MaskedUpdater
+from .common import MaskedUpdater, role_view
 
 __all__ = ["PolyPruneUpdater", "TargetSelectionUpdater"]
 
@@ -128,20 +128,11 @@ class TargetSelectionUpdater(_DQNUpdaterBase):
         )
         self.init_()
 
-    @property
-    def speed_policy(self) -> PruningSpeedPolicy:
-        """The pruning-speed policy of the members."""
-        return self.speed_policies["value"]
-
-    @property
-    def speeds(self) -> list[float]:
-        """The members' pruning speeds in the current period."""
-        return self._speeds["value"]
-
-    @property
-    def loss_sums(self) -> torch.Tensor:
-        """Summed member losses of the current period (CPU, float64, a copy)."""
-        return self._sums["value"].value()
+    speed_policy = role_view("speed_policy", "value", "The members' pruning-speed policy.")
+    speeds = role_view("speeds", "value", "The members' pruning speeds in the current period.")
+    loss_sums = role_view(
+        "loss_sums", "value", "Summed member losses of the current period (CPU, float64, a copy)."
+    )
 
     @loss_sums.setter
     def loss_sums(self, value: torch.Tensor) -> None:

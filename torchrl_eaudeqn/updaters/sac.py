@@ -16,7 +16,7 @@ from ..sparsity import (
     PolynomialSchedule,
     PruningSpeedPolicy,
 )
-from .common import MaskedUpdater
+from .common import MaskedUpdater, role_view
 
 __all__ = ["PolyPruneSACUpdater", "SACTargetSelectionUpdater"]
 
@@ -160,35 +160,16 @@ class SACTargetSelectionUpdater(_SACUpdaterBase):
         self.hard_copy_on_selection = hard_copy_on_selection
         self.init_()
 
-    @property
-    def speed_policy(self) -> PruningSpeedPolicy:
-        """The critic's pruning-speed policy."""
-        return self.speed_policies["critic"]
-
-    @property
-    def actor_speed_policy(self) -> PruningSpeedPolicy:
-        """The actor's pruning-speed policy."""
-        return self.speed_policies["actor"]
-
-    @property
-    def critic_speeds(self) -> list[float]:
-        """The critic members' pruning speeds in the current period."""
-        return self._speeds["critic"]
-
-    @property
-    def actor_speeds(self) -> list[float]:
-        """The actor members' pruning speeds in the current period."""
-        return self._speeds["actor"]
-
-    @property
-    def critic_loss_sums(self) -> torch.Tensor:
-        """Summed critic member losses of the current period (CPU, float64, a copy)."""
-        return self._sums["critic"].value()
-
-    @property
-    def actor_loss_sums(self) -> torch.Tensor:
-        """Summed actor member losses of the current period (CPU, float64, a copy)."""
-        return self._sums["actor"].value()
+    speed_policy = role_view("speed_policy", "critic", "The critic's pruning-speed policy.")
+    actor_speed_policy = role_view("speed_policy", "actor", "The actor's pruning-speed policy.")
+    critic_speeds = role_view("speeds", "critic", "The critic members' speeds in the period.")
+    actor_speeds = role_view("speeds", "actor", "The actor members' speeds in the period.")
+    critic_loss_sums = role_view(
+        "loss_sums", "critic", "Summed critic member losses of the period (CPU, float64, a copy)."
+    )
+    actor_loss_sums = role_view(
+        "loss_sums", "actor", "Summed actor member losses of the period (CPU, float64, a copy)."
+    )
 
     def init_(self) -> None:
         """Apply masks, copy the selected critic into the target, build the first members."""
