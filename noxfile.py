@@ -74,6 +74,7 @@ def benchmarks(session: nox.Session) -> None:
         "bench_atari_throughput.py",
         "bench_inference.py",
         "bench_sac_throughput.py",
+        "bench_small_tasks.py",
     ):
         session.run("python", f"benchmarks/{script}", env=ENV)
 
