@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -129,6 +130,34 @@ def test_aliased_member_network_shares_the_ensemble_parameters():
     torch.testing.assert_close(net(x), actor.member_values(1, x))
     assert not torch.allclose(net(x), actor.member_values(0, x))
     assert all(not p.requires_grad for p in net.parameters())
+
+
+def test_acting_network_is_cached_follows_the_selection_and_acts_like_the_ensemble():
+    from tensordict import TensorDict
+
+    actor = MaskedEnsembleQValueActor(mlp(3, 2, hidden=(8,)), 3, action_spec=OneHot(2))
+    with torch.no_grad():
+        for p in actor.params.values(True, True):
+            p.add_(torch.randn_like(p))  # members differ
+    x = torch.randn(5, 3)
+    assert actor.acting_network() is actor.acting_network()  # built once per member
+    for k in range(3):
+        actor.selected = k
+        net = actor.acting_network()
+        assert torch.equal(net(x), actor.member_values(k, x))  # the same arithmetic, bit for bit
+        with torch.no_grad():
+            fast = actor.policy(TensorDict(observation=x, batch_size=[5]))
+        slow = actor.policy(TensorDict(observation=x, batch_size=[5]))  # gradients on: no cache
+        assert slow["action_value"].requires_grad and not fast["action_value"].requires_grad
+        assert torch.equal(fast["action_value"], slow["action_value"].detach())
+        assert torch.equal(fast["action"], slow["action"])
+    # a copy of the ensemble has its own storage: its cached network is rebuilt for it
+    clone = copy.deepcopy(actor)
+    with torch.no_grad():
+        for p in clone.params.values(True, True):
+            p.mul_(-1.0)
+    assert torch.equal(clone.acting_network()(x), clone.member_values(clone.selected, x))
+    assert not torch.equal(clone.acting_network()(x), actor.acting_network()(x))
 
 
 def test_state_dict_with_envs_resumes_bit_for_bit(tmp_path):

@@ -10,6 +10,7 @@ Example:
     0.55
 """
 
-from .atari import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
+from ..modules.ensemble import aliased_member_network
+from .atari import AtariCollector, CollectedSteps, linear_epsilon
 
 __all__ = ["AtariCollector", "CollectedSteps", "aliased_member_network", "linear_epsilon"]

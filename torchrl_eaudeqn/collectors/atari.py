@@ -383,20 +383,3 @@ def _restore_env(env: Any, state: dict[str, Any], last_action: int | None = None
 def _one_thread() -> None:
     # A batch-1 forward is as fast on one thread, and the cores stay the learner's.
     torch.set_num_threads(1)
-
-
-def aliased_member_network(ensemble: Any, k: int) -> nn.Module:
-    """A plain copy of the ensemble's template whose parameters alias member ``k``.
-
-    Nothing is copied: the optimizer's in-place updates and the masks show
-    through. Used by the acting thread so that it never touches the shared
-    template (``to_module`` on it is not thread-safe).
-    """
-    import copy
-
-    net = copy.deepcopy(ensemble.template)
-    for name, p in ensemble.flat_params().items():
-        *path, leaf = name.split(".")
-        mod = net.get_submodule(".".join(path)) if path else net
-        mod._parameters[leaf] = nn.Parameter(p[k].detach(), requires_grad=False)
-    return net.eval()

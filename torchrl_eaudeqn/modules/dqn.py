@@ -329,7 +329,11 @@ class SelectedMemberPolicy(TensorDictModuleBase):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         inputs = [tensordict.get(key) for key in self.in_keys]
-        q = self.actor.member_values(self.actor.selected, *inputs)
+        if torch.is_grad_enabled():
+            q = self.actor.member_values(self.actor.selected, *inputs)
+        else:  # acting (collectors run without gradients): the cached plain module
+            q = self.actor.acting_network()(*inputs)
+            self.actor._check_output(q.unsqueeze(0))
         tensordict.set("action_value", q)
         self.actor._act(tensordict, q.detach())
         return tensordict

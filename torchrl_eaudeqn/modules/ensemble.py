@@ -33,6 +33,7 @@ from ..sparsity import (
 
 __all__ = [
     "MaskedEnsemble",
+    "aliased_member_network",
     "check_num_members",
     "prune_member_to",
     "rebuild_members",
@@ -194,10 +195,47 @@ class MaskedEnsemble(TensorDictModuleBase):
             return tuple(torch.stack(o) for o in zip(*outs, strict=True))
         return torch.stack(outs)
 
+    def acting_network(self, k: int | None = None) -> nn.Module:
+        """Member ``k`` (default: the selected one) as a plain module aliasing its parameters.
+
+        :func:`aliased_member_network`, cached while the parameters stay where
+        they are: a batch-1 forward through it skips the ``unbind`` and
+        ``to_module`` swap of :meth:`member_call`, most of an acting step's cost
+        on small networks. No gradients flow through it.
+        """
+        k = self.selected if k is None else k
+        ptr = next(iter(self.params.values(True, True))).data_ptr()
+        cache = self.__dict__.setdefault("_acting_cache", {})
+        cached = cache.get(k)
+        if cached is None or cached[0] != ptr:
+            cached = cache[k] = (ptr, aliased_member_network(self, k))
+        return cached[1]
+
     def member_call(self, k: int, *inputs: torch.Tensor, detach: bool = False) -> Any:
         """Member ``k`` alone; ``detach=True`` blocks gradients to its parameters."""
         params = self.params.unbind(0)[k]
         return self._call(params.detach() if detach else params, *inputs)
+
+
+def aliased_member_network(ensemble: MaskedEnsemble, k: int) -> nn.Module:
+    """A plain copy of the ensemble's template whose parameters alias member ``k``.
+
+    Nothing is copied: the optimizer's in-place updates and the masks show
+    through. Acting threads use it so that they never touch the shared
+    template (``to_module`` on it is not thread-safe).
+
+    Example:
+        >>> ens = MaskedEnsemble(nn.Linear(3, 2), 2)
+        >>> net = aliased_member_network(ens, 1)
+        >>> net.weight.data_ptr() == ens.flat_params()["weight"][1].data_ptr()
+        True
+    """
+    net = copy.deepcopy(ensemble.template)
+    for name, p in ensemble.flat_params().items():
+        *path, leaf = name.split(".")
+        mod = net.get_submodule(".".join(path)) if path else net
+        mod._parameters[leaf] = nn.Parameter(p[k].detach(), requires_grad=False)
+    return net.eval()
 
 
 def _sync_selected(module: MaskedEnsemble, incompatible_keys: object) -> None:

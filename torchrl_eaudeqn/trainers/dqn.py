@@ -13,7 +13,7 @@ from tensordict.nn import TensorDictSequential
 from torchrl.envs import EnvBase, ExplorationType
 from torchrl.modules import EGreedyModule
 
-from ..collectors import AtariCollector, CollectedSteps, aliased_member_network, linear_epsilon
+from ..collectors import AtariCollector, CollectedSteps, linear_epsilon
 from ..config import AtariConfig
 from ..data.replay import FrameReplayBuffer
 from ..envs import make_atari_gym_env
@@ -188,7 +188,6 @@ class DQNLightningModule(EnsembleDQNModule):
         )
         self._lean: AtariCollector | None = None
         self._lean_state: dict[str, Any] | None = None
-        self._acting_nets: dict[int, tuple[int, torch.nn.Module]] = {}
 
     def _replay_stored(self) -> int:
         # O(1); FrameReplayBuffer's len() scans the capacity and undercounts once it wraps.
@@ -241,13 +240,7 @@ class DQNLightningModule(EnsembleDQNModule):
 
     def _acting_network(self) -> torch.nn.Module:
         """The selected member as a plain module aliasing its parameters (cached)."""
-        k = self.actor.selected
-        ptr = next(iter(self.actor.params.values(True, True))).data_ptr()
-        cached = self._acting_nets.get(k)
-        if cached is None or cached[0] != ptr:
-            cached = (ptr, aliased_member_network(self.actor, k))
-            self._acting_nets[k] = cached
-        return cached[1]
+        return self.actor.acting_network()
 
     def epsilon_at(self, step: int | None = None) -> float:
         """Exploration rate at env step ``step`` (default: now); 1 before ``learning_starts``."""
