@@ -121,6 +121,7 @@ def test_bad_input_stops_before_work(tmp_path, override, message):
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # 50-55 s on 2 cores: a second Atari training run only to be refused
 def test_resume_rejects_checkpoint_of_another_config(tmp_path):
     first = _run(_tiny(tmp_path, 120), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
