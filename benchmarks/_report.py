@@ -1,4 +1,4 @@
-"""What the throughput benchmarks share: machine facts for the JSON, the docs table section."""
+"""What the throughput benchmarks share: machine facts, the docs table section, a bare fit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from typing import Any
 import torch
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def fit(module: Any, callbacks: list[Any]) -> None:
+    """Train ``module`` on the CPU with Lightning and nothing else (no logger, bar, checkpoints)."""
+    import lightning as L
+
+    L.Trainer(
+        max_epochs=-1, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    ).fit(module)  # fmt: skip
 
 
 def machine_info() -> dict[str, Any]:

@@ -43,7 +43,7 @@ os.environ.setdefault("RL_WARNINGS", "False")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from _report import machine_info, write_docs_section  # noqa: E402
+from _report import fit, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import AtariConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.envs import make_atari_env  # noqa: E402
@@ -154,13 +154,7 @@ class Interleaved(L.Callback):
 
 def run(module: DQNLightningModule, segment: int, reps: int) -> dict:
     clock = Interleaved(segment, reps)
-    trainer = L.Trainer(
-        max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-        callbacks=[TargetSelectionCallback(module.updater), clock],
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module)
+    fit(module, [TargetSelectionCallback(module.updater), clock])
     if len(clock.segments) < 1:
         raise SystemExit("no complete segment: raise --steps or lower --segment")
     return clock.summary(module.cfg.train_freq)

@@ -36,7 +36,7 @@ os.environ.setdefault("RL_WARNINGS", "False")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from _report import machine_info, write_docs_section  # noqa: E402
+from _report import fit, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import SACConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.envs import make_continuous_env  # noqa: E402
@@ -111,13 +111,7 @@ def time_pipeline(module: SACLightningModule) -> tuple[float, float]:
                 marks.setdefault("learn_start", now)
                 marks["learn_end"] = now
 
-    trainer = L.Trainer(
-        max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-        callbacks=[TargetSelectionCallback(module.updater), Clock()],
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module)
+    fit(module, [TargetSelectionCallback(module.updater), Clock()])
 
     def rate(a: str, b: str) -> float:
         (t0, s0), (t1, s1) = marks[a], marks[b]

@@ -41,7 +41,7 @@ import gymnasium as gym  # noqa: E402
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _report import machine_info, write_docs_section  # noqa: E402
+from _report import fit, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import ControlConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.modules.dqn import minatar_cnn, mlp  # noqa: E402
@@ -85,13 +85,7 @@ def recipe_rate(cfg: ControlConfig) -> float:
     L.seed_everything(cfg.seed, verbose=False)
     module = ControlDQNModule(cfg)
     clock = _Clock()
-    trainer = L.Trainer(
-        max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-        callbacks=[TargetSelectionCallback(module.updater), clock],
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module)
+    fit(module, [TargetSelectionCallback(module.updater), clock])
     (t0, s0), (t1, s1) = clock.start, clock.end
     return (s1 - s0) / (t1 - t0)
 
