@@ -96,7 +96,6 @@ def _accepts_aliases(cls: type[C]) -> type[C]:
     return cls
 
 
-@_accepts_aliases
 @dataclass
 class RunConfig:
     """The config core: the fields, checks and names every recipe family shares.
