@@ -8,8 +8,9 @@
         --tracking-uri http://mlflow-host:5000 --cpus-per-run 1
     # aggregate (rliable IQM/mean with 95% stratified bootstrap CIs), tables, figures
     python recipes/study.py report --grid configs/study/default.yaml
-    # the seeded regression reference (tests/data/regression_cartpole.json)
-    python recipes/study.py regression --write
+    # the seeded regression references (tests/data/regression_cartpole*.json), both collectors
+    python recipes/study.py regression --write --collector lean
+    python recipes/study.py regression --write --collector torchrl
 
 Every run is one recipe process (`recipes/control_dqn.py`; a grid's `recipe:`
 picks `recipes/atari_dqn.py` or `recipes/mujoco_sac.py`) with one torch thread,
@@ -49,14 +50,21 @@ from torchrl_eaudeqn.validation import (  # noqa: E402
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REGRESSION_JSON = ROOT / "tests/data/regression_cartpole.json"
-#: The seeded regression run: CartPole, 1.5k env steps, K=3, one thread (written with
-#: the older name task=, which must go on reproducing the stored trace).
+#: The seeded regression runs: CartPole, 1.5k env steps, K=3, one thread (written with
+#: the older name task=, which must go on reproducing the stored trace), once per
+#: collection path; the TorchRL path's trace predates the lean one and is unchanged.
 REGRESSION_OVERRIDES = [
     "task=CartPole-v1", "method=eaudeqn", "width=32", "seed=0", "env_steps=1500",
     "learning_starts=300", "target_period=100", "num_members=3", "max_speed=0.02",
     "batch_size=32", "eval_episodes=1", "eval_random_baseline=false", "progress_bar=false",
 ]  # fmt: skip
+REGRESSION_RUNS = {
+    "lean": (ROOT / "tests/data/regression_cartpole_lean.json", [*REGRESSION_OVERRIDES]),
+    "torchrl": (
+        ROOT / "tests/data/regression_cartpole.json",
+        [*REGRESSION_OVERRIDES, "collector=torchrl"],
+    ),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     reg = sub.add_parser("regression")
     reg.add_argument("--write", action="store_true", help="(re)write the reference JSON")
+    reg.add_argument("--collector", default="lean", choices=sorted(REGRESSION_RUNS))
     return p.parse_args(argv)
 
 
@@ -396,20 +405,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- regression
-def regression_run() -> dict:
+def regression_run(collector: str = "lean") -> dict:
     from torchrl_eaudeqn.config import load_config
     from torchrl_eaudeqn.control import ControlConfig, regression_trace
 
-    return regression_trace(load_config(ControlConfig, overrides=REGRESSION_OVERRIDES))
+    overrides = REGRESSION_RUNS[collector][1]
+    return regression_trace(load_config(ControlConfig, overrides=overrides))
 
 
 def cmd_regression(args: argparse.Namespace) -> int:
-    trace = regression_run()
+    trace = regression_run(args.collector)
     if args.write:
-        REGRESSION_JSON.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"overrides": REGRESSION_OVERRIDES, **trace}
-        REGRESSION_JSON.write_text(json.dumps(payload, indent=1) + "\n")
-        print(f"wrote {REGRESSION_JSON}")
+        path, overrides = REGRESSION_RUNS[args.collector]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"overrides": overrides, **trace}, indent=1) + "\n")
+        print(f"wrote {path}")
     else:
         print(json.dumps(trace, indent=1))
     return 0

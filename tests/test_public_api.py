@@ -25,6 +25,7 @@ TOP_LEVEL = {
     "collectors": [
         "AtariCollector",
         "CollectedSteps",
+        "ControlCollector",
         "linear_epsilon",
     ],
     "envs": [
@@ -61,6 +62,9 @@ TOP_LEVEL = {
     ],
     "replay": [
         "FrameReplayBuffer",
+    ],
+    "data": [
+        "TransitionReplay",
     ],
     "sac": [
         "EauDeSACLoss",

@@ -272,15 +272,18 @@ def test_report_reads_a_mujoco_grid(tmp_path):
 
 
 # --------------------------------------------------------------------------- regression
-def test_seeded_regression_reference():
-    """A seeded CPU run reproduces the stored losses, selections and sparsities.
+@pytest.mark.parametrize("collector", ["lean", "torchrl"])
+def test_seeded_regression_reference(collector):
+    """A seeded CPU run reproduces the stored losses, selections and sparsities, on both paths.
 
-    Regenerate after an intended change with ``python recipes/study.py regression --write``.
+    Regenerate after an intended change with
+    ``python recipes/study.py regression --write --collector <lean|torchrl>``.
     """
-    ref = json.loads((ROOT / "tests/data/regression_cartpole.json").read_text())
     recipe = _load_recipe()
-    assert ref["overrides"] == recipe.REGRESSION_OVERRIDES
-    trace = recipe.regression_run()
+    path, overrides = recipe.REGRESSION_RUNS[collector]
+    ref = json.loads(path.read_text())
+    assert ref["overrides"] == overrides
+    trace = recipe.regression_run(collector)
     assert trace["env_steps"] == ref["env_steps"]
     assert len(trace["updates"]) == len(ref["updates"])
     for got, want in zip(trace["updates"], ref["updates"], strict=True):

@@ -144,9 +144,9 @@ def test_own_control_checkpoint_loads_weights_only_and_resumes(tmp_path, capsys,
 
 
 # ---------------------------------------------------------------- replay directories
-def _control_module(tmp_path, **over) -> ControlDQNModule:
+def _control_module(tmp_path, collector="torchrl", **over) -> ControlDQNModule:
     cfg = load_config(ControlConfig, overrides=[*CONTROL, "buffer_size=50", "batch_size=4"])
-    return ControlDQNModule(dataclasses.replace(cfg, **over))
+    return ControlDQNModule(dataclasses.replace(cfg, collector=collector, **over))
 
 
 def _filled(module: ControlDQNModule, n: int = 30) -> ControlDQNModule:
@@ -186,14 +186,38 @@ def test_torchrl_replay_round_trip_is_checksummed_and_pickle_free(tmp_path):
     )
 
 
-def test_crafted_torchrl_replay_is_refused(tmp_path):
+def test_lean_replay_round_trip_is_checksummed_and_pickle_free(tmp_path):
+    a = _control_module(tmp_path, "lean")
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(70, 4, generator=g).numpy()  # wraps the 50-slot buffer
+    a.replay.extend(obs[:-1], np.arange(69) % 2, np.ones(69), obs[1:], np.zeros(69, bool))
+    path = tmp_path / "run" / "step000000000069.replay"
+    a.save_replay(path)
+    assert sorted(p.name for p in path.iterdir()) == [MANIFEST, "replay.pt"]
+    verify_dir(path)
+    b = _control_module(tmp_path, "lean")
+    b.load_replay(path)
+    assert len(b.replay) == 50
+    sa, sb = a.replay.state_dict(), b.replay.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in ("observation", "action", "next_observation"))
+    torch.manual_seed(3)
+    first = a.replay.sample(8)
+    torch.manual_seed(3)
+    second = b.replay.sample(8)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # same draws, same rows
+    with pytest.raises(CheckpointError, match="does not load into this run's buffer"):
+        _control_module(tmp_path, "lean", buffer_size=60).load_replay(path)
+
+
+@pytest.mark.parametrize("collector", ["torchrl", "lean"])
+def test_crafted_torchrl_replay_is_refused(tmp_path, collector):
     marker = tmp_path / "PWNED"
     path = tmp_path / "step1.replay"
     data = _pickled({"_storage": Payload(marker)})
     assert _payload_runs(data, marker, tmp_path)
     write_dir_atomic(path, lambda tmp: (tmp / "replay.pt").write_bytes(data))  # valid manifest
     with pytest.raises(CheckpointError) as err:
-        _control_module(tmp_path).load_replay(path)
+        _control_module(tmp_path, collector).load_replay(path)
     assert "eval unpickled" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
 

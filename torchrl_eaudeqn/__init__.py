@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AtariCollector": "collectors",
     "CollectedSteps": "collectors",
+    "ControlCollector": "collectors",
     "linear_epsilon": "collectors",
     "atari_game_ids": "envs",
     "make_atari_env": "envs",
@@ -48,6 +49,7 @@ _EXPORTS = {
     "nature_cnn": "modules",
     "EauDeQNLoss": "objectives",
     "FrameReplayBuffer": "data",
+    "TransitionReplay": "data",
     "EauDeSACLoss": "objectives",
     "MaskedEnsembleTanhGaussianActor": "modules",
     "MaskedEnsembleTwinQ": "modules",
@@ -75,6 +77,7 @@ __all__ = [
     "CollectedSteps",
     "CompactConv2d",
     "CompactLinear",
+    "ControlCollector",
     "EauDeQNLoss",
     "EauDeSACLoss",
     "FrameReplayBuffer",
@@ -92,6 +95,7 @@ __all__ = [
     "ScaleObservation",
     "SelectedMemberPolicy",
     "TanhDeterministicPolicy",
+    "TransitionReplay",
     "TargetSelectionUpdater",
     "TwinQNetwork",
     "UpdateEvent",
@@ -122,8 +126,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
-    from .collectors import AtariCollector, CollectedSteps, linear_epsilon
-    from .data import FrameReplayBuffer
+    from .collectors import AtariCollector, CollectedSteps, ControlCollector, linear_epsilon
+    from .data import FrameReplayBuffer, TransitionReplay
     from .envs import (
         atari_game_ids,
         make_atari_env,

@@ -508,6 +508,12 @@ class ControlConfig(RunConfig):
     max_episode_steps: int = _like(
         "max_episode_steps", 0, "step cap per training episode (0: the task's own)", min=0
     )
+    collector: str = _f(
+        "lean",
+        "lean (ControlCollector and TransitionReplay: Gymnasium env, plain network, tensors) | "
+        "torchrl (TorchRL Collector, transforms and ReplayBuffer)",
+        choices=("lean", "torchrl"),
+    )
     # evaluation
     eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)
     eval_random_baseline: bool = _like("eval_random_baseline", True)

@@ -1,8 +1,9 @@
-"""Collectors: the lean Atari collector (Gymnasium env, worker thread) and the epsilon schedule.
+"""Collectors: the lean Atari and small-task collectors (Gymnasium env, plain network) and the epsilon schedule.
 
-The SAC and control recipes collect with TorchRL's own ``Collector``;
-:class:`AtariCollector` exists for speed on the Atari hot path (no
-TensorDict per step, acting overlapped with the learner's step).
+The SAC recipe collects with TorchRL's own ``Collector`` (as the Atari and
+control recipes do with ``collector=torchrl``); :class:`AtariCollector` and
+:class:`ControlCollector` exist for speed on the DQN hot paths (no
+TensorDict per step; Atari's acting overlaps the learner's step).
 
 Example:
     >>> from torchrl_eaudeqn.collectors import linear_epsilon
@@ -11,6 +12,15 @@ Example:
 """
 
 from ..modules.ensemble import aliased_member_network
-from .atari import AtariCollector, CollectedSteps, linear_epsilon
+from .atari import AtariCollector
+from .common import BackgroundCollection, CollectedSteps, linear_epsilon
+from .control import ControlCollector
 
-__all__ = ["AtariCollector", "CollectedSteps", "aliased_member_network", "linear_epsilon"]
+__all__ = [
+    "AtariCollector",
+    "BackgroundCollection",
+    "CollectedSteps",
+    "ControlCollector",
+    "aliased_member_network",
+    "linear_epsilon",
+]

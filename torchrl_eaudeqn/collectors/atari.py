@@ -28,8 +28,6 @@ The epsilon schedule is a pure function of the env step
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,57 +35,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .common import (
+    BackgroundCollection,
+    CollectedSteps,
+    greedy_actions,
+    linear_epsilon,
+    rng_state,
+    set_rng_state,
+)
+
 __all__ = ["AtariCollector", "CollectedSteps", "linear_epsilon"]
 
 
-def linear_epsilon(step: int, *, start: float, end: float, decay_steps: int, warmup: int) -> float:
-    """Dopamine's linearly decaying epsilon: ``start`` until ``warmup``, then to ``end``.
-
-    Args:
-        step: env steps taken so far.
-        start: epsilon during the warm-up and at its end.
-        end: final epsilon, reached ``decay_steps`` after ``warmup``.
-        decay_steps: length of the linear decay (>= 1).
-        warmup: env steps of uniformly random acting before the decay starts.
-
-    Example:
-        >>> eps = lambda s: linear_epsilon(s, start=1.0, end=0.1, decay_steps=10, warmup=5)
-        >>> [round(eps(s), 6) for s in (0, 5, 10, 20)]
-        [1.0, 1.0, 0.55, 0.1]
-    """
-    if step < warmup:
-        return 1.0
-    frac = min(1.0, (step - warmup) / max(1, decay_steps))
-    return start + frac * (end - start)
-
-
-@dataclasses.dataclass
-class CollectedSteps:
-    """Transitions of one :meth:`AtariCollector.collect` call, ``[num_envs, T]`` each.
-
-    ``observation``/``next_observation`` are uint8 stacks ``[N, T, stack, 84, 84]``;
-    ``reward`` is the learning reward (clipped when asked), ``score_reward`` the raw
-    game reward. ``terminated`` is the learning terminal: the game's end, and
-    also a lost life when the collector was built with ``terminal_on_life_loss``
-    (the game goes on). ``episodes`` lists ``(env, score, length)`` of whole
-    games that ended.
-    """
-
-    observation: np.ndarray
-    action: np.ndarray
-    reward: np.ndarray
-    score_reward: np.ndarray
-    next_observation: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    episodes: list[tuple[int, float, int]]
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.action.size)
-
-
-class AtariCollector:
+class AtariCollector(BackgroundCollection):
     """Epsilon-greedy collection on Gymnasium Atari envs, optionally in a worker thread.
 
     Args:
@@ -147,19 +107,7 @@ class AtariCollector:
         self._seed = seed
         self._score = np.zeros(n, np.float64)
         self._length = np.zeros(n, np.int64)
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="atari-collector", initializer=_one_thread
-            )
-            if threaded
-            else None
-        )
-        self._future: concurrent.futures.Future | None = None
-
-    @property
-    def threaded(self) -> bool:
-        """Whether :meth:`submit` runs the collection in the worker thread."""
-        return self._pool is not None
+        self._start_worker(threaded, "atari-collector")
 
     @property
     def num_envs(self) -> int:
@@ -190,10 +138,7 @@ class AtariCollector:
         greedy = np.flatnonzero(~explore)
         if greedy.size:
             # Q-values only where they are used: early in training most steps explore.
-            obs = torch.from_numpy(self._stacks[greedy]).to(self.device)
-            with torch.inference_mode():
-                q = network(obs)
-            actions[greedy] = q.argmax(-1).cpu().numpy()
+            actions[greedy] = greedy_actions(network, self._stacks[greedy], self.device)
         return actions
 
     def collect(
@@ -248,41 +193,9 @@ class AtariCollector:
                     self._reset(i)
         return CollectedSteps(obs, action, reward, score, nxt, term, trunc, episodes)
 
-    # ------------------------------------------------------------ threading
-    def submit(
-        self,
-        steps_per_env: int,
-        epsilon: float | Callable[[int], float],
-        network: nn.Module | None = None,
-    ) -> None:
-        """Start :meth:`collect` in the worker thread; :meth:`result` waits for it.
-
-        Pass ``network`` (looked up in the calling thread) when ``q_network()``
-        must not run in the worker.
-        """
-        if self._future is not None:
-            raise RuntimeError("a collection is already running; call result() first")
-        if self._pool is None:
-            self._future = concurrent.futures.Future()
-            self._future.set_result(self.collect(steps_per_env, epsilon, network))
-        else:
-            self._future = self._pool.submit(self.collect, steps_per_env, epsilon, network)
-
-    def result(self) -> CollectedSteps:
-        """Wait for the running collection and return its steps (re-raises its errors)."""
-        if self._future is None:
-            raise RuntimeError("no collection is running; call submit() first")
-        future, self._future = self._future, None
-        return future.result()
-
     def close(self) -> None:
         """Wait for a running collection, stop the worker and close the envs."""
-        if self._future is not None:
-            self._future.exception()
-            self._future = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._stop_worker()
         for env in self.envs:
             env.close()
         self.envs = []
@@ -298,13 +211,7 @@ class AtariCollector:
         transitions as the one it was taken from. Values are tensors and plain
         numbers, so the dict loads with ``torch.load(weights_only=True)``.
         """
-        rng = self.rng.bit_generator.state
-        state: dict[str, Any] = {
-            "bit_generator": rng["bit_generator"],
-            "state": dict(rng["state"]),
-            "has_uint32": rng["has_uint32"],
-            "uinteger": rng["uinteger"],
-        }
+        state: dict[str, Any] = rng_state(self.rng)
         if include_envs and self._stacks is not None:
             state["envs"] = [_env_state(env) for env in self.envs]
             state["stacks"] = torch.from_numpy(self._stacks.copy())
@@ -315,12 +222,7 @@ class AtariCollector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; without its env part the envs start fresh."""
-        self.rng.bit_generator.state = {
-            "bit_generator": state["bit_generator"],
-            "state": dict(state["state"]),
-            "has_uint32": int(state["has_uint32"]),
-            "uinteger": int(state["uinteger"]),
-        }
+        set_rng_state(self.rng, state)
         envs = state.get("envs")
         if envs is None:
             return
@@ -378,8 +280,3 @@ def _restore_env(env: Any, state: dict[str, Any], last_action: int | None = None
                 buf[...] = saved.numpy()
             w.lives = state["lives"]
             w.game_over = state["game_over"]
-
-
-def _one_thread() -> None:
-    # A batch-1 forward is as fast on one thread, and the cores stay the learner's.
-    torch.set_num_threads(1)

@@ -1,13 +1,18 @@
-"""Replay: :class:`FrameReplayBuffer` stores each Atari frame once and rebuilds stacks on sampling.
+"""Replay buffers written for speed or memory where TorchRL's own cost too much.
 
-The SAC and control recipes use TorchRL's ``ReplayBuffer`` directly.
+:class:`FrameReplayBuffer` stores each Atari frame once and rebuilds stacks
+on sampling; :class:`TransitionReplay` holds the small tasks' flat
+transitions as preallocated tensors (the control recipe's lean path). The SAC
+recipe, and the control recipe with ``collector=torchrl``, use TorchRL's
+``ReplayBuffer`` directly.
 
 Example:
-    >>> from torchrl_eaudeqn.data import FrameReplayBuffer
-    >>> FrameReplayBuffer(capacity=100, frame_shape=(84, 84)).capacity
-    100
+    >>> from torchrl_eaudeqn.data import FrameReplayBuffer, TransitionReplay
+    >>> FrameReplayBuffer(capacity=100, frame_shape=(84, 84)).capacity, len(TransitionReplay(8, (4,)))
+    (100, 0)
 """
 
 from .replay import FrameReplayBuffer
+from .transitions import TransitionReplay
 
-__all__ = ["FrameReplayBuffer"]
+__all__ = ["FrameReplayBuffer", "TransitionReplay"]

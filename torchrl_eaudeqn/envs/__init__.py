@@ -19,7 +19,7 @@ from .atari import (
     make_atari_gym_env,
     resolve_atari_game,
 )
-from .control import make_control_env, make_minatar_env, make_task_env
+from .control import make_control_env, make_minatar_env, make_task_env, make_task_gym_env
 from .evaluation import (
     ContinuousTask,
     GymnasiumGame,
@@ -43,6 +43,7 @@ __all__ = [
     "make_control_env",
     "make_minatar_env",
     "make_task_env",
+    "make_task_gym_env",
     "play_actor",
     "play_q_network",
     "resolve_atari_game",

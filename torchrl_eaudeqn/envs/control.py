@@ -23,7 +23,7 @@ from ..tasks import (  # gymnasium-level checks, importable without torch
 )
 from .common import _batched, _check_bool, _check_device, _check_int
 
-__all__ = ["make_control_env", "make_minatar_env", "make_task_env"]
+__all__ = ["make_control_env", "make_minatar_env", "make_task_env", "make_task_gym_env"]
 
 
 def _control_base(
@@ -124,6 +124,19 @@ def _channels_first(env: Any) -> Any:
     return ChannelsFirst(env)
 
 
+def _minatar_gym(game: str, max_episode_steps: int | None, sticky_actions: float) -> Any:
+    import gymnasium as gym
+    from minatar.gym import register_envs
+
+    if game not in MINATAR_GAMES:
+        raise ValueError(f"game must be one of {MINATAR_GAMES}, got {game!r}")
+    env_id = f"MinAtar/{game.title().replace('_', '')}-v1"
+    if env_id not in gym.registry:
+        register_envs()
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    return _channels_first(gym.make(env_id, sticky_action_prob=sticky_actions, **kwargs))
+
+
 def make_minatar_env(
     game: str,
     *,
@@ -149,16 +162,7 @@ def make_minatar_env(
         >>> td["observation"].shape, td["observation"].dtype, td["action"].shape
         (torch.Size([3, 4, 10, 10]), torch.float32, torch.Size([3, 3]))
     """
-    import gymnasium as gym
-    from minatar.gym import register_envs
-
-    if game not in MINATAR_GAMES:
-        raise ValueError(f"game must be one of {MINATAR_GAMES}, got {game!r}")
-    env_id = f"MinAtar/{game.title().replace('_', '')}-v1"
-    if env_id not in gym.registry:
-        register_envs()
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    genv = _channels_first(gym.make(env_id, sticky_action_prob=sticky_actions, **kwargs))
+    genv = _minatar_gym(game, max_episode_steps, sticky_actions)
     env = TransformedEnv(GymWrapper(genv), Compose(RewardSum(), StepCounter()))
     if seed is not None:
         env.set_seed(seed)
@@ -176,3 +180,25 @@ def make_task_env(cfg: ControlConfig, seed: int, eval: bool = False) -> EnvBase:
     if cfg.env.startswith("minatar:"):
         return make_minatar_env(cfg.task_name, seed=seed, max_episode_steps=cap)
     return make_control_env(cfg.env, seed=seed, max_episode_steps=cap)
+
+
+def make_task_gym_env(cfg: ControlConfig, eval: bool = False) -> Any:
+    """The Gymnasium env under :func:`make_task_env`: what the lean control collector steps.
+
+    The same task, step cap and (MinAtar) channels-first float observations
+    and sticky actions as :func:`make_task_env`, without TorchRL's wrapper and
+    transforms; actions are indices. Seed it through ``reset(seed=...)``.
+
+    Example:
+        >>> env = make_task_gym_env(ControlConfig(env="minatar:breakout"))
+        >>> obs, _ = env.reset(seed=0)
+        >>> obs.shape, obs.dtype, env.action_space.n
+        ((4, 10, 10), dtype('float32'), np.int64(3))
+    """
+    import gymnasium as gym
+
+    cap = cfg.eval_max_steps if eval else (cfg.max_episode_steps or None)
+    if cfg.env.startswith("minatar:"):
+        return _minatar_gym(cfg.task_name, cap, 0.1)
+    _check_control_id(cfg.env)
+    return gym.make(cfg.env, **({} if cap is None else {"max_episode_steps": cap}))

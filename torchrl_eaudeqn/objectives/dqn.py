@@ -125,7 +125,7 @@ class EauDeQNLoss(BootstrapLossBase):
         # LossModule warns when a target is read with no updater attached;
         # the updaters flip this flag.
         self._has_update_associated["value_network"] = False
-        self._last: TensorDict | None = None
+        self._last: TensorDict | tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _observation_keys(self) -> list[NestedKey]:
         return list(self.value_network.in_keys)
@@ -138,9 +138,11 @@ class EauDeQNLoss(BootstrapLossBase):
         q = actor._call(self.target_value_network_params, *next_inputs)
         return q.max(-1, keepdim=True).values
 
-    def _chosen(self, values: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def _chosen(
+        self, values: torch.Tensor, action: torch.Tensor, indices: bool = False
+    ) -> torch.Tensor:
         # values: [B, K, n] -> [B, K]
-        if self.action_space == "categorical":
+        if indices or self.action_space == "categorical":
             if action.ndim == values.ndim - 2:
                 action = action.unsqueeze(-1)
             index = action.unsqueeze(-2).expand(*values.shape[:-1], 1)
@@ -156,24 +158,82 @@ class EauDeQNLoss(BootstrapLossBase):
         target = self.value_estimator.value_estimate(
             td_copy, next_value=self.target_values(*next_inputs)
         ).squeeze(-1)
-        target = target.detach()
 
-        inputs = [tensordict.get(key) for key in actor.in_keys]
-        values = actor.ensemble_values(*inputs)
-        pred = self._chosen(values, tensordict.get(self.tensor_keys.action))  # [B, K]
-
-        with torch.no_grad():
-            priority = (pred[..., actor.selected] - target).pow(2).unsqueeze(-1)
-        tensordict.set(self.tensor_keys.priority, priority, inplace=True)
-
-        elementwise = distance_loss(pred, target.unsqueeze(-1).expand_as(pred), self.loss_function)
-        batch_dims = tuple(range(elementwise.ndim - 1))
         weights = None
         if self.use_prioritized_weights in (
             True,
             "auto",
         ) and self.tensor_keys.priority_weight in tensordict.keys(True):
-            weights = tensordict.get(self.tensor_keys.priority_weight).reshape(*pred.shape[:-1], 1)
+            weights = tensordict.get(self.tensor_keys.priority_weight)
+        inputs = [tensordict.get(key) for key in actor.in_keys]
+        loss, per_member, priority = self._member_losses(
+            inputs, tensordict.get(self.tensor_keys.action), target.detach(), weights
+        )
+        tensordict.set(self.tensor_keys.priority, priority.unsqueeze(-1), inplace=True)
+        self._last = TensorDict({"loss": loss, "loss_per_member": per_member})
+        return self._last
+
+    def td_losses(
+        self,
+        observation: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_observation: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on plain tensors: ``(loss, loss_per_member)``.
+
+        The same numbers as :meth:`forward` on the same batch (a test checks
+        it bit for bit) without building TensorDicts, which on the small tasks
+        cost as much as the networks' forward. It reads one observation key,
+        integer ``action`` ``[B]``, ``reward`` and boolean ``terminated``
+        ``[B]``, and needs the TD(0) value estimator (the default).
+
+        Example:
+            >>> from torchrl.data import OneHot
+            >>> from torchrl_eaudeqn import MaskedEnsembleQValueActor, mlp
+            >>> actor = MaskedEnsembleQValueActor(mlp(3, 4, hidden=()), 2, action_spec=OneHot(4))
+            >>> loss = EauDeQNLoss(actor)
+            >>> loss.make_value_estimator(gamma=0.9)
+            >>> total, per_member = loss.td_losses(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0]),
+            ...     torch.ones(5), torch.randn(5, 3), torch.zeros(5, dtype=torch.bool))
+            >>> total.shape, per_member.shape
+            (torch.Size([]), torch.Size([2]))
+        """
+        estimator = self.value_estimator
+        if type(estimator).__name__ != "TD0Estimator" or len(self.value_network.in_keys) != 1:
+            raise ValueError(
+                "td_losses needs the TD(0) value estimator and one observation key; "
+                "call the loss on a TensorDict instead"
+            )
+        # td0_return_estimate's arithmetic, in its order, so the values match forward's.
+        next_value = self.target_values(next_observation).squeeze(-1)
+        gamma = estimator.gamma.to(reward.device)
+        target = reward + gamma * (~terminated).int() * next_value
+        loss, per_member, _ = self._member_losses(
+            [observation], action, target.detach(), None, indices=True
+        )
+        self._last = (loss, per_member)
+        return loss, per_member
+
+    def _member_losses(
+        self,
+        inputs: list[torch.Tensor],
+        action: torch.Tensor,
+        target: torch.Tensor,
+        weights: torch.Tensor | None,
+        indices: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, detached loss_per_member, the selected member's squared TD error)``."""
+        actor = self.value_network
+        values = actor.ensemble_values(*inputs)
+        pred = self._chosen(values, action, indices)  # [B, K]
+        with torch.no_grad():
+            priority = (pred[..., actor.selected] - target).pow(2)
+        elementwise = distance_loss(pred, target.unsqueeze(-1).expand_as(pred), self.loss_function)
+        batch_dims = tuple(range(elementwise.ndim - 1))
+        if weights is not None:
+            weights = weights.reshape(*pred.shape[:-1], 1)
             elementwise = elementwise * weights
         per_member = elementwise.sum(batch_dims)
         if self.reduction == "mean":
@@ -181,13 +241,14 @@ class EauDeQNLoss(BootstrapLossBase):
             per_member = per_member / (
                 weights.sum() if weights is not None else pred[..., 0].numel()
             )
-        loss = per_member.sum()
-        self._last = TensorDict({"loss": loss, "loss_per_member": per_member.detach()})
-        return self._last
+        return per_member.sum(), per_member.detach(), priority
 
     @property
     def last_losses(self) -> TensorDict | None:
         """The latest forward's output: ``loss`` and the detached ``[K]`` ``loss_per_member``."""
+        if isinstance(self._last, tuple):  # td_losses: built only when asked for
+            loss, per_member = self._last
+            self._last = TensorDict({"loss": loss, "loss_per_member": per_member})
         return self._last
 
 

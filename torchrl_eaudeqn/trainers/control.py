@@ -22,13 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import EnvBase
 
+from ..collectors import CollectedSteps, ControlCollector
 from ..config import ControlConfig  # defined there: no torch needed to validate
-from ..envs.control import make_task_env
+from ..data.transitions import TransitionReplay
+from ..envs.control import make_task_env, make_task_gym_env
 from ..modules.dqn import minatar_cnn, mlp
 from ..tracking.metrics import MLflowMetrics
 from ..updaters.common import UpdateEvent
@@ -42,19 +45,29 @@ __all__ = ["ControlDQNModule", "regression_trace"]
 class ControlDQNModule(EnsembleDQNModule):
     """EauDeQN, PolyPruneQN or DQN on a small discrete task, trained online.
 
-    Each ``training_step`` collects ``train_freq`` env steps with TorchRL's
-    :class:`~torchrl.collectors.Collector` (epsilon-greedy on the acting
-    member through :class:`~torchrl.modules.EGreedyModule`; uniformly random
-    for the first ``learning_starts`` steps), stores them in a TorchRL
-    :class:`~torchrl.data.ReplayBuffer` (``LazyTensorStorage``, uniform), and
-    once ``learning_starts`` steps are in takes one gradient step of
-    :class:`~torchrl_eaudeqn.EauDeQNLoss`. The updater
+    Each ``training_step`` collects ``train_freq`` env steps, stores them,
+    and once ``learning_starts`` steps are in takes one gradient step of
+    :class:`~torchrl_eaudeqn.EauDeQNLoss`; the updater
     (:func:`~torchrl_eaudeqn.lightning.build_updater`) runs after it through
-    :class:`~torchrl_eaudeqn.lightning.TargetSelectionCallback`.
+    :class:`~torchrl_eaudeqn.lightning.TargetSelectionCallback`. Two
+    collection paths (``cfg.collector``), the same learning:
+
+    * ``lean`` (default): :class:`~torchrl_eaudeqn.collectors.ControlCollector`
+      steps the Gymnasium env with the plain acting network, epsilon
+      :meth:`epsilon_at` (uniformly random for the first ``learning_starts``
+      steps), into a :class:`~torchrl_eaudeqn.data.TransitionReplay`; the
+      loss runs on plain tensors (:meth:`~torchrl_eaudeqn.EauDeQNLoss.td_losses`).
+      The collector's state is checkpointed, so a resume with the replay
+      (``checkpoint_replay``) continues bit for bit.
+    * ``torchrl``: TorchRL's :class:`~torchrl.collectors.Collector` over
+      ``env_fn`` (epsilon-greedy through :class:`~torchrl.modules.EGreedyModule`),
+      a TorchRL ``ReplayBuffer`` (``LazyTensorStorage``, uniform) and the
+      loss on TensorDicts. Passing ``env_fn`` (a TorchRL env) selects it.
 
     Args:
         cfg: the validated :class:`ControlConfig`.
         env_fn: ``fn(seed, eval) -> EnvBase``; default :func:`make_task_env`.
+            Training then collects with TorchRL whatever ``cfg.collector`` says.
         metrics: where metrics go (an :class:`~torchrl_eaudeqn.lightning.MLflowMetrics`).
 
     Example:
@@ -74,6 +87,7 @@ class ControlDQNModule(EnsembleDQNModule):
         env_fn: Callable[..., EnvBase] | None = None,
         metrics: MLflowMetrics | None = None,
     ) -> None:
+        self._own_env = env_fn is None
         env_fn = env_fn or functools.partial(make_task_env, cfg)
         super().__init__(cfg, env_fn, metrics)
         probe = env_fn(seed=cfg.seed, eval=True)
@@ -86,20 +100,65 @@ class ControlDQNModule(EnsembleDQNModule):
         else:
             net = mlp(obs_shape[-1], self.n_actions, hidden=(cfg.width, cfg.width))
         self._build_ensemble(net, action_spec)
-        self.replay = ReplayBuffer(
-            storage=LazyTensorStorage(cfg.buffer_size),
-            sampler=RandomSampler(),
-            batch_size=cfg.batch_size,
-        )
+        if self._uses_lean():
+            # MinAtar observations are 0/1: uint8 storage is exact and a quarter the size.
+            dtype = torch.uint8 if cfg.env.startswith("minatar:") else torch.float32
+            self.replay = TransitionReplay(cfg.buffer_size, obs_shape, obs_dtype=dtype)
+        else:
+            self.replay = ReplayBuffer(
+                storage=LazyTensorStorage(cfg.buffer_size),
+                sampler=RandomSampler(),
+                batch_size=cfg.batch_size,
+            )
+
+    def _uses_lean(self) -> bool:
+        return self.cfg.collector == "lean" and self._own_env
 
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
         cfg = self.cfg
+        if self._uses_lean():
+            self._lean = ControlCollector(
+                functools.partial(make_task_gym_env, cfg),
+                self.actor.acting_network,
+                self.n_actions,
+                seed=cfg.seed + self.env_steps,
+                device=self.device,
+            )
+            if self._lean_state is not None:
+                self._lean.load_state_dict(self._lean_state)
+            return
         self._collect_with_torchrl(
             self.env_fn(seed=cfg.seed + self.env_steps, eval=False),
             TensorDictSequential(self.actor.policy, self.explore),
             frames_per_batch=cfg.train_freq,
         )
+
+    def _extend_replay(self, steps: CollectedSteps) -> None:
+        self.replay.extend(
+            steps.observation[0],
+            steps.action[0],
+            steps.reward[0],
+            steps.next_observation[0],
+            steps.terminated[0],
+        )
+
+    def _forward_backward(self) -> dict[str, torch.Tensor] | TensorDictBase:
+        if not self._uses_lean():
+            return super()._forward_backward()
+        batch = self.replay.sample(self.cfg.batch_size)
+        if self.device.type != "cpu":
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss, per_member = self.loss_module.td_losses(
+            batch["observation"],
+            batch["action"],
+            batch["reward"],
+            batch["next_observation"],
+            batch["terminated"],
+        )
+        self.optimizers().zero_grad()
+        self.manual_backward(loss)
+        return {"loss": loss, "loss_per_member": per_member}
 
 
 # --------------------------------------------------------------------------- regression

@@ -13,7 +13,7 @@ from tensordict.nn import TensorDictSequential
 from torchrl.envs import EnvBase, ExplorationType
 from torchrl.modules import EGreedyModule
 
-from ..collectors import AtariCollector, CollectedSteps, linear_epsilon
+from ..collectors import AtariCollector, CollectedSteps, ControlCollector, linear_epsilon
 from ..config import AtariConfig
 from ..data.replay import FrameReplayBuffer
 from ..envs import make_atari_gym_env
@@ -62,6 +62,86 @@ class EnsembleDQNModule(OnlineRLModule):
             annealing_num_steps=cfg.eps_decay_steps,
         )
         self._member_losses: list[torch.Tensor] = []
+        #: The lean collector while a fit runs (``collector=lean``), and its state between fits.
+        self._lean: AtariCollector | ControlCollector | None = None
+        self._lean_state: dict[str, Any] | None = None
+
+    def epsilon_at(self, step: int | None = None) -> float:
+        """Exploration rate of the lean collector at env step ``step`` (default: now).
+
+        1 before ``learning_starts``, then linear from ``eps_start`` to
+        ``eps_end`` over ``eps_decay_steps``: a pure function of the env step,
+        so a resumed run continues it exactly.
+        """
+        cfg = self.cfg
+        return linear_epsilon(
+            self.env_steps if step is None else step,
+            start=cfg.eps_start,
+            end=cfg.eps_end,
+            decay_steps=cfg.eps_decay_steps,
+            warmup=cfg.learning_starts,
+        )
+
+    def epsilon_now(self) -> float:
+        """The exploration rate acting uses now.
+
+        :meth:`epsilon_at` with the lean collector; TorchRL's annealed
+        ``EGreedyModule`` with ``collector=torchrl``.
+        """
+        if self._uses_lean():
+            return self.epsilon_at()
+        return float(self.explore.eps)
+
+    def _uses_lean(self) -> bool:
+        return self.cfg.collector == "lean"
+
+    # ------------------------------------------------- lean collection
+    def _begin_collect(self) -> bool | None:
+        if self._lean is None:
+            return super()._begin_collect()
+        if self._credit <= 0:
+            return None
+        n, step0 = self._lean.num_envs, self.env_steps
+        self._lean.submit(
+            -(-self._credit // n),
+            lambda t: self.epsilon_at(step0 + t * n),
+            network=self.actor.acting_network(),
+        )
+        if self._lean.threaded:
+            # Forward and backward only read the parameters, so the worker
+            # acts with them meanwhile; the optimizer writes after the join.
+            return True
+        self._store(self._lean.result())  # the new steps are in the replay before sampling
+        return None
+
+    def _finish_collect(self, pending: bool) -> None:
+        self._store(self._lean.result())
+
+    def _store(self, steps: CollectedSteps) -> None:
+        self._extend_replay(steps)
+        n = steps.num_steps
+        self._credit -= n
+        self.env_steps += n
+        for _, score, length in steps.episodes:
+            self._episode_end(score, length)
+
+    def _extend_replay(self, steps: CollectedSteps) -> None:
+        """Put what the lean collector brought into the replay."""
+        raise NotImplementedError
+
+    def _stop_collection(self) -> None:
+        super()._stop_collection()
+        if self._lean is not None:
+            self._lean_state = self._lean.state_dict()
+            self._lean.close()
+            self._lean = None
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        lean = self._lean.state_dict() if self._lean is not None else self._lean_state
+        return {} if lean is None else {"collector_rng": lean}
+
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
+        self._lean_state = state.get("collector_rng")
 
     def lr_now(self, step: int | None = None) -> float:
         """Learning rate at env step ``step`` (default: now).
@@ -90,10 +170,6 @@ class EnsembleDQNModule(OnlineRLModule):
     def _after_step(self, out: TensorDictBase) -> dict[str, torch.Tensor]:
         self._member_losses.append(out["loss_per_member"])
         return {"loss_per_member": out["loss_per_member"]}
-
-    def epsilon_now(self) -> float:
-        """The exploration rate acting uses now (TorchRL's annealed ``EGreedyModule``)."""
-        return float(self.explore.eps)
 
     def _log_metrics(self, step: int) -> dict[str, float]:
         m = self.metrics
@@ -186,8 +262,6 @@ class DQNLightningModule(EnsembleDQNModule):
             action_encoding="one_hot",
             n_actions=self.n_actions,
         )
-        self._lean: AtariCollector | None = None
-        self._lean_state: dict[str, Any] | None = None
 
     def _replay_stored(self) -> int:
         # O(1); FrameReplayBuffer's len() scans the capacity and undercounts once it wraps.
@@ -242,17 +316,6 @@ class DQNLightningModule(EnsembleDQNModule):
         """The selected member as a plain module aliasing its parameters (cached)."""
         return self.actor.acting_network()
 
-    def epsilon_at(self, step: int | None = None) -> float:
-        """Exploration rate at env step ``step`` (default: now); 1 before ``learning_starts``."""
-        cfg = self.cfg
-        return linear_epsilon(
-            self.env_steps if step is None else step,
-            start=cfg.eps_start,
-            end=cfg.eps_end,
-            decay_steps=cfg.eps_decay_steps,
-            warmup=cfg.learning_starts,
-        )
-
     def _start_torchrl_collector(self) -> None:
         cfg = self.cfg
         self._collect_with_torchrl(
@@ -261,36 +324,8 @@ class DQNLightningModule(EnsembleDQNModule):
             frames_per_batch=cfg.num_envs * max(1, cfg.train_freq // cfg.num_envs),
         )
 
-    def _stop_collection(self) -> None:
-        super()._stop_collection()
-        if self._lean is not None:
-            self._lean_state = self._lean.state_dict()
-            self._lean.close()
-            self._lean = None
-
     # ------------------------------------------------------------ training
-    def _begin_collect(self) -> bool | None:
-        if self._lean is None:
-            return super()._begin_collect()
-        if self._credit <= 0:
-            return None
-        n, step0 = self.cfg.num_envs, self.env_steps
-        self._lean.submit(
-            -(-self._credit // n),
-            lambda t: self.epsilon_at(step0 + t * n),
-            network=self._acting_network(),
-        )
-        if self._lean.threaded:
-            # Forward and backward only read the parameters, so the worker
-            # acts with them meanwhile; the optimizer writes after the join.
-            return True
-        self._store(self._lean.result())  # the new steps are in the replay before sampling
-        return None
-
-    def _finish_collect(self, pending: bool) -> None:
-        self._store(self._lean.result())
-
-    def _store(self, steps: CollectedSteps) -> None:
+    def _extend_replay(self, steps: CollectedSteps) -> None:
         for i in range(steps.action.shape[0]):
             self.replay.extend_stream(
                 i,
@@ -301,11 +336,6 @@ class DQNLightningModule(EnsembleDQNModule):
                 steps.terminated[i],
                 steps.truncated[i],
             )
-        n = steps.num_steps
-        self._credit -= n
-        self.env_steps += n
-        for _, score, length in steps.episodes:
-            self._episode_end(score, length)
 
     def _store_batch(self, batch: TensorDictBase) -> TensorDictBase:
         if self.cfg.terminal_on_life_loss:
@@ -322,15 +352,3 @@ class DQNLightningModule(EnsembleDQNModule):
     def _sample(self) -> TensorDictBase:
         return self.replay.sample(self.cfg.batch_size)
 
-    def epsilon_now(self) -> float:
-        if self.cfg.collector == "lean":
-            return self.epsilon_at()
-        return float(self.explore.eps)
-
-    # --------------------------------------------------------- checkpoints
-    def _checkpoint_extras(self) -> dict[str, Any]:
-        lean = self._lean.state_dict() if self._lean is not None else self._lean_state
-        return {} if lean is None else {"collector_rng": lean}
-
-    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
-        self._lean_state = state.get("collector_rng")
