@@ -514,6 +514,9 @@ class ControlConfig(RunConfig):
         "torchrl (TorchRL Collector, transforms and ReplayBuffer)",
         choices=("lean", "torchrl"),
     )
+    checkpoint_replay: bool = _f(
+        False, "also write the replay buffer beside each checkpoint (exact resume)"
+    )
     # evaluation
     eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)
     eval_random_baseline: bool = _like("eval_random_baseline", True)

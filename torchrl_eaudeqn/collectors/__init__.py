@@ -1,4 +1,4 @@
-"""Collectors: the lean Atari and small-task collectors (Gymnasium env, plain network) and the epsilon schedule.
+"""Collectors: the lean Atari and small-task collectors and the epsilon schedule.
 
 The SAC recipe collects with TorchRL's own ``Collector`` (as the Atari and
 control recipes do with ``collector=torchrl``); :class:`AtariCollector` and

@@ -8,8 +8,10 @@ recipe, and the control recipe with ``collector=torchrl``, use TorchRL's
 
 Example:
     >>> from torchrl_eaudeqn.data import FrameReplayBuffer, TransitionReplay
-    >>> FrameReplayBuffer(capacity=100, frame_shape=(84, 84)).capacity, len(TransitionReplay(8, (4,)))
-    (100, 0)
+    >>> FrameReplayBuffer(capacity=100, frame_shape=(84, 84)).capacity
+    100
+    >>> len(TransitionReplay(8, (4,)))
+    0
 """
 
 from .replay import FrameReplayBuffer

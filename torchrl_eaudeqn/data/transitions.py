@@ -7,9 +7,10 @@ Measured on the 2-core machines (CartPole transitions, capacity 20k): an
 ~33 us and ~30 us for writing and gathering the same six tensors directly;
 at one gradient step per 2 env steps that is ~0.5 ms per env step, a third
 of what a plain PyTorch loop spends per env step in all. The indices are
-drawn exactly as TorchRL's ``RandomSampler`` draws them (``torch.randint``
-on the global generator), so the checkpointed torch RNG state resumes the
-sampling too.
+drawn as TorchRL's ``RandomSampler`` draws them (``torch.randint``), from
+the global generator or from one of the buffer's own; the control recipe
+passes its own and checkpoints its state, because the global one also
+serves Lightning's data-loader start, which draws from it again on resume.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TransitionReplay:
         obs_dtype: how observations are stored (``torch.uint8`` for 0/1
             observations such as MinAtar's: a quarter of the memory, and
             :meth:`sample` returns them as exact ``float32``).
+        generator: draws the sample indices (default: torch's global generator).
 
     Example:
         >>> rb = TransitionReplay(4, (2,))
@@ -44,13 +46,18 @@ class TransitionReplay:
     """
 
     def __init__(
-        self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype = torch.float32
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.obs_dtype = obs_dtype
+        self.generator = generator
         self.observation = torch.zeros((capacity, *self.obs_shape), dtype=obs_dtype)
         self.next_observation = torch.zeros_like(self.observation)
         self.action = torch.zeros(capacity, dtype=torch.int64)
@@ -93,7 +100,7 @@ class TransitionReplay:
         """
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay")
-        index = torch.randint(0, self._size, (batch_size,))
+        index = torch.randint(0, self._size, (batch_size,), generator=self.generator)
         batch = {name: getattr(self, name)[index] for name in _FIELDS}
         if self.obs_dtype != torch.float32:
             batch["observation"] = batch["observation"].float()

@@ -3,8 +3,9 @@
 The ensemble keeps one *template* network whose parameters live on the
 ``meta`` device, and the real parameters of all K members stacked in one
 :class:`~tensordict.nn.TensorDictParams` with batch size ``[K]``. A member is
-evaluated by swapping its slice into the template (``to_module``), either in
-a Python loop or under :func:`torch.vmap`; both produce the same numbers.
+evaluated by swapping its slice into the template's parameter slots, either
+in a Python loop or under :func:`torch.vmap` (through ``to_module``); both
+produce the same numbers.
 
 """
 

@@ -176,6 +176,38 @@ class MaskedEnsemble(TensorDictModuleBase):
 
     # ----------------------------------------------------------- evaluation
     def _call(self, params: TensorDictBase, *inputs: torch.Tensor) -> Any:
+        """The template's forward with ``params`` (one member's structure) as its parameters."""
+        return self._call_leaves([params.get(key) for *_, key in self._slots()], *inputs)
+
+    def _call_leaves(self, leaves: Sequence[torch.Tensor], *inputs: torch.Tensor) -> Any:
+        # A direct swap of the template's parameter slots, not TensorDict.to_module:
+        # measured on an MLP-256 batch-64 forward (2-core CPU), to_module added ~200 us
+        # per call, as much as the forward itself. Not thread-safe, as to_module is not.
+        slots = self._slots()
+        saved = [mod._parameters[leaf] for mod, leaf, _ in slots]
+        try:
+            for (mod, leaf, _), value in zip(slots, leaves, strict=True):
+                mod._parameters[leaf] = value
+            return self.template(*inputs)
+        finally:
+            for (mod, leaf, _), value in zip(slots, saved, strict=True):
+                mod._parameters[leaf] = value
+
+    def _slots(self) -> list[tuple[nn.Module, str, tuple[str, ...]]]:
+        """``(submodule, parameter name, params key)`` for every template parameter (cached)."""
+        slots = self.__dict__.get("_slot_cache")
+        if slots is None:
+            slots = []
+            for key in self.params.keys(True, True):
+                key = key if isinstance(key, tuple) else (key,)
+                *path, leaf = key
+                mod = self.template.get_submodule(".".join(path)) if path else self.template
+                slots.append((mod, leaf, key))
+            self.__dict__["_slot_cache"] = slots
+        return slots
+
+    def _call_to_module(self, params: TensorDictBase, *inputs: torch.Tensor) -> Any:
+        # Under torch.vmap the leaves are batched tensors; to_module handles them.
         with params.to_module(self.template):
             return self.template(*inputs)
 
@@ -185,12 +217,13 @@ class MaskedEnsemble(TensorDictModuleBase):
     def ensemble_call(self, *inputs: torch.Tensor) -> Any:
         """Every member on the same inputs; outputs get a leading ``[K]`` dim."""
         if self.resolve_vmap():
-            return torch.vmap(self._call, (0,) + (None,) * len(inputs), randomness="same")(
-                self.params, *inputs
-            )
+            return torch.vmap(
+                self._call_to_module, (0,) + (None,) * len(inputs), randomness="same"
+            )(self.params, *inputs)
         # unbind, not params[k]: indexing makes backward build a full-size zero
         # gradient per member.
-        outs = [self._call(p, *inputs) for p in self.params.unbind(0)]
+        members = zip(*(self.params.get(key).unbind(0) for *_, key in self._slots()), strict=True)
+        outs = [self._call_leaves(leaves, *inputs) for leaves in members]
         if isinstance(outs[0], tuple):
             return tuple(torch.stack(o) for o in zip(*outs, strict=True))
         return torch.stack(outs)
@@ -213,8 +246,10 @@ class MaskedEnsemble(TensorDictModuleBase):
 
     def member_call(self, k: int, *inputs: torch.Tensor, detach: bool = False) -> Any:
         """Member ``k`` alone; ``detach=True`` blocks gradients to its parameters."""
-        params = self.params.unbind(0)[k]
-        return self._call(params.detach() if detach else params, *inputs)
+        leaves = [self.params.get(key).unbind(0)[k] for *_, key in self._slots()]
+        if detach:
+            leaves = [t.detach() for t in leaves]
+        return self._call_leaves(leaves, *inputs)
 
 
 def aliased_member_network(ensemble: MaskedEnsemble, k: int) -> nn.Module:

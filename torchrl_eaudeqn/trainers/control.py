@@ -103,7 +103,12 @@ class ControlDQNModule(EnsembleDQNModule):
         if self._uses_lean():
             # MinAtar observations are 0/1: uint8 storage is exact and a quarter the size.
             dtype = torch.uint8 if cfg.env.startswith("minatar:") else torch.float32
-            self.replay = TransitionReplay(cfg.buffer_size, obs_shape, obs_dtype=dtype)
+            # Its own generator, checkpointed: Lightning's data-loader start draws from
+            # the global one again on resume, which would shift every later batch.
+            self._replay_rng = torch.Generator().manual_seed(cfg.seed)
+            self.replay = TransitionReplay(
+                cfg.buffer_size, obs_shape, obs_dtype=dtype, generator=self._replay_rng
+            )
         else:
             self.replay = ReplayBuffer(
                 storage=LazyTensorStorage(cfg.buffer_size),
@@ -142,6 +147,17 @@ class ControlDQNModule(EnsembleDQNModule):
             steps.next_observation[0],
             steps.terminated[0],
         )
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        extras = super()._checkpoint_extras()
+        if self._uses_lean():
+            extras["replay_rng"] = self._replay_rng.get_state()
+        return extras
+
+    def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
+        super()._load_checkpoint_extras(state)
+        if self._uses_lean() and "replay_rng" in state:
+            self._replay_rng.set_state(state["replay_rng"])
 
     def _forward_backward(self) -> dict[str, torch.Tensor] | TensorDictBase:
         if not self._uses_lean():

@@ -351,4 +351,3 @@ class DQNLightningModule(EnsembleDQNModule):
 
     def _sample(self) -> TensorDictBase:
         return self.replay.sample(self.cfg.batch_size)
-
