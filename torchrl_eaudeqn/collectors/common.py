@@ -1,4 +1,4 @@
-"""What the lean collectors share: epsilon schedule, output, worker thread, RNG state.
+"""What the lean collectors share: epsilon schedule, output, worker thread, RNG state."""
 
 from __future__ import annotations
 
