@@ -6,8 +6,9 @@ DQN (K = 1) and EauDeQN (K = 5), in one process, one after the other and
 repeated in alternation (the machines are shared; the ratios are the claims):
 
 * ``recipe``: env steps per second of ``ControlDQNModule`` under Lightning's
-  ``Trainer`` with the updater callback, in the learning phase (MLflow and
-  checkpoints off: their cost is per log or checkpoint, not per step);
+  ``Trainer`` with the updater callback, in the learning phase, on its default
+  lean path (``ControlCollector``, ``TransitionReplay``, ``td_losses``; MLflow
+  and checkpoints off: their cost is per log or checkpoint, not per step);
 * ``plain``: the same work written as a short loop (Gymnasium env, the same
   network from ``torchrl_eaudeqn.modules``, a preallocated tensor replay, one
   fused Adam over the K members, epsilon-greedy acting with the acting member,
@@ -247,8 +248,9 @@ def main() -> None:
     lines = [
         "## Small tasks: the control recipe against a plain PyTorch loop (CPU)",
         "",
-        "`benchmarks/bench_small_tasks.py`: `ControlDQNModule` under Lightning (TorchRL",
-        "collector and replay, MLflow and checkpoints off) against a plain loop doing the",
+        "`benchmarks/bench_small_tasks.py`: `ControlDQNModule` under Lightning (lean path:",
+        "`ControlCollector`, `TransitionReplay`, `EauDeQNLoss.td_losses`; MLflow and",
+        "checkpoints off) against a plain loop doing the",
         "same work (Gymnasium env, the same network, tensor replay, fused Adam, K members",
         "against one target, masks re-applied, selection and pruning at each target",
         "update), one after the other in one process. Overhead: what is left of an env",

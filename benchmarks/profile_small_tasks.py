@@ -21,11 +21,12 @@ from tensordict.nn import TensorDictSequential
 
 from torchrl_eaudeqn.trainers import ControlDQNModule
 
+# The lean path's methods (the default); collector=torchrl goes through
+# _store_batch / _sample / loss_module.forward instead.
 PARTS = {
     "_begin_collect": "collect (total)",
-    "_store_batch": "  replay extend",
+    "_extend_replay": "  replay extend",
     "_forward_backward": "gradient step (total)",
-    "_sample": "  replay sample",
 }
 
 
@@ -48,7 +49,7 @@ def breakdown(k: int, steps: int = 4000, warm: int = 1000) -> None:
         original(self, *a, **kw)
         for name, label in PARTS.items():
             setattr(self, name, timed(getattr(self, name), label))
-        self.loss_module.forward = timed(self.loss_module.forward, "  loss forward")
+        self.loss_module.td_losses = timed(self.loss_module.td_losses, "  loss forward")
         self.optimizer.step = timed(self.optimizer.step, "optimizer.step")
         self.updater.step = timed(self.updater.step, "updater.step")
 
