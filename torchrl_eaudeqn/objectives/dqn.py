@@ -211,7 +211,7 @@ class EauDeQNLoss(BootstrapLossBase):
         gamma = estimator.gamma.to(reward.device)
         target = reward + gamma * (~terminated).int() * next_value
         loss, per_member, _ = self._member_losses(
-            [observation], action, target.detach(), None, indices=True
+            [observation], action, target.detach(), None, indices=True, priority=False
         )
         self._last = (loss, per_member)
         return loss, per_member
@@ -223,13 +223,16 @@ class EauDeQNLoss(BootstrapLossBase):
         target: torch.Tensor,
         weights: torch.Tensor | None,
         indices: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        priority: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(loss, detached loss_per_member, the selected member's squared TD error)``."""
         actor = self.value_network
         values = actor.ensemble_values(*inputs)
         pred = self._chosen(values, action, indices)  # [B, K]
-        with torch.no_grad():
-            priority = (pred[..., actor.selected] - target).pow(2)
+        td_error = None
+        if priority:  # for prioritized replay only
+            with torch.no_grad():
+                td_error = (pred[..., actor.selected] - target).pow(2)
         elementwise = distance_loss(pred, target.unsqueeze(-1).expand_as(pred), self.loss_function)
         batch_dims = tuple(range(elementwise.ndim - 1))
         if weights is not None:
@@ -241,7 +244,7 @@ class EauDeQNLoss(BootstrapLossBase):
             per_member = per_member / (
                 weights.sum() if weights is not None else pred[..., 0].numel()
             )
-        return per_member.sum(), per_member.detach(), priority
+        return per_member.sum(), per_member.detach(), td_error
 
     @property
     def last_losses(self) -> TensorDict | None:
