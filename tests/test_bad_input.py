@@ -376,6 +376,7 @@ def test_replay_size_estimates_match_the_real_storage():
     """The memory check sizes the replay the way each recipe's module really stores it."""
     from torchrl_eaudeqn.config import AtariConfig, ControlConfig, SACConfig
     from torchrl_eaudeqn.control import ControlDQNModule
+    from torchrl_eaudeqn.data import TransitionReplay
     from torchrl_eaudeqn.envs import make_continuous_env
     from torchrl_eaudeqn.lightning import SACLightningModule
     from torchrl_eaudeqn.replay import FrameReplayBuffer
@@ -392,12 +393,19 @@ def test_replay_size_estimates_match_the_real_storage():
             module.collect_and_learn()
         finally:
             module._stop_collection()
+        if isinstance(module.replay, TransitionReplay):
+            return module.replay.nbytes
         storage = module.replay.storage._storage
         return sum(t.numel() * t.element_size() for t in storage.values(True, True))
 
     small = dict(buffer_size=100, batch_size=8, num_members=1, learning_starts=50, env_steps=100)
-    control = ControlConfig(task="CartPole-v1", width=8, target_period=10, **small)
-    assert stored(ControlDQNModule(control)) == replay_bytes(control, task_spaces(control))
+    for env in ("CartPole-v1", "minatar:breakout"):
+        for collector in ("lean", "torchrl"):
+            control = ControlConfig(
+                task=env, width=8, target_period=10, collector=collector, **small
+            )
+            want = replay_bytes(control, task_spaces(control))
+            assert stored(ControlDQNModule(control)) == want, (env, collector)
     sac = SACConfig(env="Hopper-v5", hidden=8, **small)
     module = SACLightningModule(
         sac, lambda seed, eval: make_continuous_env(sac.env, seed=seed, max_episode_steps=50)

@@ -243,12 +243,16 @@ def replay_bytes(cfg: Any, spaces: dict[str, Any] | None = None) -> int:
 
     * Atari: :func:`frame_replay_layout` (each 84x84 frame once, 12 bytes of
       bookkeeping a slot);
-    * SAC and control: TorchRL's ``LazyTensorStorage`` keeps, per
-      transition, what the module's ``REPLAY_KEYS`` select: observation and
-      next observation (float32 for SAC, whose env casts with
-      ``DoubleToFloat``; the task's dtype for control, float32 for MinAtar),
-      the action (SAC: float32 vector; control: one-hot int64), the reward
-      (float32) and 2 (control) or 3 (SAC) bool flags.
+    * control (``collector=lean``, the default): :class:`~torchrl_eaudeqn.data.TransitionReplay`
+      keeps observation and next observation (float32; uint8 for MinAtar),
+      the action index (int64), the reward (float32) and ``terminated`` (bool);
+    * SAC and control with ``collector=torchrl``: TorchRL's
+      ``LazyTensorStorage`` keeps, per transition, what the module's
+      ``REPLAY_KEYS`` select: observation and next observation (float32 for
+      SAC, whose env casts with ``DoubleToFloat``; the task's dtype for
+      control, float32 for MinAtar), the action (SAC: float32 vector;
+      control: one-hot int64), the reward (float32) and 2 (control) or 3
+      (SAC) bool flags.
 
     Args:
         cfg: the config.
@@ -262,6 +266,9 @@ def replay_bytes(cfg: Any, spaces: dict[str, Any] | None = None) -> int:
     obs = spaces["obs_numel"] * spaces["obs_itemsize"]
     if isinstance(cfg, SACConfig):
         per = 2 * obs + 4 * spaces["action_numel"] + 4 + 3
+    elif getattr(cfg, "collector", "torchrl") == "lean":
+        itemsize = 1 if cfg.env.startswith("minatar:") else 4
+        per = 2 * spaces["obs_numel"] * itemsize + 8 + 4 + 1
     else:
         per = 2 * obs + 8 * spaces["action_numel"] + 4 + 2
     return cfg.buffer_size * per

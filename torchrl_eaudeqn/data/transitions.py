@@ -69,6 +69,11 @@ class TransitionReplay:
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the preallocated storage holds (all of it, from the start)."""
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in _FIELDS)
+
     def extend(
         self,
         observation: np.ndarray,
