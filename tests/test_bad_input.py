@@ -129,7 +129,7 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("control-batch-over-budget", "control_dqn", [*CONTROL, *STORE, "env_steps=50", "learning_starts=10", "target_period=10", "batch_size=64", "prune_start=0", "prune_end=40", "eps_decay_steps=20"], r"^error: batch_size: the first gradient step needs 64 transitions, more than env_steps \(50\)", {}),
     ("control-eval-cap-0", "control_dqn", [*CONTROL, *STORE, "eval_max_steps=0"], r"^error: eval_max_steps: must be >= 1", {}),
     ("control-episode-cap-negative", "control_dqn", [*CONTROL, *STORE, "max_episode_steps=-1"], r"^error: max_episode_steps: must be >= 0", {}),
-    ("control-replay-over-memory", "control_dqn", [*CONTROL, *STORE, "buffer_size=100000000000"], r"^error: buffer_size: the replay would hold .* \(100000000000 transitions x 54 bytes\), more than", {}),
+    ("control-replay-over-memory", "control_dqn", [*CONTROL, *STORE, "buffer_size=100000000000"], r"^error: buffer_size: the replay would hold .* \(100000000000 transitions x 45 bytes\), more than", {}),
     ("control-experiment-blank", "control_dqn", [*CONTROL, *STORE, "experiment= "], r"^error: experiment: expected a non-empty string", {}),
     ("control-width-0", "control_dqn", [*CONTROL, *STORE, "width=0"], r"^error: width: must be >= 1", {}),
     ("control-yaml-int-key", "control_dqn", [*STORE, "--config", "{tmp}/bad.yaml"], r"^error: config file .*bad\.yaml: key 1: expected a config field name", {"bad.yaml": f"extends: {CARTPOLE}\n1: 2\n"}),

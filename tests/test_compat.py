@@ -139,3 +139,17 @@ def test_registered_models_play_in_evaluate(model, task, line, store, capsys):
             "--tracking-uri", store]  # fmt: skip
     assert evaluate.main(argv) == 0
     assert line in capsys.readouterr().out
+
+
+def test_control_checkpoint_before_the_lean_collector_is_refused_on_it(tmp_path, capsys):
+    """A checkpoint written before ``collector`` existed ran on TorchRL: resuming it on the
+    lean path would not continue the same run, so it is refused, naming the field."""
+    path = _checkpoint("control_dqn", tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    script = load_script(cp.RECIPES["control_dqn"], name="compat_control_lean")
+    argv = cp.resume_argv("control_dqn", path, work, 10)
+    argv.insert(argv.index("--resume"), "collector=lean")
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another config (collector: 'torchrl' != 'lean')" in err[0]

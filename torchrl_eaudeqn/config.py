@@ -479,6 +479,8 @@ class ControlConfig(RunConfig):
     """
 
     ALIASES: ClassVar[dict[str, str]] = {"task": "env"}
+    #: What a field meant before it existed: a checkpoint written without it ran so.
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"collector": "torchrl"}
 
     method: str = _f(
         "eaudeqn", "eaudeqn | polyprune | dqn", choices=("eaudeqn", "polyprune", "dqn")

@@ -117,13 +117,16 @@ def config_fingerprint(cfg: Any, resumable: Sequence[str] = RESUMABLE) -> str:
     skip = {*resumable, "checkpoint_dir"}
     # A renamed field keeps its older name here, so its runs keep their directories.
     older = {new: old for old, new in getattr(type(cfg), "ALIASES", {}).items()}
+    # A field added later with a new behaviour as its default: runs with the older
+    # behaviour keep their directories, runs with the new one get their own.
+    legacy = getattr(type(cfg), "LEGACY_VALUES", {})
     lines = []
     for f in dataclasses.fields(cfg):
         if f.name in skip:
             continue
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if value != default:
+        if value != legacy.get(f.name, default):
             name = older.get(f.name, f.name)
             lines.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:8]
@@ -189,8 +192,10 @@ def read_checkpoint_header(
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"--resume: {path} is not a readable checkpoint ({first})") from None
+    # Fields the checkpoint predates take the value they had in effect then.
+    fields = {**getattr(type(cfg), "LEGACY_VALUES", {}), **state["config"]}
     try:
-        saved = type(cfg)(**state["config"])
+        saved = type(cfg)(**fields)
     except (TypeError, ConfigError):
         raise ValueError(
             f"--resume: {path} was written by another recipe (not a {type(cfg).__name__})"
