@@ -3,9 +3,10 @@
 One CartPole run (K = 1 and 5 by default) of the control recipe with wall-clock
 timers wrapped around ``ControlDQNModule``'s collect / learn methods, then, in
 isolation, a TorchRL env step of the control env, the acting policy with and
-without gradients, and the plain member network. Prints microseconds per env
-step or per call; writes nothing (the numbers are quoted in docs/benchmarks.md
-under the small-task table).
+without gradients, the plain member network, and Lightning's own cost per
+``training_step`` (a bare ``OnlineRLModule`` whose step does nothing). Prints
+microseconds per env step or per call; writes nothing (the numbers are quoted
+in docs/benchmarks.md under the small-task table).
 
     python benchmarks/profile_small_tasks.py            # ~2 min on 2 cores
 """
@@ -96,8 +97,42 @@ def alone(n: int = 500) -> None:
     env.close()
 
 
+def lightning_floor(steps: int = 20_000) -> None:
+    import dataclasses
+
+    from _report import fit
+
+    from torchrl_eaudeqn.trainers.base import OnlineRLModule
+
+    @dataclasses.dataclass
+    class Cfg:
+        env_steps: int = steps
+        train_freq: int = 1
+        learning_starts: int = 0
+        batch_size: int = 1
+        buffer_size: int = 1
+        log_every: int = 10**9
+        eval_every: int = 0
+        eval_episodes: int = 1
+        eval_random_baseline: bool = False
+
+    class Noop(OnlineRLModule):
+        def __init__(self) -> None:
+            super().__init__(Cfg(), None)
+            self.optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 0.0)
+
+        def collect_and_learn(self) -> None:
+            self.env_steps += self._credit
+            self._credit = 0
+
+    t = time.perf_counter()
+    fit(Noop(), [])
+    print(f"  Lightning, no-op training_step: {1e6 * (time.perf_counter() - t) / steps:.0f} us")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     for k in (1, 5):
         breakdown(k)
     alone()
+    lightning_floor()

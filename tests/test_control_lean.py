@@ -124,7 +124,7 @@ def test_a_nondeterministic_env_warns_and_starts_a_fresh_episode():
     b = make()
     with pytest.warns(RuntimeWarning, match="did not replay its running episode"):
         b.load_state_dict(a.state_dict())
-    assert b._actions == [] and b._length == 0
+    assert b._actions == [] and b._score == 0.0
 
 
 # --------------------------------------------------------------------------- replay

@@ -176,6 +176,9 @@ class RunConfig:
     checkpoint_dir: str = _f("checkpoints", "where Lightning checkpoints go", nonempty=True)
     checkpoint_every: int = _f(100_000, "env steps between checkpoints", min=1)
     keep_checkpoints: int = _f(3, "newest checkpoints kept per run (older ones deleted)", min=1)
+    checkpoint_replay: bool = _f(
+        False, "also write the replay buffer beside each checkpoint (exact resume; large)"
+    )
     # compute
     use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
     threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
@@ -294,9 +297,6 @@ class AtariConfig(RunConfig):
         "(dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
     )
-    checkpoint_replay: bool = _f(
-        False, "also write the replay buffer beside each checkpoint (exact resume; large)"
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -403,9 +403,6 @@ class SACConfig(RunConfig):
         "registered actor form: dense | compact (sparse layers in CSR, docs/export.md) | "
         "both (dense as NAME, compact as NAME-compact)",
         choices=("dense", "compact", "both"),
-    )
-    checkpoint_replay: bool = _f(
-        False, "also write the replay buffer beside each checkpoint (exact resume; large)"
     )
 
     def __post_init__(self) -> None:
@@ -515,9 +512,6 @@ class ControlConfig(RunConfig):
         "lean (ControlCollector and TransitionReplay: Gymnasium env, plain network, tensors) | "
         "torchrl (TorchRL Collector, transforms and ReplayBuffer)",
         choices=("lean", "torchrl"),
-    )
-    checkpoint_replay: bool = _f(
-        False, "also write the replay buffer beside each checkpoint (exact resume)"
     )
     # evaluation
     eval_epsilon: float = _f(0.0, "epsilon during evaluation", min=0.0, max=1.0)

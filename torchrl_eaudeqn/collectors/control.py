@@ -83,7 +83,6 @@ class ControlCollector(BackgroundCollection):
         self._actions: list[int] = []  # of the running episode: replayed on restore
         self._obs: np.ndarray | None = None
         self._score = 0.0
-        self._length = 0
         self._start_worker(threaded, "control-collector")
 
     @property
@@ -96,7 +95,6 @@ class ControlCollector(BackgroundCollection):
         self._obs = np.asarray(obs, dtype=np.float32)
         self._actions = []
         self._score = 0.0
-        self._length = 0
 
     def collect(
         self,
@@ -139,9 +137,8 @@ class ControlCollector(BackgroundCollection):
             reward[0, t] = r
             term[0, t], trunc[0, t] = te, tr
             self._score += float(r)
-            self._length += 1
             if te or tr:
-                episodes.append((0, self._score, self._length))
+                episodes.append((0, self._score, len(self._actions)))
                 self._reset()
         return CollectedSteps(obs, action, reward, reward, nxt, term, trunc, episodes)
 
@@ -196,4 +193,3 @@ class ControlCollector(BackgroundCollection):
             return
         self._actions = actions
         self._score = float(state["score"])
-        self._length = len(actions)

@@ -12,6 +12,7 @@ from tensordict.nn import (
 )
 from tensordict.utils import NestedKey
 from torchrl.objectives.utils import distance_loss
+from torchrl.objectives.value import TD0Estimator
 
 from ..modules.dqn import MaskedEnsembleQValueActor
 from .common import BootstrapLossBase
@@ -201,7 +202,7 @@ class EauDeQNLoss(BootstrapLossBase):
             (torch.Size([]), torch.Size([2]))
         """
         estimator = self.value_estimator
-        if type(estimator).__name__ != "TD0Estimator" or len(self.value_network.in_keys) != 1:
+        if not isinstance(estimator, TD0Estimator) or len(self.value_network.in_keys) != 1:
             raise ValueError(
                 "td_losses needs the TD(0) value estimator and one observation key; "
                 "call the loss on a TensorDict instead"

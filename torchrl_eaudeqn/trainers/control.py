@@ -105,9 +105,11 @@ class ControlDQNModule(EnsembleDQNModule):
             dtype = torch.uint8 if cfg.env.startswith("minatar:") else torch.float32
             # Its own generator, checkpointed: Lightning's data-loader start draws from
             # the global one again on resume, which would shift every later batch.
-            self._replay_rng = torch.Generator().manual_seed(cfg.seed)
             self.replay = TransitionReplay(
-                cfg.buffer_size, obs_shape, obs_dtype=dtype, generator=self._replay_rng
+                cfg.buffer_size,
+                obs_shape,
+                obs_dtype=dtype,
+                generator=torch.Generator().manual_seed(cfg.seed),
             )
         else:
             self.replay = ReplayBuffer(
@@ -151,13 +153,13 @@ class ControlDQNModule(EnsembleDQNModule):
     def _checkpoint_extras(self) -> dict[str, Any]:
         extras = super()._checkpoint_extras()
         if self._uses_lean():
-            extras["replay_rng"] = self._replay_rng.get_state()
+            extras["replay_rng"] = self.replay.generator.get_state()
         return extras
 
     def _load_checkpoint_extras(self, state: dict[str, Any]) -> None:
         super()._load_checkpoint_extras(state)
         if self._uses_lean() and "replay_rng" in state:
-            self._replay_rng.set_state(state["replay_rng"])
+            self.replay.generator.set_state(state["replay_rng"])
 
     def _forward_backward(self) -> dict[str, torch.Tensor] | TensorDictBase:
         if not self._uses_lean():

@@ -269,7 +269,7 @@ class DQNLightningModule(EnsembleDQNModule):
 
     # ------------------------------------------------------------ plumbing
     def _start_collection(self) -> None:
-        if self.cfg.collector == "lean":
+        if self._uses_lean():
             self._start_lean_collector()
         else:
             self._start_torchrl_collector()
