@@ -7,6 +7,9 @@ What is timed (batch 32, Adam):
   ``updater.step(loss_td)`` (masks re-applied, member losses summed). The
   updater's period is larger than the number of timed steps, so no target
   update happens while timing; target updates are timed on their own.
+  The loss is called as the recipe for that network calls it: on a
+  TensorDict for the Nature CNN (Atari recipe), on plain tensors
+  (``loss.td_losses``) for the MLP and the MinAtar CNN (control recipe).
 * ``eaudeqn`` without masks: the same step without ``updater.step`` (the
   ratio of the two is the mask overhead).
 * ``updater_step``: ``updater.step(loss_td)`` alone (mask re-application and
@@ -15,10 +18,18 @@ What is timed (batch 32, Adam):
 * ``dense``: TorchRL's own ``DQNLoss`` (``delay_value=True``, TD(0), gamma
   0.99, l2) on a ``QValueActor`` over the same network, with a ``HardUpdate``
   that never fires. K independent dense DQN steps cost K times one step.
+* ``floor`` (per K): the least a K-member step can cost, in plain PyTorch:
+  one shared target forward (no grad) and K online steps of K separate
+  copies of the network (forward, TD loss, one backward of their sum, one
+  fused Adam step over all of them, ``zero_grad``). No masks, no ensemble.
 
-Networks: an MLP 8 -> 256 -> 256 -> 4 (float observations) and the Nature
-CNN with a dense layer of width 512 (uint8 frames ``[4, 84, 84]``, 6 actions).
-Members K = 1, 2, 5, each with ``use_vmap=True`` and ``use_vmap=False``.
+Networks: an MLP 8 -> 256 -> 256 -> 4 (float observations), the Nature
+CNN with a dense layer of width 512 (uint8 frames ``[4, 84, 84]``, 6 actions)
+and the MinAtar CNN with the paper's dense layer of 128 (``[4, 10, 10]``
+observations, 6 actions). Members K = 1, 2, 5, each with ``use_vmap=True``
+and ``use_vmap=False``; ``use_vmap=None`` (auto) is calibrated once per K on
+the same batch (``MaskedEnsemble.calibrate_vmap``) and its choice reported
+beside the path that the timing found faster.
 
 Method: every variant is warmed up, then timed in blocks of several steps
 (block length calibrated per variant); the variants are visited round-robin,
@@ -84,6 +95,7 @@ from torchrl_eaudeqn import (  # noqa: E402
     mlp,
     nature_cnn,
 )
+from torchrl_eaudeqn.modules.dqn import minatar_cnn  # noqa: E402
 
 GAMMA = 0.99
 LR = 6.25e-5  # docs/algorithm.md, "Paper settings (Atari)"
@@ -92,6 +104,7 @@ NEVER = 10**9  # a target period no benchmark reaches
 ATARI_PERIOD = 2000  # gradient steps between target updates on Atari
 TARGET_K5_VS_DENSE = 0.85
 TARGET_MASK_OVERHEAD = 1.10
+TARGET_OVER_FLOOR = 1.10  # K = 2, 5 on the CNNs, the auto path (issue: K-member step at its floor)
 SECTION_TITLE = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -115,10 +128,15 @@ class NetSpec:
     obs_shape: tuple[int, ...]
     obs_dtype: torch.dtype
     n_actions: int
+    #: How the recipe for this kind of network calls the loss: on TensorDicts
+    #: (the Atari recipe) or on plain tensors (``td_losses``, the control recipe).
+    loss_call: str = "tensordict"
 
 
 NETWORKS = {
-    "mlp": NetSpec("mlp", "MLP 8-256-256-4", lambda: mlp(8, 4, (256, 256)), (8,), torch.float32, 4),
+    "mlp": NetSpec(
+        "mlp", "MLP 8-256-256-4", lambda: mlp(8, 4, (256, 256)), (8,), torch.float32, 4, "tensors"
+    ),
     "cnn": NetSpec(
         "cnn",
         "Nature CNN, width 512",
@@ -127,6 +145,15 @@ NETWORKS = {
         torch.uint8,
         6,
     ),
+    "minatar": NetSpec(
+        "minatar",
+        "MinAtar CNN, width 128",
+        lambda: minatar_cnn(4, 6, 128),
+        (4, 10, 10),
+        torch.float32,
+        6,
+        "tensors",
+    ),
 }
 
 
@@ -134,7 +161,7 @@ NETWORKS = {
 class Variant:
     key: str
     net: str
-    kind: str  # "dense" | "eaudeqn" | "updater_step"
+    kind: str  # "dense" | "eaudeqn" | "updater_step" | "floor"
     k: int
     path: str | None  # "vmap" | "loop" | None
     masks: bool
@@ -197,6 +224,8 @@ def make_batch(spec: NetSpec, batch_size: int, device: torch.device, seed: int) 
         shape = (batch_size, *spec.obs_shape)
         if spec.obs_dtype == torch.uint8:
             return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+        if spec.name == "minatar":  # binary channels
+            return torch.randint(0, 2, shape, generator=gen).float()
         return torch.randn(shape, generator=gen)
 
     action = torch.randint(0, spec.n_actions, (batch_size,), generator=gen)
@@ -237,10 +266,32 @@ def build_dense(spec: NetSpec, batch: TensorDict, device: torch.device, seed: in
     return loss, step
 
 
+def build_floor(spec: NetSpec, k: int, batch: TensorDict, device: torch.device, seed: int):
+    """K online steps and one shared target forward, plain PyTorch (the K-member floor)."""
+    torch.manual_seed(seed)
+    target = spec.factory().to(device).requires_grad_(False)
+    nets = [spec.factory().to(device) for _ in range(k)]
+    opt = make_adam([p for net in nets for p in net.parameters()])
+    obs, next_obs = batch["observation"], batch["next", "observation"]
+    action = batch["action"].argmax(-1, keepdim=True)
+    reward = batch["next", "reward"].squeeze(-1)
+    not_done = (~batch["next", "terminated"]).squeeze(-1).float()
+
+    def step() -> None:
+        with torch.no_grad():
+            y = reward + GAMMA * not_done * target(next_obs).max(-1).values
+        loss = sum((net(obs).gather(-1, action).squeeze(-1) - y).pow(2).mean() for net in nets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
 def build_eaudeqn(
     spec: NetSpec,
     k: int,
-    use_vmap: bool,
+    use_vmap: bool | None,
     batch: TensorDict,
     device: torch.device,
     seed: int,
@@ -258,17 +309,30 @@ def build_eaudeqn(
     opt = make_adam(loss.parameters())
     updater = TargetSelectionUpdater(loss, opt, period=period, speed_policy=LinearSpeedGrid(0.01))
     data = batch.clone()
+    tensors = (
+        data["observation"],
+        data["action"].argmax(-1),
+        data["next", "reward"].squeeze(-1),
+        data["next", "observation"],
+        data["next", "terminated"].squeeze(-1),
+    )
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        if spec.loss_call == "tensors":
+            return loss.td_losses(*tensors)
+        loss_td = loss(data)
+        return loss_td["loss"], loss_td["loss_per_member"]
 
     def step_masked() -> None:
-        loss_td = loss(data)
-        loss_td["loss"].backward()
+        total, per_member = losses()
+        total.backward()
         opt.step()
         opt.zero_grad()
-        updater.step(loss_td)
+        updater.step(per_member)
 
     def step_unmasked() -> None:
-        loss_td = loss(data)
-        loss_td["loss"].backward()
+        total, _ = losses()
+        total.backward()
         opt.step()
         opt.zero_grad()
 
@@ -314,6 +378,15 @@ def build_variants(
                     f"{net}/updater_step/K{k}", net, "updater_step", k, None, True, updater_only
                 )
             )
+            floor = build_floor(spec, k, batch, device, seed)
+            variants.append(Variant(f"{net}/floor/K{k}", net, "floor", k, None, False, floor))
+            # What use_vmap=None (auto) chooses for this network, K, batch and device.
+            auto_loss, *_ = build_eaudeqn(spec, k, None, batch, device, seed)
+            with torch.no_grad():
+                auto_loss(batch.clone())
+            actor = auto_loss.value_network
+            calib = dict(actor.vmap_calibration or {})
+            sanity[net][f"K{k}/auto"] = {"vmap": actor.resolve_vmap(), **calib}
         k1 = sanity[net].get("K1/vmap/initial_loss_per_member")
         if k1 is not None:
             # K=1, dense member, same initial weights and batch: both losses must agree.
@@ -512,7 +585,9 @@ def _paired(a: Variant, b: Variant, scale: float = 1.0) -> float:
     return a.median() / (scale * b.median())
 
 
-def derive(variants: dict[str, Variant], nets: Sequence[str], ks: Sequence[int]) -> dict:
+def derive(
+    variants: dict[str, Variant], nets: Sequence[str], ks: Sequence[int], auto: dict
+) -> dict:
     ratios: dict = {}
     for net in nets:
         dense = variants[f"{net}/dense"]
@@ -531,18 +606,39 @@ def derive(variants: dict[str, Variant], nets: Sequence[str], ks: Sequence[int])
                     # (no-mask step + updater.step timed alone) / no-mask step: steadier,
                     # but a lower bound (in the step, the mask pass also slows what follows).
                     "mask_overhead_direct": 1.0 + _paired(upd, unmasked),
+                    "over_floor": _paired(masked, variants[f"{net}/floor/K{k}"]),
+                    "no_masks_over_floor": _paired(unmasked, variants[f"{net}/floor/K{k}"]),
                 }
             vm = variants[f"{net}/eaudeqn/K{k}/vmap/masks"]
             lp = variants[f"{net}/eaudeqn/K{k}/loop/masks"]
             r_k["vmap_over_loop"] = _paired(vm, lp)
             r_k["faster"] = "vmap" if r_k["vmap_over_loop"] < 1.0 else "loop"
+            r_k["auto"] = "vmap" if auto[net][f"K{k}"] else "loop"
+            r_k["auto_over_floor"] = r_k[r_k["auto"]]["over_floor"]
             r_net[f"K{k}"] = r_k
         ratios[net] = r_net
     return ratios
 
 
 def verdicts(ratios: dict, nets: Sequence[str], ks: Sequence[int]) -> dict:
-    out: dict = {"k5_target": TARGET_K5_VS_DENSE, "mask_target": TARGET_MASK_OVERHEAD}
+    out: dict = {
+        "k5_target": TARGET_K5_VS_DENSE,
+        "mask_target": TARGET_MASK_OVERHEAD,
+        "floor_target": TARGET_OVER_FLOOR,
+    }
+    out["over_floor"] = {
+        net: {
+            f"K{k}": {
+                "auto": ratios[net][f"K{k}"]["auto"],
+                "ratio": ratios[net][f"K{k}"]["auto_over_floor"],
+                "met": ratios[net][f"K{k}"]["auto_over_floor"] <= TARGET_OVER_FLOOR,
+            }
+            for k in ks
+            if k > 1
+        }
+        for net in nets
+        if net in ("cnn", "minatar")
+    }
     if 5 in ks:
         out["k5_vs_5_dense"] = {
             net: {
@@ -573,6 +669,9 @@ def verdicts(ratios: dict, nets: Sequence[str], ks: Sequence[int]) -> dict:
     geo = math.exp(sum(logs) / len(logs))
     out["vmap_over_loop_geomean"] = geo
     out["recommended_default_path"] = "vmap" if geo < 1.0 else "loop"
+    multi = [ratios[net][f"K{k}"] for net in nets for k in ks if k > 1]
+    out["auto_settings"] = len(multi)
+    out["auto_matched"] = sum(r["auto"] == r["faster"] for r in multi)
     return out
 
 
@@ -642,7 +741,11 @@ def markdown_section(result: dict) -> str:
         "One EauDeQN step = loss on the batch (one shared target forward, K member "
         "forwards), backward, Adam step, `zero_grad`, `updater.step` (masks re-applied). "
         "Dense = TorchRL `DQNLoss` (TD(0), `delay_value=True`) on a `QValueActor`, "
-        "one step; K dense steps cost K times that.",
+        "one step; K dense steps cost K times that. The loss is called as the recipe for "
+        "that network calls it: on TensorDicts (Nature CNN: the Atari recipe) or on plain "
+        "tensors (`EauDeQNLoss.td_losses`; MLP and MinAtar CNN: the control recipe). "
+        "Floor = plain PyTorch, K separate networks: one shared target forward, "
+        "K forwards, one backward, one fused Adam step (no masks, no ensemble).",
         "",
     ]
     for net in cfg["nets"]:
@@ -653,19 +756,24 @@ def markdown_section(result: dict) -> str:
             f"Dense DQN step (TorchRL `DQNLoss`): **{_fmt(dense)} ms**.",
             "",
             "| K | path | EauDeQN ms/step | without masks | `updater.step` ms | K x dense ms "
-            "| EauDeQN / (K x dense) | mask overhead | (`updater.step` alone) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| EauDeQN / (K x dense) | mask overhead | (`updater.step` alone) | floor ms "
+            "| EauDeQN / floor (without masks) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for k in ks:
             upd = meas[f"{net}/updater_step/K{k}"]["median_ms"]
+            floor = meas[f"{net}/floor/K{k}"]["median_ms"]
+            auto = ratios[net][f"K{k}"]["auto"]
             for path in ("vmap", "loop"):
                 m = meas[f"{net}/eaudeqn/K{k}/{path}/masks"]["median_ms"]
                 nm = meas[f"{net}/eaudeqn/K{k}/{path}/no_masks"]["median_ms"]
                 r = ratios[net][f"K{k}"][path]
+                label = f"{path} (auto)" if k > 1 and path == auto else path
                 lines.append(
-                    f"| {k} | {path} | {_fmt(m)} | {_fmt(nm)} | {_fmt(upd)} | {_fmt(k * dense)} "
+                    f"| {k} | {label} | {_fmt(m)} | {_fmt(nm)} | {_fmt(upd)} | {_fmt(k * dense)} "
                     f"| {r['ours_over_k_dense']:.2f}x | {(r['mask_overhead'] - 1) * 100:+.1f}% "
-                    f"| {(r['mask_overhead_direct'] - 1) * 100:+.1f}% |"
+                    f"| {(r['mask_overhead_direct'] - 1) * 100:+.1f}% | {_fmt(floor)} "
+                    f"| {r['over_floor']:.2f}x ({r['no_masks_over_floor']:.2f}x) |"
                 )
         lines += [
             "",
@@ -677,25 +785,42 @@ def markdown_section(result: dict) -> str:
     lines += [
         "### vmap or loop",
         "",
-        "| network | K | vmap / loop | faster |",
-        "|---|---|---:|---|",
+        "| network | K | vmap / loop | faster | auto chose (its calibration: vmap / loop ms) |",
+        "|---|---|---:|---|---|",
     ]
     for net in cfg["nets"]:
         for k in ks:
             r = ratios[net][f"K{k}"]
+            cal = result["sanity"][net][f"K{k}/auto"]
+            chose = (
+                f"{r['auto']} ({cal['vmap_ms']:.2f} / {cal['loop_ms']:.2f})"
+                if "vmap_ms" in cal
+                else f"{r['auto']} (K = 1: always)"
+            )
             lines.append(
-                f"| {NETWORKS[net].label} | {k} | {r['vmap_over_loop']:.2f} | {r['faster']} |"
+                f"| {NETWORKS[net].label} | {k} | {r['vmap_over_loop']:.2f} | {r['faster']} "
+                f"| {chose} |"
             )
     lines += [
         "",
-        f"Default path on {title} from these numbers: **{ver['recommended_default_path']}** "
-        f"(geometric mean of vmap/loop over the networks at K > 1: "
-        f"{ver['vmap_over_loop_geomean']:.2f}). `MaskedEnsembleQValueActor(use_vmap=None)` "
-        f"picks: {result['library_auto_rule']}.",
+        f"`use_vmap=None` (auto) picks: {result['library_auto_rule']}. Here it chose the "
+        f"path the timing found faster in {ver['auto_matched']} of {ver['auto_settings']} "
+        "settings with K > 1 (a miss costs the vmap/loop ratio; near 1.0 the two tie). "
+        f"Geometric mean of vmap/loop over the networks at K > 1: "
+        f"{ver['vmap_over_loop_geomean']:.2f}.",
         "",
         "### Targets",
         "",
     ]
+    for net, by_k in ver["over_floor"].items():
+        parts = [
+            f"K={key[1:]} {d['ratio']:.2f}x on {d['auto']} ({'met' if d['met'] else 'NOT met'})"
+            for key, d in by_k.items()
+        ]
+        lines.append(
+            f"- The auto path's K-member step <= {TARGET_OVER_FLOOR}x its floor, "
+            f"{NETWORKS[net].label}: " + "; ".join(parts) + "."
+        )
     if "k5_vs_5_dense" in ver:
         for net in cfg["nets"]:
             parts = [
@@ -749,7 +874,10 @@ def print_summary(result: dict) -> None:
     for net in result["config"]["nets"]:
         dense = meas[f"{net}/dense"]["median_ms"]
         print(f"\n{NETWORKS[net].label}: dense DQNLoss step {dense:.2f} ms")
-        print(f"{'K':>2} {'path':>5} {'ms':>8} {'no-mask':>8} {'/Kdense':>8} {'mask':>7}")
+        print(
+            f"{'K':>2} {'path':>5} {'ms':>8} {'no-mask':>8} {'/Kdense':>8} {'mask':>7} "
+            f"{'/floor':>7}"
+        )
         for k in result["config"]["ks"]:
             for path in ("vmap", "loop"):
                 base = f"{net}/eaudeqn/K{k}/{path}"
@@ -757,12 +885,16 @@ def print_summary(result: dict) -> None:
                 print(
                     f"{k:>2} {path:>5} {meas[base + '/masks']['median_ms']:8.2f} "
                     f"{meas[base + '/no_masks']['median_ms']:8.2f} "
-                    f"{r['ours_over_k_dense']:8.2f} {(r['mask_overhead'] - 1) * 100:+6.1f}%"
+                    f"{r['ours_over_k_dense']:8.2f} {(r['mask_overhead'] - 1) * 100:+6.1f}% "
+                    f"{r['over_floor']:7.2f}"
                 )
             r = ratios[net][f"K{k}"]
-            print(f"   vmap/loop {r['vmap_over_loop']:.2f} -> {r['faster']}")
+            print(f"   vmap/loop {r['vmap_over_loop']:.2f} -> {r['faster']}; auto: {r['auto']}")
     v = result["verdicts"]
-    print(f"\nrecommended default path on {result['device']}: {v['recommended_default_path']}")
+    print(f"\nauto chose the faster path in {v['auto_matched']}/{v['auto_settings']} settings")
+    for net, by_k in v["over_floor"].items():
+        for key, d in by_k.items():
+            print(f"{net} {key} auto ({d['auto']}) / floor {d['ratio']:.2f} met={d['met']}")
 
 
 # ------------------------------------------------------------------------------ main
@@ -785,7 +917,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fast, noisier run (< 1 min on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     p.add_argument("--block-ms", type=float, default=None, help="target length of a timed block")
-    p.add_argument("--nets", default="mlp,cnn", help="comma list from: mlp, cnn")
+    p.add_argument("--nets", default="mlp,cnn,minatar", help="comma list from: mlp, cnn, minatar")
     p.add_argument("--ks", default="1,2,5", help="comma list of member counts")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -874,7 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
 
     by_key = {v.key: v for v in variants}
-    ratios = derive(by_key, nets, ks)
+    auto = {net: {f"K{k}": sanity[net][f"K{k}/auto"]["vmap"] for k in ks} for net in nets}
+    ratios = derive(by_key, nets, ks, auto)
     target_update = {}
     if not args.no_target_update:
         print("timing target updates...", file=sys.stderr)
@@ -932,7 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "run_queue_wait_monitor": monitor.available,
         },
         "environment": env,
-        "library_auto_rule": "vmap when K > 1, loop when K = 1",
+        "library_auto_rule": "a loop when K = 1; for K > 1 the faster path, timed at the "
+        "first call (MaskedEnsemble.calibrate_vmap)",
         "measurements": {v.key: v.summary() for v in variants},
         "ratios": ratios,
         "k1_vs_dqnloss": {

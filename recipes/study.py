@@ -53,10 +53,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: The seeded regression runs: CartPole, 1.5k env steps, K=3, one thread (written with
 #: the older name task=, which must go on reproducing the stored trace), once per
 #: collection path; the TorchRL path's trace predates the lean one and is unchanged.
+#: use_vmap=true: the path both traces were written with (auto picks by timing).
 REGRESSION_OVERRIDES = [
     "task=CartPole-v1", "method=eaudeqn", "width=32", "seed=0", "env_steps=1500",
     "learning_starts=300", "target_period=100", "num_members=3", "max_speed=0.02",
     "batch_size=32", "eval_episodes=1", "eval_random_baseline=false", "progress_bar=false",
+    "use_vmap=true",
 ]  # fmt: skip
 REGRESSION_RUNS = {
     "lean": (ROOT / "tests/data/regression_cartpole_lean.json", [*REGRESSION_OVERRIDES]),

@@ -239,9 +239,17 @@ def _final_state(ckpt_dir):
     return ckpt["eaudeqn"]["env_steps"], ckpt["state_dict"], cb["history"]
 
 
-def test_lean_resume_with_the_replay_is_bit_exact(tmp_path, capsys):
-    """Stop at 120 and resume to 240 = one run to 240: weights, selections, loss sums."""
+def test_lean_resume_with_the_replay_is_bit_exact(tmp_path, capsys, monkeypatch):
+    """Stop at 120 and resume to 240 = one run to 240: weights, selections, loss sums.
+
+    ``use_vmap=auto``: before the resume the process's remembered calibrations
+    are flipped, so only the path stored in the checkpoint keeps it bit-exact.
+    """
     from scripts import load_script, run_dir
+
+    from torchrl_eaudeqn.modules import ensemble as ensemble_mod
+
+    monkeypatch.setattr(ensemble_mod, "_VMAP_CALIBRATIONS", {})
 
     main = load_script("recipes/control_dqn.py", "control_dqn_lean_resume").main
     args = [
@@ -259,7 +267,15 @@ def test_lean_resume_with_the_replay_is_bit_exact(tmp_path, capsys):
         return run_dir(where / "ckpt", "CartPole-v1-eaudeqn-w8-seed0")
 
     straight = run(tmp_path / "a", "env_steps=240")
-    run(tmp_path / "b", "env_steps=120")
+    half = run(tmp_path / "b", "env_steps=120")
+    from torchrl_eaudeqn.checkpointing import latest_checkpoint
+
+    saved = torch.load(latest_checkpoint(half), map_location="cpu", weights_only=True)
+    (chosen,) = saved["eaudeqn"]["vmap_paths"].values()
+    assert isinstance(chosen, bool)
+    assert ensemble_mod._VMAP_CALIBRATIONS
+    for cal in ensemble_mod._VMAP_CALIBRATIONS.values():
+        cal["vmap"] = not cal["vmap"]
     resumed = run(tmp_path / "b", "env_steps=240", "--resume", "last")
     (sa, wa, ha), (sb, wb, hb) = _final_state(straight), _final_state(resumed)
     assert sa == sb == 240 and len(ha) == len(hb) >= 10

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -41,6 +43,10 @@ __all__ = [
 ]
 
 
+#: calibrate_vmap's results by (template, K, inputs, device, threads), for the process.
+_VMAP_CALIBRATIONS: dict[tuple, dict[str, Any]] = {}
+
+
 def _key(name: str) -> tuple[str, ...]:
     return tuple(name.split("."))
 
@@ -66,7 +72,9 @@ class MaskedEnsemble(TensorDictModuleBase):
         network: the member architecture and initial weights (copied, not modified).
         num_members: K >= 1; every member starts from the same weights.
         use_vmap: ``True``: :func:`torch.vmap` over members; ``False``: a loop;
-            ``None``: vmap when K > 1.
+            ``None`` (auto): a loop when K = 1; for K > 1 the faster of the two,
+            timed on the first :meth:`ensemble_call`'s inputs by
+            :meth:`calibrate_vmap` (or set :attr:`auto_vmap` yourself).
         selected: index of the acting member.
 
     Example:
@@ -99,6 +107,10 @@ class MaskedEnsemble(TensorDictModuleBase):
             raise ValueError(f"selected must be in [0, {num_members}), got {selected}")
         self.num_members = num_members
         self.use_vmap = use_vmap
+        #: The path ``use_vmap=None`` takes for K > 1 (``None``: not decided yet).
+        self.auto_vmap: bool | None = None
+        #: What :meth:`calibrate_vmap` measured (ms per forward + backward of each path).
+        self.vmap_calibration: dict[str, Any] | None = None
         self.prunable_names = prunable
         params = TensorDict.from_module(network).data
         # Identical copies (expand + clone), not K independent initialisations.
@@ -227,24 +239,103 @@ class MaskedEnsemble(TensorDictModuleBase):
             return self.template(*inputs)
 
     def resolve_vmap(self) -> bool:
-        return bool(self.use_vmap) if self.use_vmap is not None else self.num_members > 1
+        """The path :meth:`ensemble_call` takes now (``True``: vmap)."""
+        if self.use_vmap is not None:
+            return bool(self.use_vmap)
+        if self.num_members == 1:
+            return False
+        # Undecided (no call yet, or inside a transform): vmap, the choice before calibration.
+        return True if self.auto_vmap is None else self.auto_vmap
+
+    def calibrate_vmap(self, *inputs: torch.Tensor, min_block_s: float = 0.02) -> dict[str, Any]:
+        """Time both paths on ``inputs`` and make the faster one :attr:`auto_vmap`.
+
+        One forward of every member plus a backward, on detached copies of the
+        parameters (the real ones and their gradients are untouched; no random
+        numbers are drawn), each path warmed up once, then timed three times in
+        alternation; the medians decide. Which path is faster depends on the
+        network, K, the batch, the device and the thread count (docs/benchmarks.md,
+        "vmap or loop"), so it is measured rather than guessed; the result is
+        remembered for the process under that key, so two ensembles of the same
+        shape decide alike. The two paths agree to float rounding, not bit for
+        bit: the recipes store the decision in their checkpoints so that a resume
+        takes the same path.
+
+        Returns:
+            ``{"vmap": bool, "vmap_ms": float, "loop_ms": float, "cached": bool}``.
+        """
+        key = (
+            repr(self.template),
+            self.num_members,
+            tuple((tuple(x.shape), x.dtype, x.device.type) for x in inputs),
+            torch.get_num_threads(),
+        )
+        result = _VMAP_CALIBRATIONS.get(key)
+        if result is None:
+            params = self.params.detach().clone()
+            for leaf in params.values(True, True):
+                leaf.requires_grad_(True)
+            leaves = list(params.values(True, True))
+            sync = torch.cuda.synchronize if leaves[0].is_cuda else (lambda: None)
+
+            def per_call_ms(vmap: bool) -> float:
+                calls, start = 0, time.perf_counter()
+                while True:
+                    with torch.enable_grad():
+                        out = self._ensemble(params, vmap, *inputs)
+                        outs = out if isinstance(out, tuple) else (out,)
+                        sum(o.float().sum() for o in outs).backward()
+                    for leaf in leaves:
+                        leaf.grad = None
+                    sync()
+                    calls += 1
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= min_block_s:
+                        return 1e3 * elapsed / calls
+
+            per_call_ms(True), per_call_ms(False)  # warm-up (allocator, kernels)
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(3):
+                for vmap in (True, False):
+                    times[vmap].append(per_call_ms(vmap))
+            vmap_ms, loop_ms = statistics.median(times[True]), statistics.median(times[False])
+            result = _VMAP_CALIBRATIONS[key] = {
+                "vmap": vmap_ms < loop_ms,
+                "vmap_ms": vmap_ms,
+                "loop_ms": loop_ms,
+            }
+            cached = False
+        else:
+            cached = True
+        self.auto_vmap = bool(result["vmap"])
+        self.vmap_calibration = {**result, "cached": cached}
+        return dict(self.vmap_calibration)
 
     def ensemble_call(self, *inputs: torch.Tensor) -> Any:
         """Every member on the same inputs; outputs get a leading ``[K]`` dim."""
-        if self.resolve_vmap():
+        if (
+            self.use_vmap is None
+            and self.auto_vmap is None
+            and self.num_members > 1
+            and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling()
+        ):
+            self.calibrate_vmap(*inputs)
+        return self._ensemble(self.params, self.resolve_vmap(), *inputs)
+
+    def _ensemble(self, params: TensorDictBase, vmap: bool, *inputs: torch.Tensor) -> Any:
+        if vmap:
             return torch.vmap(
                 self._call_to_module, (0,) + (None,) * len(inputs), randomness="same"
-            )(self.params, *inputs)
+            )(params, *inputs)
         if self.num_members == 1:  # a view, no unbind/stack pair around the one member
-            out = self._call_leaves(
-                [self.params.get(k).squeeze(0) for *_, k in self._slots()], *inputs
-            )
+            out = self._call_leaves([params.get(k).squeeze(0) for *_, k in self._slots()], *inputs)
             if isinstance(out, tuple):
                 return tuple(o.unsqueeze(0) for o in out)
             return out.unsqueeze(0)
         # unbind, not params[k]: indexing makes backward build a full-size zero
         # gradient per member.
-        members = zip(*(self.params.get(key).unbind(0) for *_, key in self._slots()), strict=True)
+        members = zip(*(params.get(key).unbind(0) for *_, key in self._slots()), strict=True)
         outs = [self._call_leaves(leaves, *inputs) for leaves in members]
         if isinstance(outs[0], tuple):
             return tuple(torch.stack(o) for o in zip(*outs, strict=True))

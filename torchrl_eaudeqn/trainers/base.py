@@ -21,6 +21,7 @@ from ..checkpointing import CheckpointError, load_checkpoint_file, verify_dir, w
 from ..config import EVAL_SEED_OFFSET
 from ..credentials import redacted_config
 from ..data.replay import FrameReplayBuffer
+from ..modules.ensemble import MaskedEnsemble
 from ..tracking.metrics import MLflowMetrics
 
 __all__ = ["OnlineRLModule"]
@@ -268,6 +269,24 @@ class OnlineRLModule(L.LightningModule):
         )
         self._iter = iter(self._collector)
 
+    def _ensembles(self) -> dict[str, MaskedEnsemble]:
+        """The module's masked ensembles by attribute path (each once)."""
+        seen: dict[int, str] = {}
+        out: dict[str, MaskedEnsemble] = {}
+        for name, mod in self.named_modules():
+            if isinstance(mod, MaskedEnsemble) and id(mod) not in seen:
+                seen[id(mod)] = name
+                out[name] = mod
+        return out
+
+    def _vmap_paths(self) -> dict[str, bool | None]:
+        """Which path each ensemble whose ``use_vmap`` is auto took (``None``: not yet)."""
+        return {
+            name: ens.auto_vmap
+            for name, ens in self._ensembles().items()
+            if ens.use_vmap is None and ens.num_members > 1
+        }
+
     def _checkpoint_extras(self) -> dict[str, Any]:
         """Extra entries of the checkpoint's ``"eaudeqn"`` section."""
         return {}
@@ -364,6 +383,9 @@ class OnlineRLModule(L.LightningModule):
         self._clock = (now, self.env_steps)
         self._last_log = self.env_steps
         self.metrics.add("steps_per_sec", sps, self.env_steps)
+        for name, vmap in self._vmap_paths().items():
+            if vmap is not None:  # 1: the ensemble runs under vmap, 0: a loop
+                self.metrics.add(f"vmap/{name}", float(vmap), self.env_steps)
         bar = self._log_metrics(self.env_steps)
         self.metrics.flush()
         # Read by EnvStepProgressBar (which counts env steps and shows its own rate).
@@ -397,6 +419,9 @@ class OnlineRLModule(L.LightningModule):
             },
             "mlflow_run_id": self.metrics.run_id,
             "mlflow_pending": self.metrics.state_dict(),
+            # use_vmap=auto's measured choice: the paths differ in float rounding,
+            # so a resume must take the same one to continue bit for bit.
+            "vmap_paths": self._vmap_paths(),
             **self._checkpoint_extras(),
         }
 
@@ -414,6 +439,11 @@ class OnlineRLModule(L.LightningModule):
         random.setstate(_python_state_from_plain(state["rng"]["python"]))
         if "mlflow_pending" in state:
             self.metrics.load_state_dict(state["mlflow_pending"])
+        # Checkpoints from before the calibration ran auto as vmap for K > 1.
+        saved = state.get("vmap_paths")
+        for name, ens in self._ensembles().items():
+            if ens.use_vmap is None and ens.num_members > 1:
+                ens.auto_vmap = True if saved is None else saved.get(name)
         self._load_checkpoint_extras(state)
 
     # -------------------------------------------------------------- replay
