@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import time
 from typing import Any
 
+import lightning as L
 import torch
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -14,13 +16,33 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 def fit(module: Any, callbacks: list[Any]) -> None:
     """Train ``module`` on the CPU with Lightning and nothing else (no logger, bar, checkpoints)."""
-    import lightning as L
-
     L.Trainer(
         max_epochs=-1, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
     ).fit(module)  # fmt: skip
+
+
+class LearningClock(L.Callback):
+    """A Lightning callback: time and env steps at the first gradient step and at the last batch.
+
+    ``(end - start)`` is the learning phase: random steps before learning starts
+    do not count.
+    """
+
+    def __init__(self) -> None:
+        self.start: tuple[float, int] | None = None
+        self.end: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if outputs and self.start is None:  # the first gradient step
+            self.start = (time.perf_counter(), pl_module.env_steps)
+        self.end = (time.perf_counter(), pl_module.env_steps)
+
+    def rate(self) -> float:
+        """Learning-phase env steps per second."""
+        (t0, s0), (t1, s1) = self.start, self.end
+        return (s1 - s0) / (t1 - t0)
 
 
 def machine_info() -> dict[str, Any]:

@@ -25,13 +25,24 @@ ratio is the median over segments of the segment's rate over the bound from
 the blocks on both sides of it. The replay has the paper's 1M capacity
 (``--buffer-size``): what costs O(capacity) per step shows.
 
+With ``--vs-plain`` it instead compares the dense DQN recipe (default lean
+collector, Lightning, updater callback; no bare-update blocks) with
+:func:`plain_loop`, the same work written as a short loop (the Gymnasium env
+under the recipe's, NumPy frame stacks, a 1M-capacity replay of single frames
+with stacks rebuilt at sampling, the Nature CNN, fused Adam, TD loss with the
+config's loss function, a hard target copy), one after the other and repeated
+in alternation; target (issue: small tasks at hardware speed, item 2): recipe
+>= the plain loop.
+
     python benchmarks/bench_atari_throughput.py                 # dqn, eaudeqn; width medium
     python benchmarks/bench_atari_throughput.py --methods dqn --collectors lean --quick
+    python benchmarks/bench_atari_throughput.py --vs-plain      # dense DQN recipe vs plain loop
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import pathlib
@@ -42,12 +53,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RL_WARNINGS", "False")
 
 import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _report import fit, machine_info, write_docs_section  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _report import LearningClock, fit, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import AtariConfig, load_config  # noqa: E402
-from torchrl_eaudeqn.envs import make_atari_env  # noqa: E402
+from torchrl_eaudeqn.envs import make_atari_env, make_atari_gym_env  # noqa: E402
 from torchrl_eaudeqn.lightning import DQNLightningModule, TargetSelectionCallback  # noqa: E402
+from torchrl_eaudeqn.modules import NATURE_CNN_WIDTHS, nature_cnn  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -160,6 +174,151 @@ def run(module: DQNLightningModule, segment: int, reps: int) -> dict:
     return clock.summary(module.cfg.train_freq)
 
 
+# --------------------------------------------------------------------------- the plain loop
+def plain_loop(cfg: AtariConfig, seed: int = 0) -> dict[str, float]:
+    """Dense DQN on Atari as a short loop: learning-phase env steps/s and its parts' times."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = make_atari_gym_env(
+        cfg.env,
+        frame_skip=cfg.frame_skip,
+        sticky_actions=cfg.sticky_actions,
+        max_episode_steps=cfg.max_episode_steps,
+    )
+    n_act = int(env.action_space.n)
+    width = NATURE_CNN_WIDTHS.get(cfg.width) or int(cfg.width)
+    net = nature_cnn(n_act, width)
+    target = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+    loss_fn = {"l2": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
+    loss_fn = loss_fn[cfg.loss_function]
+    # One frame per transition (newest of s and of s'), stacks rebuilt at sampling;
+    # torch.empty maps the 1M capacity without touching it, as the recipe's replay does.
+    cap = cfg.buffer_size
+    frames = torch.empty((cap, 84, 84), dtype=torch.uint8)
+    next_frames = torch.empty((cap, 84, 84), dtype=torch.uint8)
+    ep_start = torch.zeros(cap, dtype=torch.long)
+    acts = torch.zeros(cap, dtype=torch.long)
+    rews = torch.zeros(cap)
+    dones = torch.zeros(cap)
+    offsets = torch.arange(-3, 1)
+    stack = np.zeros((4, 84, 84), np.uint8)
+    frame, _ = env.reset(seed=seed)
+    stack[-1], start, size = frame, 0, 0
+    t_env = t_act = t_grad = 0.0
+    clock = None
+    for t in range(1, cfg.env_steps + 1):
+        learning = t > cfg.learning_starts
+        if learning and clock is None:
+            clock, t_env, t_act, t_grad = time.perf_counter(), 0.0, 0.0, 0.0
+        a0 = time.perf_counter()
+        if not learning or rng.random() < cfg.eps_end:
+            action = int(rng.integers(n_act))
+        else:
+            with torch.no_grad():
+                action = int(net(torch.from_numpy(stack).unsqueeze(0)).argmax())
+        a1 = time.perf_counter()
+        frame, reward, terminated, truncated, _ = env.step(action)
+        a2 = time.perf_counter()
+        t_act, t_env = t_act + a1 - a0, t_env + a2 - a1
+        i = size % cap  # the benchmark never wraps; a real run would mask across the seam
+        frames[i], next_frames[i] = torch.from_numpy(stack[-1]), torch.from_numpy(frame)
+        ep_start[i], acts[i], rews[i], dones[i] = start, action, np.sign(reward), terminated
+        size += 1
+        stack = np.roll(stack, -1, axis=0)
+        stack[-1] = frame
+        if terminated or truncated:
+            frame, _ = env.reset()
+            stack[:] = 0
+            stack[-1], start = frame, size
+        if learning and t % cfg.train_freq == 0:
+            g0 = time.perf_counter()
+            idx = torch.randint(min(size, cap), (cfg.batch_size,))
+            pos = idx.unsqueeze(1) + offsets  # [B, 4] frame indices of s
+            valid = (pos >= ep_start[idx].unsqueeze(1)).view(-1, 4, 1, 1)
+            obs = frames[pos.clamp(min=0)] * valid
+            nxt = torch.cat([obs[:, 1:], next_frames[idx].unsqueeze(1)], dim=1)
+            with torch.no_grad():
+                y = rews[idx] + cfg.gamma * (1.0 - dones[idx]) * target(nxt).max(-1).values
+            q = net(obs).gather(-1, acts[idx].unsqueeze(-1)).squeeze(-1)
+            loss = loss_fn(q, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t_grad += time.perf_counter() - g0
+        if learning and t % cfg.target_period == 0:
+            g0 = time.perf_counter()
+            target.load_state_dict(net.state_dict())
+            t_grad += time.perf_counter() - g0
+    seconds = time.perf_counter() - clock
+    steps = cfg.env_steps - cfg.learning_starts
+    env.close()
+    return {
+        "rate": steps / seconds,
+        "env_us": 1e6 * t_env / steps,
+        "act_us": 1e6 * t_act / steps,
+        "grad_us": 1e6 * t_grad / steps,
+        "overhead_us": 1e6 * (seconds - t_env - t_act - t_grad) / steps,
+    }
+
+
+def recipe_rate(module: DQNLightningModule) -> float:
+    """Learning-phase env steps/s of the Atari recipe's module and trainer."""
+    clock = LearningClock()
+    fit(module, [TargetSelectionCallback(module.updater), clock])
+    return clock.rate()
+
+
+def vs_plain(args: argparse.Namespace) -> None:
+    """The dense DQN recipe against :func:`plain_loop`, alternating, in this process."""
+    reps = []
+    for _ in range(args.repeats):
+        torch.manual_seed(0)
+        module = make_module(
+            "dqn", args.width, args.steps, args.warm, args.game, "lean", args.buffer_size
+        )
+        plain = plain_loop(module.cfg)
+        recipe = recipe_rate(module)
+        del module
+        parts = plain["env_us"] + plain["act_us"] + plain["grad_us"]
+        reps.append({"recipe": recipe, **{f"plain_{n}": v for n, v in plain.items()},
+                     "recipe_overhead_us": 1e6 / recipe - parts})  # fmt: skip
+        print({n: round(v, 1) for n, v in reps[-1].items()}, flush=True)
+    med = {n: statistics.median(r[n] for r in reps) for n in reps[0]}
+    ratio = statistics.median(r["recipe"] / r["plain_rate"] for r in reps)
+    out = {**machine_info(), "game": args.game, "width": args.width, "steps": args.steps,
+           "warm": args.warm, "buffer_size": args.buffer_size, **med, "ratio": ratio,
+           "repeats": reps}  # fmt: skip
+    name = "atari_vs_plain_cpu" + ("_quick" if args.quick else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        f"## Atari: the dense DQN recipe against a plain loop (CPU, {out['threads']} threads)",
+        "",
+        "`python benchmarks/bench_atari_throughput.py --vs-plain`: the dense DQN recipe",
+        "(`configs/atari/dqn.yaml`, lean collector, Lightning, updater callback) against",
+        "`plain_loop` in the same file (the same Gymnasium env, NumPy frame stacks, a replay",
+        "of single frames with stacks rebuilt at sampling, the Nature CNN, fused Adam, TD",
+        "loss, hard target copy), one after the other in one process. "
+        f"{args.game}, width {args.width}, replay capacity {args.buffer_size:,} (both), "
+        f"{args.steps} learning env steps after {args.warm} random ones, epsilon 0.01, "
+        f"{args.repeats} alternating repeats (medians); `benchmarks/results/{name}.json`. "
+        "Target (issue: small tasks at hardware speed, item 2): recipe >= the plain loop.",
+        "",
+        "| recipe env steps/s | plain loop env steps/s | recipe / plain (per repeat) "
+        "| recipe overhead (us/env step) | plain overhead (us/env step) "
+        "| env / act / grad (us/env step) |",
+        "|---|---|---|---|---|---|",
+        f"| {med['recipe']:.1f} | {med['plain_rate']:.1f} | {ratio:.2f}x ("
+        + ", ".join(f"{r['recipe'] / r['plain_rate']:.2f}" for r in reps)
+        + f") | {med['recipe_overhead_us']:.0f} | {med['plain_overhead_us']:.0f} "
+        f"| {med['plain_env_us']:.0f} / {med['plain_act_us']:.0f} / {med['plain_grad_us']:.0f} |",
+    ]
+    print("\n".join(lines))
+    if not args.quick:
+        write_docs_section("atari_vs_plain:cpu", "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["dqn", "eaudeqn"])
@@ -176,9 +335,14 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="short run, results not written to docs")
+    p.add_argument("--vs-plain", action="store_true", help="dense DQN recipe vs a plain loop")
+    p.add_argument("--repeats", type=int, default=2, help="alternating repeats (--vs-plain)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vs_plain:
+        vs_plain(args)
+        return
     rows = []
     for method in args.methods:
         for collector in args.collectors:

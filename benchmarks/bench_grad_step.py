@@ -10,6 +10,8 @@ What is timed (batch 32, Adam):
   The loss is called as the recipe for that network calls it: on a
   TensorDict for the Nature CNN (Atari recipe), on plain tensors
   (``loss.td_losses``) for the MLP and the MinAtar CNN (control recipe).
+  Every member is pruned to 50% first: ``apply_masks_`` skips a mask that
+  keeps every weight, and a run's members are pruned after the first updates.
 * ``eaudeqn`` without masks: the same step without ``updater.step`` (the
   ratio of the two is the mask overhead).
 * ``updater_step``: ``updater.step(loss_td)`` alone (mask re-application and
@@ -96,6 +98,7 @@ from torchrl_eaudeqn import (  # noqa: E402
     nature_cnn,
 )
 from torchrl_eaudeqn.modules.dqn import minatar_cnn  # noqa: E402
+from torchrl_eaudeqn.modules.ensemble import prune_member_to  # noqa: E402
 
 GAMMA = 0.99
 LR = 6.25e-5  # docs/algorithm.md, "Paper settings (Atari)"
@@ -296,6 +299,7 @@ def build_eaudeqn(
     device: torch.device,
     seed: int,
     period: int = NEVER,
+    prune: bool = True,
 ):
     torch.manual_seed(seed)
     actor = MaskedEnsembleQValueActor(
@@ -304,6 +308,10 @@ def build_eaudeqn(
         action_spec=OneHot(spec.n_actions, device=device),
         use_vmap=use_vmap,
     ).to(device)
+    # Every member pruned to half: apply_masks_ skips a mask that keeps every weight,
+    # and mid-run the masks do prune, so the timing pays what a pruned member costs.
+    for k_ in range(k if prune else 0):
+        prune_member_to(actor, k_, 0.5)
     loss = EauDeQNLoss(actor)
     loss.make_value_estimator(gamma=GAMMA)
     opt = make_adam(loss.parameters())
@@ -387,8 +395,10 @@ def build_variants(
             actor = auto_loss.value_network
             calib = dict(actor.vmap_calibration or {})
             sanity[net][f"K{k}/auto"] = {"vmap": actor.resolve_vmap(), **calib}
-        k1 = sanity[net].get("K1/vmap/initial_loss_per_member")
-        if k1 is not None:
+        if 1 in ks:
+            dense_k1, *_ = build_eaudeqn(spec, 1, True, batch, device, seed, prune=False)
+            with torch.no_grad():
+                k1 = dense_k1(batch.clone())["loss_per_member"].tolist()
             # K=1, dense member, same initial weights and batch: both losses must agree.
             rel = abs(k1[0] - dense_value) / max(abs(dense_value), 1e-12)
             sanity[net]["K1_vs_dqnloss_rel_diff"] = rel
@@ -739,7 +749,8 @@ def markdown_section(result: dict) -> str:
         f"Reproduce: `{result['command']}`.",
         "",
         "One EauDeQN step = loss on the batch (one shared target forward, K member "
-        "forwards), backward, Adam step, `zero_grad`, `updater.step` (masks re-applied). "
+        "forwards), backward, Adam step, `zero_grad`, `updater.step` (masks re-applied; "
+        "every member pruned to 50%, as members are once a run has pruned). "
         "Dense = TorchRL `DQNLoss` (TD(0), `delay_value=True`) on a `QValueActor`, "
         "one step; K dense steps cost K times that. The loss is called as the recipe for "
         "that network calls it: on TensorDicts (Nature CNN: the Atari recipe) or on plain "

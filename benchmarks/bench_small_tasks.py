@@ -42,7 +42,7 @@ import gymnasium as gym  # noqa: E402
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _report import fit, machine_info, write_docs_section  # noqa: E402
+from _report import LearningClock, fit, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import ControlConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.modules.dqn import minatar_cnn, mlp  # noqa: E402
@@ -70,25 +70,13 @@ def config(task: str, k: int, warm: int, steps: int, width: int) -> ControlConfi
 
 
 # --------------------------------------------------------------------------- the recipe
-class _Clock(L.Callback):
-    def __init__(self) -> None:
-        self.start: tuple[float, int] | None = None
-        self.end: tuple[float, int] | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if outputs and self.start is None:  # the first gradient step
-            self.start = (time.perf_counter(), pl_module.env_steps)
-        self.end = (time.perf_counter(), pl_module.env_steps)
-
-
 def recipe_rate(cfg: ControlConfig) -> float:
     """Learning-phase env steps/s of the control recipe's module and trainer."""
     L.seed_everything(cfg.seed, verbose=False)
     module = ControlDQNModule(cfg)
-    clock = _Clock()
+    clock = LearningClock()
     fit(module, [TargetSelectionCallback(module.updater), clock])
-    (t0, s0), (t1, s1) = clock.start, clock.end
-    return (s1 - s0) / (t1 - t0)
+    return clock.rate()
 
 
 # --------------------------------------------------------------------------- the plain loop

@@ -220,3 +220,37 @@ def test_filter_pruning_in_small_steps_does_not_compound():
             kept_steps = int(masks[n].flatten(1).any(1).sum())
             assert kept_one < w[n].shape[0]  # the test prunes filters at all
             assert abs(kept_steps - kept_one) <= 0.15 * w[n].shape[0], (n, kept_steps, kept_one)
+
+
+def test_ensemble_skips_dense_masks_but_sees_every_in_place_mask_write():
+    """apply_masks_ skips a mask that keeps every weight, and notices when one stops doing so."""
+    from torchrl_eaudeqn.modules.ensemble import MaskedEnsemble, prune_member_to
+
+    ens = MaskedEnsemble(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), 2)
+    weight = ens.params.get(("0", "weight"))
+    mask = ens.masks.get(("0", "weight"))
+    with torch.no_grad():
+        weight.fill_(1.0)
+    ens.apply_masks_()
+    assert bool((weight == 1.0).all())  # dense: nothing to zero
+    mask[1, 0, 0] = False  # an in-place write: the next call must apply it
+    ens.apply_masks_()
+    assert weight[1, 0, 0] == 0.0 and int((weight == 0).sum()) == 1
+    with torch.no_grad():
+        weight.fill_(2.0)
+    ens.apply_masks_()  # the same mask version, not dense: still applied every call
+    assert weight[1, 0, 0] == 0.0
+    mask.fill_(True)
+    prune_member_to(ens, 0, 0.5)  # the library's own pruning writes the masks in place
+    with torch.no_grad():
+        weight.fill_(3.0)
+    ens.apply_masks_()
+    assert float(ens.sparsity()[0]) == pytest.approx(0.5, abs=0.1)
+    state = ens.state_dict()
+    fresh = MaskedEnsemble(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), 2)
+    fresh.apply_masks_()  # remembers "dense" for its masks...
+    fresh.load_state_dict(state)  # ...which loading pruned ones overwrites in place
+    with torch.no_grad():
+        fresh.params.get(("0", "weight")).fill_(1.0)
+    fresh.apply_masks_()
+    assert torch.equal(fresh.params.get(("0", "weight")) != 0, fresh.masks.get(("0", "weight")))

@@ -180,7 +180,11 @@ class RunConfig:
         False, "also write the replay buffer beside each checkpoint (exact resume; large)"
     )
     # compute
-    use_vmap: str = _f("auto", "auto | true | false", choices=("auto", "true", "false"))
+    use_vmap: str = _f(
+        "auto",
+        "auto (a loop for K=1, else the faster path timed at the first step) | true | false",
+        choices=("auto", "true", "false"),
+    )
     threads: int = _f(0, "torch CPU threads (0: all cores)", min=0)
     device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
     progress_bar: bool = _f(True, "show the progress bar")

@@ -156,9 +156,25 @@ class MaskedEnsemble(TensorDictModuleBase):
 
     @torch.no_grad()
     def apply_masks_(self) -> None:
-        """Set every pruned weight of every member to exactly 0."""
-        for p, mask, zero in self._mask_pairs():
-            torch.where(mask, p, zero, out=p)
+        """Set every pruned weight of every member to exactly 0.
+
+        A mask that keeps every weight is skipped, known by its version
+        counter: write masks in place (``copy_``, indexing, the functions of
+        this module) or load them with ``load_state_dict``, not through
+        ``.data``, which bypasses the counter.
+        """
+        pairs = self._mask_pairs()
+        dense = self.__dict__["_dense_masks"]
+        for p, mask, zero in pairs:
+            # A mask that keeps every weight (dense DQN, or before the first
+            # pruning) is skipped: torch.where reads 5 bytes and writes 4 per
+            # weight, every step. Whether it keeps all is remembered per version
+            # of the mask, which every in-place write to it bumps.
+            known = dense.get(id(mask))
+            if known is None or known[0] != mask._version:
+                known = dense[id(mask)] = (mask._version, bool(mask.all()))
+            if not known[1]:
+                torch.where(mask, p, zero, out=p)
 
     def _mask_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # Cached: walking the two TensorDicts cost ~120 us of the ~180 us of a call on
@@ -174,6 +190,7 @@ class MaskedEnsemble(TensorDictModuleBase):
                 p = self.params.get(key).data
                 pairs.append((p, mask, torch.zeros((), dtype=p.dtype, device=p.device)))
             cached = self.__dict__["_mask_cache"] = (ptrs, pairs)
+            self.__dict__["_dense_masks"] = {}  # keyed by id() of masks in `pairs`
         return cached[1]
 
     def sparsity(self) -> torch.Tensor:
@@ -252,13 +269,15 @@ class MaskedEnsemble(TensorDictModuleBase):
 
         One forward of every member plus a backward, on detached copies of the
         parameters (the real ones and their gradients are untouched; no random
-        numbers are drawn), each path warmed up once, then timed three times in
-        alternation; the medians decide. Which path is faster depends on the
-        network, K, the batch, the device and the thread count (docs/benchmarks.md,
-        "vmap or loop"), so it is measured rather than guessed; the result is
-        remembered for the process under that key, so two ensembles of the same
-        shape decide alike. The two paths agree to float rounding, not bit for
-        bit: the recipes store the decision in their checkpoints so that a resume
+        numbers are drawn): each path warmed up (3 calls, 50 ms), then timed
+        five times in alternation (blocks of at least ``min_block_s``); the
+        medians decide. Which path is faster depends on the network, K, the
+        batch, the device and the thread count (docs/benchmarks.md, "vmap or
+        loop"), so it is measured rather than guessed; where the two are within
+        a few percent, machine noise may pick either. The result is remembered
+        for the process under that key, so two ensembles of the same shape
+        decide alike. The two paths agree to float rounding, not bit for bit:
+        the recipes store the decision in their checkpoints so that a resume
         takes the same path.
 
         Returns:
@@ -278,7 +297,7 @@ class MaskedEnsemble(TensorDictModuleBase):
             leaves = list(params.values(True, True))
             sync = torch.cuda.synchronize if leaves[0].is_cuda else (lambda: None)
 
-            def per_call_ms(vmap: bool) -> float:
+            def per_call_ms(vmap: bool, min_s: float = min_block_s, min_calls: int = 1) -> float:
                 calls, start = 0, time.perf_counter()
                 while True:
                     with torch.enable_grad():
@@ -290,12 +309,13 @@ class MaskedEnsemble(TensorDictModuleBase):
                     sync()
                     calls += 1
                     elapsed = time.perf_counter() - start
-                    if elapsed >= min_block_s:
+                    if elapsed >= min_s and calls >= min_calls:
                         return 1e3 * elapsed / calls
 
-            per_call_ms(True), per_call_ms(False)  # warm-up (allocator, kernels)
+            for vmap in (True, False):  # warm-up: vmap's first calls and the allocator are slow
+                per_call_ms(vmap, 2.5 * min_block_s, 3)
             times: dict[bool, list[float]] = {True: [], False: []}
-            for _ in range(3):
+            for _ in range(5):
                 for vmap in (True, False):
                     times[vmap].append(per_call_ms(vmap))
             vmap_ms, loop_ms = statistics.median(times[True]), statistics.median(times[False])
@@ -388,6 +408,8 @@ def aliased_member_network(ensemble: MaskedEnsemble, k: int) -> nn.Module:
 
 def _sync_selected(module: MaskedEnsemble, incompatible_keys: object) -> None:
     module._selected_int = int(module._selected)
+    # Loading writes the masks without bumping their version counters.
+    module.__dict__.pop("_mask_cache", None)
 
 
 def write_member(
