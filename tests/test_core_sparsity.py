@@ -254,3 +254,27 @@ def test_ensemble_skips_dense_masks_but_sees_every_in_place_mask_write():
         fresh.params.get(("0", "weight")).fill_(1.0)
     fresh.apply_masks_()
     assert torch.equal(fresh.params.get(("0", "weight")) != 0, fresh.masks.get(("0", "weight")))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    keep=st.floats(0.0, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_ensemble_apply_masks_equals_where_bit_for_bit(seed, keep, dtype):
+    """The bit-mask AND gives torch.where's result: kept weights untouched, pruned ones +0.0."""
+    from torchrl_eaudeqn.modules.ensemble import MaskedEnsemble
+
+    gen = torch.Generator().manual_seed(seed)
+    ens = MaskedEnsemble(nn.Linear(6, 5), 3).to(dtype)
+    weight = ens.params.get("weight")
+    mask = ens.masks.get("weight")
+    with torch.no_grad():
+        weight.copy_(torch.randn(weight.shape, generator=gen).to(dtype))
+        weight.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -0.0], dtype=dtype)
+    mask.copy_(torch.rand(mask.shape, generator=gen) < keep)
+    want = torch.where(mask, weight.detach(), torch.zeros((), dtype=dtype))
+    ens.apply_masks_()
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[weight.element_size()]
+    assert torch.equal(weight.detach().view(bits), want.view(bits).masked_fill(~mask, 0))

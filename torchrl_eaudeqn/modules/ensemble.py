@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 
+#: The integer type whose bits a float of that many bytes is ANDed with (apply_masks_).
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 #: calibrate_vmap's results by (template, K, inputs, device, threads), for the process.
 _VMAP_CALIBRATIONS: dict[tuple, dict[str, Any]] = {}
 
@@ -156,41 +158,42 @@ class MaskedEnsemble(TensorDictModuleBase):
 
     @torch.no_grad()
     def apply_masks_(self) -> None:
-        """Set every pruned weight of every member to exactly 0.
+        """Set every pruned weight of every member to exactly 0 (NaN and Inf too).
 
-        A mask that keeps every weight is skipped, known by its version
-        counter: write masks in place (``copy_``, indexing, the functions of
-        this module) or load them with ``load_state_dict``, not through
-        ``.data``, which bypasses the counter.
+        Each mask is turned once per version into an integer bit mask (all ones
+        where a weight is kept, zeros where pruned) that is ANDed into the
+        weight's bits: ``torch.where(mask, p, 0)`` branches per element, and
+        on a half-pruned Nature CNN (2-core CPU) it took 4.3-4.5 ms a call
+        against 1.0 ms with a mask that keeps all and 0.28 ms for the AND
+        (a float multiply, 0.2 ms, would keep NaN * 0 = NaN). A mask that
+        keeps every weight is skipped. The bit masks cost as much memory as
+        the prunable weights. Masks are known by their version counters:
+        write them in place (``copy_``, indexing, the functions of this
+        module) or load them with ``load_state_dict``, not through ``.data``,
+        which bypasses the counter.
         """
-        pairs = self._mask_pairs()
-        dense = self.__dict__["_dense_masks"]
-        for p, mask, zero in pairs:
-            # A mask that keeps every weight (dense DQN, or before the first
-            # pruning) is skipped: torch.where reads 5 bytes and writes 4 per
-            # weight, every step. Whether it keeps all is remembered per version
-            # of the mask, which every in-place write to it bumps.
-            known = dense.get(id(mask))
-            if known is None or known[0] != mask._version:
-                known = dense[id(mask)] = (mask._version, bool(mask.all()))
-            if not known[1]:
-                torch.where(mask, p, zero, out=p)
+        for p, mask, state in self._mask_pairs():
+            if state[0] != mask._version:
+                dense = bool(mask.all())
+                bits = None if dense else mask.to(_INT_OF_SIZE[p.element_size()]).neg_()
+                state[:] = [mask._version, bits]
+            if state[1] is not None:
+                p.view(state[1].dtype).bitwise_and_(state[1])
 
-    def _mask_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _mask_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor, list[Any]]]:
         # Cached: walking the two TensorDicts cost ~120 us of the ~180 us of a call on
         # an MLP (2-core CPU), and the updater applies the masks after every step.
         # Masks and parameters are written in place; a move (.to) changes the
-        # pointers, which the check below catches.
+        # pointers, which the check below catches. The third entry is
+        # apply_masks_'s [mask version, bit mask or None when the mask keeps all].
         first = self.prunable_names[0].split(".")
         ptrs = (self.params.get(tuple(first)).data_ptr(), self.masks.get(tuple(first)).data_ptr())
         cached = self.__dict__.get("_mask_cache")
         if cached is None or cached[0] != ptrs:
             pairs = []
             for key, mask in self.masks.items(True, True):
-                p = self.params.get(key).data
-                pairs.append((p, mask, torch.zeros((), dtype=p.dtype, device=p.device)))
+                pairs.append((self.params.get(key).data, mask, [None, None]))
             cached = self.__dict__["_mask_cache"] = (ptrs, pairs)
-            self.__dict__["_dense_masks"] = {}  # keyed by id() of masks in `pairs`
         return cached[1]
 
     def sparsity(self) -> torch.Tensor:
