@@ -77,6 +77,7 @@ def benchmarks(session: nox.Session) -> None:
         "bench_small_tasks.py",
     ):
         session.run("python", f"benchmarks/{script}", env=ENV)
+    session.run("python", "benchmarks/bench_atari_throughput.py", "--vs-plain", env=ENV)
 
 
 @nox.session(python=PY)
