@@ -45,6 +45,23 @@ class LearningClock(L.Callback):
         return (s1 - s0) / (t1 - t0)
 
 
+def loop_parts(
+    steps: int, seconds: float, env_s: float, act_s: float, grad_s: float
+) -> dict[str, float]:
+    """A plain loop's env steps/s and per-env-step microseconds of its timed parts.
+
+    ``overhead_us`` is what is left of an env step after the env step, the
+    acting forward and the gradient steps.
+    """
+    return {
+        "rate": steps / seconds,
+        "env_us": 1e6 * env_s / steps,
+        "act_us": 1e6 * act_s / steps,
+        "grad_us": 1e6 * grad_s / steps,
+        "overhead_us": 1e6 * (seconds - env_s - act_s - grad_s) / steps,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """torch version, thread count, CPU and cores: the context every result JSON carries."""
     return {

@@ -56,7 +56,7 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _report import LearningClock, fit, machine_info, write_docs_section  # noqa: E402
+from _report import LearningClock, fit, loop_parts, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import AtariConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.envs import make_atari_env, make_atari_gym_env  # noqa: E402
@@ -253,13 +253,7 @@ def plain_loop(cfg: AtariConfig, seed: int = 0) -> dict[str, float]:
     seconds = time.perf_counter() - clock
     steps = cfg.env_steps - cfg.learning_starts
     env.close()
-    return {
-        "rate": steps / seconds,
-        "env_us": 1e6 * t_env / steps,
-        "act_us": 1e6 * t_act / steps,
-        "grad_us": 1e6 * t_grad / steps,
-        "overhead_us": 1e6 * (seconds - t_env - t_act - t_grad) / steps,
-    }
+    return loop_parts(steps, seconds, t_env, t_act, t_grad)
 
 
 def recipe_rate(module: DQNLightningModule) -> float:

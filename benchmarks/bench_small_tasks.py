@@ -42,7 +42,7 @@ import gymnasium as gym  # noqa: E402
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _report import LearningClock, fit, machine_info, write_docs_section  # noqa: E402
+from _report import LearningClock, fit, loop_parts, machine_info, write_docs_section  # noqa: E402
 
 from torchrl_eaudeqn.config import ControlConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.modules.dqn import minatar_cnn, mlp  # noqa: E402
@@ -192,13 +192,7 @@ def plain_loop(cfg: ControlConfig, seed: int = 0) -> dict[str, float]:
     seconds = time.perf_counter() - start
     steps = cfg.env_steps - cfg.learning_starts
     env.close()
-    return {
-        "rate": steps / seconds,
-        "env_us": 1e6 * t_env / steps,
-        "act_us": 1e6 * t_act / steps,
-        "grad_us": 1e6 * t_grad / steps,
-        "overhead_us": 1e6 * (seconds - t_env - t_act - t_grad) / steps,
-    }
+    return loop_parts(steps, seconds, t_env, t_act, t_grad)
 
 
 # --------------------------------------------------------------------------- report
