@@ -285,3 +285,20 @@ def test_lean_resume_with_the_replay_is_bit_exact(tmp_path, capsys, monkeypatch)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), [
         k for k in wa if not torch.equal(wa[k], wb[k])
     ]
+
+
+def test_transition_replay_wraps_and_casts_like_the_storage_dtypes():
+    """Rows land at cursor..cursor+n modulo capacity, cast to each field's dtype."""
+    rb = TransitionReplay(5, (2,), obs_dtype=torch.uint8)
+    for start, n in ((0, 3), (3, 4), (7, 1)):
+        rows = np.arange(start, start + n)
+        obs = np.stack([rows % 2 == 0, rows % 3 == 0], axis=1)  # bool, as MinAtar's
+        rb.extend(obs, rows, rows * 0.1, ~obs, rows % 2 == 1)
+    # Eight rows into five slots: slot i holds the newest row r with r % 5 == i.
+    newest = np.array([5, 6, 7, 3, 4])
+    assert rb.action.tolist() == newest.tolist() and len(rb) == 5
+    assert rb.observation.dtype == torch.uint8 and rb.reward.dtype == torch.float32
+    assert torch.equal(rb.observation[:, 0], torch.from_numpy(newest % 2 == 0).to(torch.uint8))
+    assert torch.equal(rb.next_observation[:, 1], torch.from_numpy(newest % 3 != 0).to(torch.uint8))
+    assert torch.equal(rb.reward, torch.from_numpy(newest * 0.1).float())
+    assert rb.terminated.tolist() == (newest % 2 == 1).tolist()

@@ -88,11 +88,14 @@ class TransitionReplay:
         if n > self.capacity:  # only the newest capacity rows would survive
             values = tuple(v[-self.capacity :] for v in values)
             n = self.capacity
-        index = torch.from_numpy((self._cursor + np.arange(n)) % self.capacity)
+        c = self._cursor
+        rows = slice(c, c + n) if c + n <= self.capacity else (c + np.arange(n)) % self.capacity
         for name, value in zip(_FIELDS, values, strict=True):
-            store = getattr(self, name)
-            store[index] = torch.as_tensor(np.asarray(value)).to(store.dtype)
-        self._cursor = int((self._cursor + n) % self.capacity)
+            # Through a NumPy view of the (CPU) storage: a few rows a call, where
+            # torch's per-op dispatch (as_tensor, cast, index_put) took ~165 us for
+            # the five fields against ~23 us (2-core CPU, two CartPole rows).
+            getattr(self, name).numpy()[rows] = np.asarray(value)
+        self._cursor = int((c + n) % self.capacity)
         self._size = min(self.capacity, self._size + n)
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
