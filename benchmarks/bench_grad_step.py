@@ -671,14 +671,13 @@ def verdicts(ratios: dict, nets: Sequence[str], ks: Sequence[int]) -> dict:
         }
         for net in nets
     }
-    # Default path for this device type: the lower geometric mean of vmap/loop over
-    # the networks and the K > 1 settings (K = 1 has nothing to vectorise).
+    # Geometric mean of vmap/loop over the networks and the K > 1 settings (K = 1
+    # has nothing to vectorise); auto decides per setting, this is the summary.
     logs = [
         math.log(ratios[net][f"K{k}"]["vmap_over_loop"]) for net in nets for k in ks if k > 1
     ] or [math.log(ratios[net][f"K{k}"]["vmap_over_loop"]) for net in nets for k in ks]
     geo = math.exp(sum(logs) / len(logs))
     out["vmap_over_loop_geomean"] = geo
-    out["recommended_default_path"] = "vmap" if geo < 1.0 else "loop"
     multi = [ratios[net][f"K{k}"] for net in nets for k in ks if k > 1]
     out["auto_settings"] = len(multi)
     out["auto_matched"] = sum(r["auto"] == r["faster"] for r in multi)

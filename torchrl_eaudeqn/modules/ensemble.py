@@ -124,7 +124,7 @@ class MaskedEnsemble(TensorDictModuleBase):
         self.register_buffer("_selected", torch.tensor(int(selected)))
         # Python mirror: int() on a CUDA buffer would synchronise every forward.
         self._selected_int = int(selected)
-        self.register_load_state_dict_post_hook(_sync_selected)
+        self.register_load_state_dict_post_hook(_after_load)
         template = copy.deepcopy(network)
         TensorDict.from_module(template).data.to("meta").to_module(template)
         # Outside the module tree: it only carries the structure.
@@ -267,14 +267,15 @@ class MaskedEnsemble(TensorDictModuleBase):
         # Undecided (no call yet, or inside a transform): vmap, the choice before calibration.
         return True if self.auto_vmap is None else self.auto_vmap
 
-    def calibrate_vmap(self, *inputs: torch.Tensor, min_block_s: float = 0.02) -> dict[str, Any]:
+    def calibrate_vmap(self, *inputs: torch.Tensor, min_block_s: float = 0.01) -> dict[str, Any]:
         """Time both paths on ``inputs`` and make the faster one :attr:`auto_vmap`.
 
         One forward of every member plus a backward, on detached copies of the
         parameters (the real ones and their gradients are untouched; no random
-        numbers are drawn): each path warmed up (3 calls, 50 ms), then timed
+        numbers are drawn): each path warmed up (at least 3 calls), then timed
         seven times in alternation (blocks of at least ``min_block_s``); the
-        medians decide. Which path is faster depends on the network, K, the
+        medians decide. On a small network that is ~0.16 s in all, once per
+        process and shape. Which path is faster depends on the network, K, the
         batch, the device and the thread count (docs/benchmarks.md, "vmap or
         loop"), so it is measured rather than guessed; where the two are within
         a few percent, machine noise may pick either. The result is remembered
@@ -316,7 +317,7 @@ class MaskedEnsemble(TensorDictModuleBase):
                         return 1e3 * elapsed / calls
 
             for vmap in (True, False):  # warm-up: vmap's first calls and the allocator are slow
-                per_call_ms(vmap, 2.5 * min_block_s, 3)
+                per_call_ms(vmap, min_block_s, 3)
             times: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(7):
                 for vmap in (True, False):
@@ -412,7 +413,7 @@ def aliased_member_network(ensemble: MaskedEnsemble, k: int) -> nn.Module:
     return net.eval()
 
 
-def _sync_selected(module: MaskedEnsemble, incompatible_keys: object) -> None:
+def _after_load(module: MaskedEnsemble, incompatible_keys: object) -> None:
     module._selected_int = int(module._selected)
     # Loading writes the masks without bumping their version counters.
     module.__dict__.pop("_mask_cache", None)
