@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +35,9 @@ def _init_sqlite_store(uri: str) -> None:
     MLflow creates its tables with a chain of migrations; a process killed in
     the middle (measured: SIGKILL during start-up) leaves a half-migrated
     file that every later run refuses. A new store is therefore built under a
-    temporary name and renamed into place once complete.
+    temporary name and renamed into place once complete. It starts as a copy
+    of :func:`_empty_store_template` where one can be had: the migrations
+    take ~2.5 s per store on a 2-core machine, a copy milliseconds.
     """
     if not uri.startswith("sqlite:///"):
         return
@@ -44,6 +48,11 @@ def _init_sqlite_store(uri: str) -> None:
 
     tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
     try:
+        template = _empty_store_template()
+        if template is not None:
+            shutil.copyfile(template, tmp)
+        # On a copy MLflow only adds its Default experiment (artifact location
+        # resolved here, as for a store it migrates itself).
         MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
         _dispose_engines()
         if not path.exists():
@@ -51,6 +60,52 @@ def _init_sqlite_store(uri: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _store_cache_dir() -> pathlib.Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(root) / "torchrl_eaudeqn"
+
+
+def _empty_store_template() -> pathlib.Path | None:
+    """A migrated SQLite store without experiments, made once per MLflow/SQLAlchemy version.
+
+    Kept in ``$XDG_CACHE_HOME/torchrl_eaudeqn`` (default ``~/.cache``), built
+    under a temporary name and renamed into place. ``None`` (the caller then
+    lets MLflow migrate the new store itself) when the cache cannot be written
+    or its file is not such a store. It holds tables only: MLflow adds the
+    Default experiment, whose artifact location depends on the working
+    directory, when a copy is first opened.
+    """
+    import mlflow
+    import sqlalchemy
+
+    name = f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}-empty.db"
+    path = _store_cache_dir() / name
+    if not path.is_file():
+        from mlflow import MlflowClient
+
+        tmp = path.with_name(f".{name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+            _dispose_engines()
+            with contextlib.closing(sqlite3.connect(tmp)) as db, db:
+                db.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+                db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+            os.replace(tmp, path)
+        except (OSError, sqlite3.Error):
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    try:  # a file someone else left there must be an empty migrated store
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            (experiments,) = db.execute("SELECT COUNT(*) FROM experiments").fetchone()
+    except (sqlite3.Error, TypeError, ValueError):
+        return None
+    return path if version and experiments == 0 else None
 
 
 def _dispose_engines() -> None:
