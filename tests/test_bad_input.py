@@ -137,6 +137,8 @@ CASES: list[tuple[str, str, list[str], str, dict[str, str]]] = [
     ("control-yaml-inf", "control_dqn", [*STORE, "--config", "{tmp}/bad.yaml"], r"^error: lr: expected a finite number, got inf$", {"bad.yaml": f"extends: {CARTPOLE}\nlr: .inf\n"}),
     ("control-lr-word", "control_dqn", [*CONTROL, *STORE, "lr=fast"], r"^error: lr: expected a number, got 'fast'$", {}),
     ("control-method", "control_dqn", [*CONTROL, *STORE, "method=sac"], r"^error: method: expected one of eaudeqn \| polyprune \| dqn", {}),
+    ("control-optimizer", "control_dqn", [*CONTROL, *STORE, "optimizer=sgd"], r"^error: optimizer: expected one of adam \| rmsprop", {}),
+    ("control-action-set", "control_dqn", [*CONTROL, *STORE, "action_set=full"], r"^error: action_set: full applies to MinAtar games", {}),
     ("control-train-freq-0", "control_dqn", [*CONTROL, *STORE, "train_freq=0"], r"^error: train_freq: must be >= 1", {}),
     # ------------------------------------------------------------- evaluate.py
     ("eval-episodes-0", "evaluate", [*EVAL, "--episodes", "0"], r"^evaluate\.py: error: --episodes: must be >= 1, got 0$", {}),

@@ -102,6 +102,41 @@ def test_lr_end_fraction_decays_the_rate_linearly_by_env_step():
     assert seen[0][1] > seen[-1][1] > 1e-4 - 1e-12
 
 
+def test_rmsprop_is_centered_with_the_config_values_and_reset_at_each_selection():
+    steps = []
+
+    def record(module):
+        module.optimizer.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+
+    module = _fit(
+        [
+            "method=eaudeqn",
+            "optimizer=rmsprop",
+            "lr=2.5e-4",
+            "lr_end_fraction=1",
+            "rmsprop_alpha=0.9",
+        ],
+        before_fit=record,
+    )
+    opt = module.optimizer
+    assert isinstance(opt, torch.optim.RMSprop)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["alpha"], group["eps"], group["centered"]) == (
+        2.5e-4,
+        0.9,
+        0.01,
+        True,
+    )
+    assert {id(p) for p in module.loss_module.parameters()} == {id(p) for p in group["params"]}
+    # Selections every 80 env steps = 20 gradient steps: each one cleared the
+    # members' RMSprop state, so no member has been stepped since the start.
+    assert module.updater.history_total >= 2 and len(steps) >= 40
+    members = list(module.actor.parameters())
+    counts = [int(opt.state[p]["step"]) for p in members if p in opt.state]
+    assert counts and max(counts) < len(steps)
+    assert all("grad_avg" in opt.state[p] for p in members if p in opt.state)  # centered
+
+
 def test_lean_collector_prunes_and_acts_with_the_selected_member():
     module = _fit(["collector=lean", "overlap=true", "max_speed=0.3"])
     sparsity = module.actor.sparsity()

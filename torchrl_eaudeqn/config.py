@@ -142,15 +142,24 @@ class RunConfig:
     target_period: int = _f(
         8000, "env steps between target updates (the members are compared there)", min=1
     )
-    reset_optimizer: bool = _f(True, "reset Adam state at each target update (eaudeqn)")
+    reset_optimizer: bool = _f(True, "reset the optimizer state at each target update (eaudeqn)")
     # PolyPrune baseline
     final_sparsity: float = _f(0.95, "polyprune final sparsity", min=0.0, max=0.999999)
     prune_start: int = _f(200_000, "polyprune schedule start (env steps)", min=0)
     prune_end: int = _f(800_000, "polyprune schedule end (env steps)", min=1)
     prune_every: int = _f(1000, "polyprune mask update interval (env steps)", min=1)
     # optimizer and replay
-    lr: float = _f(1e-3, "Adam learning rate", min=0.0)
+    optimizer: str = _f(
+        "adam",
+        "adam | rmsprop (centered RMSprop with rmsprop_alpha/rmsprop_eps: the MinAtar paper's DQN)",
+        choices=("adam", "rmsprop"),
+    )
+    lr: float = _f(1e-3, "learning rate", min=0.0)
     adam_eps: float = _f(1e-8, "Adam epsilon", min=0.0)
+    rmsprop_alpha: float = _f(
+        0.95, "RMSprop smoothing constant (optimizer=rmsprop)", min=0.0, max=1.0
+    )
+    rmsprop_eps: float = _f(0.01, "RMSprop epsilon (optimizer=rmsprop)", min=0.0)
     batch_size: int = _f(32, "replay batch size", min=1)
     buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
     learning_starts: int = _f(1_000, "random env steps before learning", min=0)
@@ -370,13 +379,13 @@ class SACConfig(RunConfig):
     )
     max_speed: float = _like("max_speed", 0.01, "fastest pruning speed per selection")
     reset_optimizer: bool = _like(
-        "reset_optimizer", True, "reset Adam state of the members at each selection"
+        "reset_optimizer", True, "reset the optimizer state of the members at each selection"
     )
     hard_copy_on_selection: bool = _f(
         False, "copy the critic winner into the target at selections (else Polyak only)"
     )
     # SAC
-    lr: float = _like("lr", 3e-4, "Adam learning rate (actor, critics, alpha)")
+    lr: float = _like("lr", 3e-4, "learning rate (actor, critics, alpha)")
     batch_size: int = _like("batch_size", 256)
     learning_starts: int = _like(
         "learning_starts", 5000, "uniformly random env steps before learning"
@@ -494,6 +503,12 @@ class ControlConfig(RunConfig):
     width: int = _f(
         128, "hidden width (MLP: both hidden layers; MinAtar CNN: the dense layer)", min=1
     )
+    action_set: str = _f(
+        "minimal",
+        "MinAtar actions: minimal (the game's own set, MinAtar/<Game>-v1) | full (all 6, -v0, "
+        "as the MinAtar paper's DQN)",
+        choices=("minimal", "full"),
+    )
     env_steps: int = _like("env_steps", 30_000)
     max_speed: float = _like("max_speed", 0.1)
     prune_start: int = _like("prune_start", 3_000)
@@ -536,6 +551,8 @@ class ControlConfig(RunConfig):
         super().__post_init__()
         if self.env.startswith("minatar:") and self.env[8:] not in MINATAR_GAMES:
             raise ConfigError(f"env: unknown MinAtar game {self.env[8:]!r} ({MINATAR_GAMES})")
+        if self.action_set == "full" and not self.env.startswith("minatar:"):
+            raise ConfigError(f"action_set: full applies to MinAtar games, not {self.env!r}")
 
     @property
     def tags(self) -> dict[str, str]:

@@ -124,13 +124,16 @@ def _channels_first(env: Any) -> Any:
     return ChannelsFirst(env)
 
 
-def _minatar_gym(game: str, max_episode_steps: int | None, sticky_actions: float) -> Any:
+def _minatar_gym(
+    game: str, max_episode_steps: int | None, sticky_actions: float, full_actions: bool = False
+) -> Any:
     import gymnasium as gym
     from minatar.gym import register_envs
 
     if game not in MINATAR_GAMES:
         raise ValueError(f"game must be one of {MINATAR_GAMES}, got {game!r}")
-    env_id = f"MinAtar/{game.title().replace('_', '')}-v1"
+    # -v1: the game's minimal action set; -v0: all six (the MinAtar paper's DQN).
+    env_id = f"MinAtar/{game.title().replace('_', '')}-v{0 if full_actions else 1}"
     if env_id not in gym.registry:
         register_envs()
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
@@ -143,10 +146,12 @@ def make_minatar_env(
     seed: int | None = None,
     max_episode_steps: int | None = None,
     sticky_actions: float = 0.1,
+    full_actions: bool = False,
 ) -> EnvBase:
     """A MinAtar game as a TorchRL env: observation float ``[C, 10, 10]``, one-hot actions.
 
-    Uses the minimal action set (``MinAtar/<Game>-v1``) and MinAtar's own
+    Uses the minimal action set (``MinAtar/<Game>-v1``; ``full_actions=True``:
+    all six actions, ``-v0``, as the MinAtar paper's DQN) and MinAtar's own
     sticky actions (0.1, the package default). Adds ``episode_reward``
     (:class:`~torchrl.envs.RewardSum`) and ``step_count``.
 
@@ -155,6 +160,7 @@ def make_minatar_env(
         seed: env seed.
         max_episode_steps: a step cap (``None``: none, as MinAtar).
         sticky_actions: probability that the previous action repeats.
+        full_actions: all six actions instead of the game's minimal set.
 
     Example:
         >>> env = make_minatar_env("breakout", seed=0)
@@ -162,7 +168,7 @@ def make_minatar_env(
         >>> td["observation"].shape, td["observation"].dtype, td["action"].shape
         (torch.Size([3, 4, 10, 10]), torch.float32, torch.Size([3, 3]))
     """
-    genv = _minatar_gym(game, max_episode_steps, sticky_actions)
+    genv = _minatar_gym(game, max_episode_steps, sticky_actions, full_actions)
     env = TransformedEnv(GymWrapper(genv), Compose(RewardSum(), StepCounter()))
     if seed is not None:
         env.set_seed(seed)
@@ -178,7 +184,9 @@ def make_task_env(cfg: ControlConfig, seed: int, eval: bool = False) -> EnvBase:
     """
     cap = cfg.eval_max_steps if eval else (cfg.max_episode_steps or None)
     if cfg.env.startswith("minatar:"):
-        return make_minatar_env(cfg.task_name, seed=seed, max_episode_steps=cap)
+        return make_minatar_env(
+            cfg.task_name, seed=seed, max_episode_steps=cap, full_actions=cfg.action_set == "full"
+        )
     return make_control_env(cfg.env, seed=seed, max_episode_steps=cap)
 
 
@@ -199,6 +207,6 @@ def make_task_gym_env(cfg: ControlConfig, eval: bool = False) -> Any:
 
     cap = cfg.eval_max_steps if eval else (cfg.max_episode_steps or None)
     if cfg.env.startswith("minatar:"):
-        return _minatar_gym(cfg.task_name, cap, 0.1)
+        return _minatar_gym(cfg.task_name, cap, 0.1, cfg.action_set == "full")
     _check_control_id(cfg.env)
     return gym.make(cfg.env, **({} if cap is None else {"max_episode_steps": cap}))

@@ -22,7 +22,7 @@ from ..objectives import EauDeQNLoss
 from ..sparsity import sparsity_stats
 from ..tracking.metrics import MLflowMetrics
 from ..updaters.builders import build_updater
-from .base import OnlineRLModule
+from .base import OnlineRLModule, build_optimizer
 
 __all__ = ["DQNLightningModule", "EnsembleDQNModule"]
 
@@ -50,10 +50,7 @@ class EnsembleDQNModule(OnlineRLModule):
         )
         self.loss_module = EauDeQNLoss(self.actor, loss_function=cfg.loss_function)
         self.loss_module.make_value_estimator(gamma=cfg.gamma)
-        # fused Adam: foreach is several times slower for K members on CPU (docs/benchmarks.md).
-        self.optimizer = torch.optim.Adam(
-            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
-        )
+        self.optimizer = build_optimizer(cfg, self.loss_module.parameters())
         self.updater = build_updater(cfg, self.loss_module, self.optimizer)
         self.explore = EGreedyModule(
             action_spec,

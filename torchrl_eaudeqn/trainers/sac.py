@@ -15,7 +15,7 @@ from ..modules.sac import MaskedEnsembleTanhGaussianActor, MaskedEnsembleTwinQ
 from ..objectives.sac import EauDeSACLoss
 from ..tracking.metrics import MLflowMetrics
 from ..updaters.builders import build_sac_updater
-from .base import OnlineRLModule
+from .base import OnlineRLModule, build_optimizer
 from .callbacks import SAC_MEMBER_LOSS_KEYS
 
 __all__ = ["SACLightningModule"]
@@ -99,12 +99,10 @@ class SACLightningModule(OnlineRLModule):
             target_entropy=cfg.target_entropy_value,
         )
         self.loss_module.make_value_estimator(gamma=cfg.gamma)
-        # One Adam for actor, critics and alpha: Adam is per-parameter and the
-        # three losses reach disjoint parameters, so this equals three Adams
-        # with the same settings. fused: see DQNLightningModule.
-        self.optimizer = torch.optim.Adam(
-            self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True
-        )
+        # One optimizer for actor, critics and alpha: Adam and RMSprop are
+        # per-parameter and the three losses reach disjoint parameters, so this
+        # equals three optimizers with the same settings.
+        self.optimizer = build_optimizer(cfg, self.loss_module.parameters())
         self.updater = build_sac_updater(cfg, self.loss_module, self.optimizer)
         self.replay = ReplayBuffer(
             storage=LazyTensorStorage(cfg.buffer_size),
