@@ -8,6 +8,7 @@ the env must offer the full action set when asked and the minimal one by default
 from __future__ import annotations
 
 import pathlib
+import warnings
 
 import pytest
 
@@ -51,7 +52,10 @@ def test_every_cell_is_the_minatar_papers_dqn_on_its_game():
 @pytest.mark.parametrize("action_set, n", [("minimal", 3), ("full", 6)])
 def test_the_action_set_reaches_both_env_paths(action_set, n):
     cfg = ControlConfig(env="minatar:breakout", action_set=action_set)
-    genv = make_task_gym_env(cfg)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        genv = make_task_gym_env(cfg)
+    assert not [w for w in seen if "out of date" in str(w.message)]  # -v0 is chosen, not stale
     assert genv.action_space.n == n
     assert genv.spec.id.endswith("-v0" if action_set == "full" else "-v1")
     assert genv.unwrapped.game.sticky_action_prob == 0.1

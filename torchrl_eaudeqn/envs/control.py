@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -137,7 +138,11 @@ def _minatar_gym(
     if env_id not in gym.registry:
         register_envs()
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return _channels_first(gym.make(env_id, sticky_action_prob=sticky_actions, **kwargs))
+    with warnings.catch_warnings():
+        # Gymnasium calls -v0 "out of date"; here it is the full action set, chosen.
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        env = gym.make(env_id, sticky_action_prob=sticky_actions, **kwargs)
+    return _channels_first(env)
 
 
 def make_minatar_env(
