@@ -121,6 +121,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--log-dir", default="runs/study", help="one log file per run")
     run.add_argument("--checkpoint-dir", default="checkpoints/study")
     run.add_argument("--pause-file", default=None, help="start no run while this file exists")
+    run.add_argument(
+        "--cell-results",
+        default=None,
+        help="directory of one result JSON per finished cell (commit it): cells with a file "
+        "are skipped, each finished cell writes one (threads backend)",
+    )
     rep = sub.choices["report"]
     rep.add_argument("--figures", default="docs/figures/study", help="where PNGs go")
     rep.add_argument("--results", default="results/study", help="summary JSON and tables")
@@ -230,6 +236,19 @@ def _echo_to(log_dir: str):
     return echo
 
 
+def check_cell_results(args: argparse.Namespace, backend: str, cells: list) -> None:
+    """``--cell-results``: a directory (or a new one) whose result files all read back."""
+    if backend == "ray":
+        raise ValueError("--cell-results: supported with --backend threads only")
+    path = pathlib.Path(args.cell_results)
+    if not args.cell_results.strip() or (path.exists() and not path.is_dir()):
+        raise ValueError(f"--cell-results: expected a directory, got {args.cell_results!r}")
+    if path.is_dir():
+        study.load_results(path)  # a file that does not read back stops the run, naming it
+        for cell in cells:
+            study.has_result(path, cell)  # ... and so does one under another cell's name
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         check_common_args(args)
@@ -240,11 +259,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         experiment = args.experiment or spec.experiment
         check_cells(cells, args, experiment)
+        if args.cell_results is not None:
+            check_cell_results(args, backend, cells)
     except (ValueError, OSError) as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return 2
     if args.dry_run:
         done = study.finished_keys(args.tracking_uri, experiment)
+        if args.cell_results is not None:
+            done |= {c.key for c in cells if study.has_result(args.cell_results, c)}
         for c in cells:
             print(("done " if c.key in done else "todo ") + c.key)
         return 0
@@ -283,6 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             attempts=args.max_retries + 1,
             threads=max(1, math.ceil(args.cpus_per_run)),
             echo=echo,
+            results_dir=args.cell_results,
         )
     echo(json.dumps(counts))
     return 1 if counts["failed"] else 0

@@ -133,7 +133,8 @@ tasks:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cells = study.expand_grid(study.load_grid(grid))
     kw = dict(tracking_uri=uri, experiment="tiny", checkpoint_dir=str(tmp_path / "ckpt"),
-              log_dir=tmp_path / "logs", echo=lambda s: None)  # fmt: skip
+              log_dir=tmp_path / "logs", echo=lambda s: None,
+              results_dir=tmp_path / "results")  # fmt: skip
     counts = study.run_grid(cells, workers=2, **kw)
     logs = "\n".join(p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log"))
     assert counts == {"skipped": 0, "finished": 2, "failed": 0}, logs
@@ -144,6 +145,15 @@ tasks:
     eau = next(r for r in records if r.method == "eaudeqn")
     assert eau.env_steps == 240 and eau.updates and 0.0 < eau.final_sparsity < 1.0
     assert np.isfinite(eau.random_score)
+    # Each finished cell left its result file, readable without the store.
+    files = {r["key"]: r for r in study.load_results(tmp_path / "results")}
+    assert set(files) == {c.key for c in cells}
+    eau_file = next(r for r in files.values() if r["method"] == "eaudeqn")
+    assert eau_file["config"]["env_steps"] == "240" and eau_file["wall_s"] > 0
+    assert len(eau_file["target_updates"]) == len(eau.updates)
+    assert eau_file["final_sparsity"] == pytest.approx(eau.final_sparsity)
+    assert eau_file["final_score"] == pytest.approx(eau.final_score) and eau_file["training_return"]
+    assert all(0 <= member < 2 for _, member, _ in eau_file["target_updates"])
 
 
 # --------------------------------------------------------------------------- aggregation

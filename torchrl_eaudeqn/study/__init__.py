@@ -26,11 +26,12 @@ Example:
 
 from ..tracking import study_runs
 from ..tracking.study_runs import *  # noqa: F403
-from . import aggregate, grid, plots, runner
+from . import aggregate, grid, plots, results, runner
 from .aggregate import *  # noqa: F403
 from .grid import *  # noqa: F403
 from .grid import _slug  # noqa: F401  (tests and the Ray backend name log files with it)
 from .plots import *  # noqa: F403
+from .results import *  # noqa: F403
 from .runner import *  # noqa: F403
 
 # The package re-exports its modules' public names and the MLflow run queries it uses.
@@ -39,6 +40,7 @@ __all__ = sorted(
         *aggregate.__all__,
         *grid.__all__,
         *plots.__all__,
+        *results.__all__,
         *runner.__all__,
         *study_runs.__all__,
     }

@@ -9,7 +9,7 @@ bootstrap confidence intervals; :func:`area_under_curve` summarises a curve.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,12 +62,28 @@ class RunRecord:
     recipe: str = "control"
     #: MuJoCo: final sparsity of the selected critic (twin-Q); NaN for the Q-learning recipes.
     critic_sparsity: float = float("nan")
+    #: ``(env step, selected member)`` at every target update (EauDe*; empty otherwise).
+    selected: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    run_id: str = ""
+    #: The run's logged config (MLflow params, strings).
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Seconds from the run's start to its end (MLflow's clock; a resumed run counts its pause).
+    wall_s: float | None = None
 
 
-def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> list[RunRecord]:
-    """The experiment's finished grid runs as :class:`RunRecord` s (latest run per key)."""
+def collect_runs(
+    tracking_uri: str,
+    experiment: str,
+    histories: bool = True,
+    keys: Collection[str] | None = None,
+) -> list[RunRecord]:
+    """The experiment's finished grid runs as :class:`RunRecord` s (latest run per key).
+
+    ``keys``: only these grid keys (``None``: all).
+    """
     records = []
-    for run in finished_runs(tracking_uri, experiment, _HISTORY_KEYS if histories else ()):
+    hist = _HISTORY_KEYS if histories else ()
+    for run in finished_runs(tracking_uri, experiment, hist, keys=keys):
         p, m, t = run.params, run.metrics, run.tags
         # control recipe: eval/return_mean; Atari recipe: eval/score_mean; MuJoCo
         # recipe: eval/return_mean and the selected actor's sparsity/actor_selected.
@@ -109,6 +125,10 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
                 critic_sparsity=float(
                     t.get("final_critic_sparsity", m.get("sparsity/critic_selected", np.nan))
                 ),
+                selected=first_history("target_update/selected", "selected/actor"),
+                run_id=run.run_id,
+                params=dict(p),
+                wall_s=(run.end_ms - run.start_ms) / 1e3 if run.end_ms and run.start_ms else None,
             )
         )
     return records
@@ -118,6 +138,7 @@ def collect_runs(tracking_uri: str, experiment: str, histories: bool = True) -> 
 _HISTORY_KEYS = (
     "episode_return", "episode_score", "sparsity/member_0", "sparsity/actor_selected",
     "target_update/selected_sparsity", "selection/actor_sparsity",
+    "target_update/selected", "selected/actor",
 )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..tracking.study_runs import ensure_experiment, finished_keys, mark_stale_runs
 from .grid import FAULT_ENV, URI_ENV, Cell, _slug, cell_checkpoint_dir, default_recipe
+from .results import cell_result, has_result, result_path, write_result
 
 __all__ = ["AttemptResult", "run_cell", "run_grid"]
 
@@ -174,6 +175,20 @@ def run_cell(
     return AttemptResult(rc, time.perf_counter() - t0, str(ckpt) if ckpt else None, host)
 
 
+def _write_cell_result(
+    cell: Cell,
+    tracking_uri: str,
+    experiment: str,
+    results_dir: str | pathlib.Path,
+    echo: Callable[[str], None],
+) -> None:
+    record = cell_result(tracking_uri, experiment, cell)
+    if record is None:
+        echo(f"{cell.key}: no FINISHED run in MLflow, no result file written")
+        return
+    echo(f"{cell.key}: result {write_result(result_path(results_dir, cell), record)}")
+
+
 def run_grid(
     cells: Sequence[Cell],
     *,
@@ -187,6 +202,7 @@ def run_grid(
     pause_file: str | pathlib.Path | None = None,
     threads: int = 1,
     echo: Callable[[str], None] = print,
+    results_dir: str | pathlib.Path | None = None,
 ) -> dict[str, int]:
     """Run the cells MLflow does not hold as finished, ``workers`` processes at a time.
 
@@ -201,13 +217,26 @@ def run_grid(
     finished cells are skipped. While ``pause_file`` exists no new run
     starts (on a shared machine, another job can hold the cores).
 
+    With ``results_dir``, every finished cell leaves a result file there
+    (:mod:`torchrl_eaudeqn.study.results`) and a cell whose file exists is
+    skipped, whatever the MLflow store holds: files committed with the code
+    carry a grid from one session or machine to the next. Cells MLflow holds
+    as finished but without a file get their file first.
+
     Returns:
         ``{"skipped": n, "finished": n, "failed": n}``.
     """
     done = finished_keys(tracking_uri, experiment)
+    if results_dir is not None:
+        have = {c.key for c in cells if has_result(results_dir, c)}
+        for cell in cells:
+            if cell.key in done and cell.key not in have:
+                _write_cell_result(cell, tracking_uri, experiment, results_dir, echo)
+        done = done | have
     todo = [c for c in cells if c.key not in done]
     counts = {"skipped": len(cells) - len(todo), "finished": 0, "failed": 0}
-    echo(f"grid: {len(cells)} cells, {counts['skipped']} finished in MLflow, {len(todo)} to run")
+    where = "in MLflow" if results_dir is None else f"in MLflow or {results_dir}"
+    echo(f"grid: {len(cells)} cells, {counts['skipped']} finished {where}, {len(todo)} to run")
     if not todo:
         return counts
     ensure_experiment(tracking_uri, experiment)
@@ -233,6 +262,8 @@ def run_grid(
             resumed = " (resumed)" if r.resumed_from else ""
             echo(f"[{i + 1}/{len(todo)}] {cell.key}: {status}{resumed}, {r.seconds:.0f} s")
             if r.ok:
+                if results_dir is not None:
+                    _write_cell_result(cell, tracking_uri, experiment, results_dir, echo)
                 return True
             if attempt + 1 < attempts:
                 time.sleep(2.0)

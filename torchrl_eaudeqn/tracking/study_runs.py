@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from ..credentials import redact_uri
@@ -146,10 +146,16 @@ class FinishedRun:
     tags: dict[str, str]
     #: metric name -> sorted ``(step, value)`` pairs, for the names asked for.
     histories: dict[str, list[tuple[int, float]]]
+    #: MLflow's start and end times (ms since the epoch).
+    start_ms: int | None = None
+    end_ms: int | None = None
 
 
 def finished_runs(
-    tracking_uri: str, experiment: str, history_keys: Sequence[str] = ()
+    tracking_uri: str,
+    experiment: str,
+    history_keys: Sequence[str] = (),
+    keys: Collection[str] | None = None,
 ) -> list[FinishedRun]:
     """The experiment's ``FINISHED`` runs with a grid key, the latest per key, sorted by key.
 
@@ -157,6 +163,7 @@ def finished_runs(
         tracking_uri: the MLflow store.
         experiment: its experiment.
         history_keys: metrics whose whole history to read (one query each per run).
+        keys: only these grid keys (``None``: all).
 
     Raises:
         ValueError: no such experiment (one line naming it and the store).
@@ -174,6 +181,8 @@ def finished_runs(
         order_by=["attributes.start_time ASC"],
     )
     latest = {r.data.tags[KEY_TAG]: r for r in runs if KEY_TAG in r.data.tags}
+    if keys is not None:
+        latest = {k: r for k, r in latest.items() if k in keys}
     out = []
     for key, run in sorted(latest.items()):
         rid = run.info.run_id
@@ -189,6 +198,8 @@ def finished_runs(
                 dict(run.data.metrics),
                 dict(run.data.tags),
                 histories,
+                run.info.start_time,
+                run.info.end_time,
             )  # fmt: skip
         )
     return out
