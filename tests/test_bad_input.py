@@ -444,15 +444,17 @@ def test_model_name_rules_agree_with_mlflow(name):
     "alias", ["final", "champion_2", "a-b", "v1", "V12", "v1a", "a.b", "a b", "", "x" * 256]
 )
 def test_alias_rules_agree_with_mlflow(alias):
-    mlflow_validation = pytest.importorskip("mlflow.utils.validation")
+    pytest.importorskip("mlflow.utils.validation")
     from mlflow.exceptions import MlflowException
 
     from torchrl_eaudeqn.config import ConfigError
+    from torchrl_eaudeqn.tracking.checks import mlflow_alias_rules
     from torchrl_eaudeqn.validation import check_alias
 
+    alias_rule, reserved_rule = mlflow_alias_rules()
     try:
-        mlflow_validation._validate_model_alias_name(alias)
-        mlflow_validation._validate_model_alias_name_reserved(alias)
+        alias_rule(alias)
+        reserved_rule(alias)
         mlflow_ok = True
     except MlflowException:
         mlflow_ok = False

@@ -383,7 +383,7 @@ def test_pt2_with_a_pickled_record_is_refused(store):
 
 
 def test_bundled_code_is_refused_before_mlflow_imports_it(store, tmp_path):
-    """MLflow alone imports a model's code/ module even with pickle disallowed."""
+    """A model that bundles code is refused before MLflow could import it (MLflow <= 3.17 does)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -410,8 +410,10 @@ def test_bundled_code_is_refused_before_mlflow_imports_it(store, tmp_path):
         [sys.executable, "-c", probe, str(model)], cwd=tmp_path, capture_output=True, text=True,
         env={**ENV, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}, timeout=120,
     )  # fmt: skip
-    assert marker.exists(), plain.stdout + plain.stderr[-2000:]  # imported before any check
-    marker.unlink()
+    # MLflow <= 3.17 imports the module before any check (the marker appears);
+    # 3.18 refuses first. Either way the loader below must refuse on its own.
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    marker.unlink(missing_ok=True)
     client = MlflowClient(store["uri"])
     run = client.create_run(client.get_experiment_by_name("trust").experiment_id)
     client.log_artifacts(run.info.run_id, str(model), "model")

@@ -338,6 +338,30 @@ def check_registered_names(cfg: Any) -> None:
             ) from None
 
 
+def mlflow_alias_rules() -> tuple[Callable[[str], Any], Callable[[str], Any]]:
+    """MLflow's own alias checks (format, reserved names), under either of their names.
+
+    Private functions: MLflow 3.18 renamed ``_validate_model_alias_name`` and
+    ``_validate_model_alias_name_reserved`` to ``_validate_alias_name`` and
+    ``_validate_alias_name_reserved``.
+
+    Raises:
+        AttributeError: this MLflow has neither name.
+    """
+    from mlflow.utils import validation as v
+
+    def rule(*names: str) -> Callable[[str], Any]:
+        for name in names:
+            if (fn := getattr(v, name, None)) is not None:
+                return fn
+        raise AttributeError(f"mlflow.utils.validation has none of {names}")
+
+    return (
+        rule("_validate_model_alias_name", "_validate_alias_name"),
+        rule("_validate_model_alias_name_reserved", "_validate_alias_name_reserved"),
+    )
+
+
 def check_names_with_mlflow(cfg: Any) -> None:
     """MLflow's own validators on the names of ``cfg`` (after :func:`check_names`).
 
@@ -358,13 +382,12 @@ def check_names_with_mlflow(cfg: Any) -> None:
         ]
         if getattr(cfg, "register", True):
             alias = cfg.register_alias
+            alias_rule, reserved_rule = mlflow_alias_rules()
             checks += [("register_name", lambda n=n: v._validate_model_name(n))
                        for n in _registered_names(cfg)]  # fmt: skip
-            checks.append(("register_alias", lambda: v._validate_model_alias_name(alias)))
+            checks.append(("register_alias", lambda: alias_rule(alias)))
             if alias.lower() not in BUILTIN_ALIASES:
-                checks.append(
-                    ("register_alias", lambda: v._validate_model_alias_name_reserved(alias))
-                )
+                checks.append(("register_alias", lambda: reserved_rule(alias)))
     except (ImportError, AttributeError):  # pragma: no cover - depends on the MLflow version
         return
     for name, check in checks:
