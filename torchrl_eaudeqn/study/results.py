@@ -15,13 +15,14 @@ import math
 import os
 import pathlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from .grid import Cell
 
 __all__ = [
     "RESULT_VERSION",
-    "cell_result",
+    "cell_results",
     "has_result",
     "load_results",
     "result_path",
@@ -47,6 +48,13 @@ def result_path(results_dir: str | pathlib.Path, cell: Cell) -> pathlib.Path:
     return pathlib.Path(results_dir) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', cell.key)}.json"
 
 
+def _read_record(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON result file ({exc})") from None
+
+
 def has_result(results_dir: str | pathlib.Path, cell: Cell) -> bool:
     """Whether ``cell``'s result file exists; one that names another cell raises.
 
@@ -56,10 +64,7 @@ def has_result(results_dir: str | pathlib.Path, cell: Cell) -> bool:
     path = result_path(results_dir, cell)
     if not path.is_file():
         return False
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable JSON result file ({exc})") from None
+    record = _read_record(path)
     if not isinstance(record, dict) or record.get("key") != cell.key:
         raise ValueError(f"{path}: expected the result of cell {cell.key!r}")
     return True
@@ -81,43 +86,46 @@ def _moving_average(points: list[tuple[int, float]]) -> list[list[float]]:
     return kept
 
 
-def cell_result(tracking_uri: str, experiment: str, cell: Cell) -> dict[str, Any] | None:
-    """The result record of ``cell``'s newest ``FINISHED`` run (``None``: there is none).
+def cell_results(
+    tracking_uri: str, experiment: str, cells: Sequence[Cell]
+) -> dict[str, dict[str, Any]]:
+    """Result records of the cells with a ``FINISHED`` run (newest per cell), by grid key.
 
-    Read through :func:`~torchrl_eaudeqn.study.aggregate.collect_runs`, so the
-    score, sparsity and curves are the ones the MLflow-based report uses.
+    Read through :func:`~torchrl_eaudeqn.study.aggregate.collect_runs` (one
+    query for all the cells), so the score, sparsity and curves are the ones
+    the MLflow-based report uses.
     """
     from .aggregate import collect_runs
 
-    found = collect_runs(tracking_uri, experiment, keys={cell.key})
-    if not found:
-        return None
-    r = found[0]
-    sparsity = dict(r.updates)
-    return {
-        "version": RESULT_VERSION,
-        "key": cell.key,
-        "task": cell.task,
-        "method": cell.method,
-        "width_name": cell.width_name,
-        "width": cell.width,
-        "seed": cell.seed,
-        "recipe": r.recipe,
-        "env_steps": r.env_steps,
-        "config": dict(sorted(r.params.items())),
-        "mlflow_run_id": r.run_id,
-        "final_score": r.final_score,
-        "random_score": r.random_score,
-        "final_sparsity": r.final_sparsity,
-        "critic_sparsity": r.critic_sparsity,
-        # Every target update: [env step, selected member, its sparsity].
-        "target_updates": [
-            [int(step), int(member), sparsity.get(step)] for step, member in r.selected
-        ],
-        "sparsity_at_updates": [[int(step), value] for step, value in r.updates],
-        "training_return": _moving_average([(int(s), v) for s, v in r.returns]),
-        "wall_s": r.wall_s,
-    }
+    by_key = {c.key: c for c in cells}
+    out = {}
+    for r in collect_runs(tracking_uri, experiment, keys=set(by_key)):
+        cell = by_key[r.key]
+        sparsity = dict(r.updates)
+        out[r.key] = {
+            "version": RESULT_VERSION,
+            "key": cell.key,
+            "task": cell.task,
+            "method": cell.method,
+            "width_name": cell.width_name,
+            "width": cell.width,
+            "seed": cell.seed,
+            "recipe": r.recipe,
+            "env_steps": r.env_steps,
+            "config": dict(sorted(r.params.items())),
+            "mlflow_run_id": r.run_id,
+            "final_score": r.final_score,
+            "random_score": r.random_score,
+            "final_sparsity": r.final_sparsity,
+            "critic_sparsity": r.critic_sparsity,
+            # Every target update: [env step, selected member, its sparsity].
+            "target_updates": [
+                [int(step), int(member), sparsity.get(step)] for step, member in r.selected
+            ],
+            "training_return": _moving_average([(int(s), v) for s, v in r.returns]),
+            "wall_s": r.wall_s,
+        }
+    return out
 
 
 def _finite(value: Any) -> Any:
@@ -160,10 +168,7 @@ def load_results(results_dir: str | pathlib.Path) -> list[dict[str, Any]]:
     """
     out = []
     for path in sorted(pathlib.Path(results_dir).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable JSON result file ({exc})") from None
+        record = _read_record(path)
         if not isinstance(record, dict) or record.get("version") != RESULT_VERSION:
             raise ValueError(f"{path}: expected a result record of version {RESULT_VERSION}")
         out.append(record)

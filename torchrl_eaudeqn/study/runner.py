@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..tracking.study_runs import ensure_experiment, finished_keys, mark_stale_runs
 from .grid import FAULT_ENV, URI_ENV, Cell, _slug, cell_checkpoint_dir, default_recipe
-from .results import cell_result, has_result, result_path, write_result
+from .results import cell_results, has_result, result_path, write_result
 
 __all__ = ["AttemptResult", "run_cell", "run_grid"]
 
@@ -175,18 +175,20 @@ def run_cell(
     return AttemptResult(rc, time.perf_counter() - t0, str(ckpt) if ckpt else None, host)
 
 
-def _write_cell_result(
-    cell: Cell,
+def _write_cell_results(
+    cells: Sequence[Cell],
     tracking_uri: str,
     experiment: str,
     results_dir: str | pathlib.Path,
     echo: Callable[[str], None],
 ) -> None:
-    record = cell_result(tracking_uri, experiment, cell)
-    if record is None:
-        echo(f"{cell.key}: no FINISHED run in MLflow, no result file written")
-        return
-    echo(f"{cell.key}: result {write_result(result_path(results_dir, cell), record)}")
+    records = cell_results(tracking_uri, experiment, cells)
+    for cell in cells:
+        if cell.key in records:
+            path = write_result(result_path(results_dir, cell), records[cell.key])
+            echo(f"{cell.key}: result {path}")
+        else:
+            echo(f"{cell.key}: no FINISHED run in MLflow, no result file written")
 
 
 def run_grid(
@@ -229,9 +231,9 @@ def run_grid(
     done = finished_keys(tracking_uri, experiment)
     if results_dir is not None:
         have = {c.key for c in cells if has_result(results_dir, c)}
-        for cell in cells:
-            if cell.key in done and cell.key not in have:
-                _write_cell_result(cell, tracking_uri, experiment, results_dir, echo)
+        missing = [c for c in cells if c.key in done and c.key not in have]
+        if missing:
+            _write_cell_results(missing, tracking_uri, experiment, results_dir, echo)
         done = done | have
     todo = [c for c in cells if c.key not in done]
     counts = {"skipped": len(cells) - len(todo), "finished": 0, "failed": 0}
@@ -263,7 +265,7 @@ def run_grid(
             echo(f"[{i + 1}/{len(todo)}] {cell.key}: {status}{resumed}, {r.seconds:.0f} s")
             if r.ok:
                 if results_dir is not None:
-                    _write_cell_result(cell, tracking_uri, experiment, results_dir, echo)
+                    _write_cell_results([cell], tracking_uri, experiment, results_dir, echo)
                 return True
             if attempt + 1 < attempts:
                 time.sleep(2.0)
