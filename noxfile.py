@@ -33,7 +33,7 @@ def tests(session: nox.Session) -> None:
     """Fast unit, property and smoke tests (the CI run)."""
     _install(session, "test,study,onnx")
     # Worker processes: most of a recipe test is imports, SQLite and subprocess
-    # start-up, so two workers on 2 cores took 488 s where one took 651 s.
+    # start-up, so two workers on 2 cores took 488 s where one took 651 s (cd30d93's tree).
     workers = str(min(os.cpu_count() or 1, 4))
     default = ["-q", "-n", workers, "--dist", "worksteal"]
     session.run("pytest", *(session.posargs or default), env=ENV)

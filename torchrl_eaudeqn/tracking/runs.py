@@ -37,7 +37,7 @@ def _init_sqlite_store(uri: str) -> None:
     file that every later run refuses. A new store is therefore built under a
     temporary name and renamed into place once complete. It starts as a copy
     of :func:`_empty_store_template` where one can be had: the migrations
-    take ~2.5 s per store on a 2-core machine, a copy milliseconds.
+    take seconds per store (docs/atari.md), a copy milliseconds.
     """
     if not uri.startswith("sqlite:///"):
         return
