@@ -33,7 +33,8 @@ def tests(session: nox.Session) -> None:
     """Fast unit, property and smoke tests (the CI run)."""
     _install(session, "test,study,onnx")
     # Worker processes: most of a recipe test is imports, SQLite and subprocess
-    # start-up, so two workers on 2 cores took 488 s where one took 651 s (cd30d93's tree).
+    # start-up. On 2 cores: 651 s serial (94cfa60), 488 s with two workers
+    # (cd30d93, which also copies new MLflow stores from a template).
     workers = str(min(os.cpu_count() or 1, 4))
     default = ["-q", "-n", workers, "--dist", "worksteal"]
     session.run("pytest", *(session.posargs or default), env=ENV)
