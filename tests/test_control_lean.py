@@ -302,3 +302,66 @@ def test_transition_replay_wraps_and_casts_like_the_storage_dtypes():
     assert torch.equal(rb.next_observation[:, 1], torch.from_numpy(newest % 3 != 0).to(torch.uint8))
     assert torch.equal(rb.reward, torch.from_numpy(newest * 0.1).float())
     assert rb.terminated.tolist() == (newest % 2 == 1).tolist()
+
+
+def test_rounds_per_training_step_do_not_change_the_run(tmp_path, capsys):
+    """``steps_per_call`` 1 and 7: the same checkpoints, evaluations, weights and selections.
+
+    Periods chosen so that logs (every 30), evaluations (every 50), checkpoints
+    (every 70) and target updates (every 10) fall inside a call of 7 rounds of
+    2 env steps; each call must end there, as one round per call would.
+    """
+    from scripts import load_script, run_dir
+
+    main = load_script("recipes/control_dqn.py", "control_dqn_rounds").main
+    args = [
+        "env=CartPole-v1", "width=8", "num_members=3", "progress_bar=false", "threads=1",
+        "learning_starts=24", "train_freq=2", "target_period=10", "buffer_size=300",
+        "batch_size=8", "eval_episodes=1", "eval_max_steps=20", "eval_every=50",
+        "eval_random_baseline=false", "log_every=30", "checkpoint_every=70",
+        "keep_checkpoints=10", "env_steps=300", "use_vmap=false",
+    ]  # fmt: skip
+
+    def run(where, rounds):
+        where.mkdir()
+        code = main([*args, f"steps_per_call={rounds}", f"checkpoint_dir={where}/ckpt",
+                     f"tracking_uri=sqlite:///{where}/mlflow.db"])  # fmt: skip
+        assert code == 0, capsys.readouterr().err[-2000:]
+        ckpts = run_dir(where / "ckpt", "CartPole-v1-eaudeqn-w8-seed0")
+        states = {
+            p.name: torch.load(p, map_location="cpu", weights_only=True)
+            for p in sorted(ckpts.glob("step*.ckpt"))
+        }
+        return ckpts.name, states
+
+    name_one, one = run(tmp_path / "one", 1)
+    name_seven, seven = run(tmp_path / "seven", 7)
+    assert name_one == name_seven  # steps_per_call may change on resume: not in the fingerprint
+    assert list(one) == list(seven) == [
+        f"step{s:012d}.ckpt" for s in (70, 140, 210, 280, 300)
+    ]
+    for a, b in zip(one.values(), seven.values(), strict=True):
+        assert a["eaudeqn"]["eval_results"] == b["eaudeqn"]["eval_results"]
+        assert a["eaudeqn"]["last_log"] == b["eaudeqn"]["last_log"]
+        (ha,) = [v["history"] for k, v in a["callbacks"].items() if "TargetSelection" in k]
+        (hb,) = [v["history"] for k, v in b["callbacks"].items() if "TargetSelection" in k]
+        assert len(ha) == len(hb) > 0
+        assert [h["loss_sums"] for h in ha] == [h["loss_sums"] for h in hb]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    evals = [r["env_steps"] for r in seven["step000000000300.ckpt"]["eaudeqn"]["eval_results"]]
+    assert evals == [50, 100, 150, 200, 250]
+
+
+def test_a_training_step_without_a_trainer_takes_one_round():
+    from torchrl_eaudeqn.trainers import ControlDQNModule
+
+    module = ControlDQNModule(
+        _cfg("CartPole-v1", train_freq=2, steps_per_call=8, learning_starts=100,
+             eval_random_baseline=False)  # fmt: skip
+    )
+    module._start_collection()
+    try:
+        assert module.training_step(None, 0) is None  # still collecting at random
+        assert module.env_steps == 2
+    finally:
+        module._stop_collection()

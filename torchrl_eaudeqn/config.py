@@ -164,6 +164,12 @@ class RunConfig:
     buffer_size: int = _f(1_000_000, "replay capacity (transitions)", min=1)
     learning_starts: int = _f(1_000, "random env steps before learning", min=0)
     train_freq: int = _f(1, "env steps per gradient step", min=1)
+    steps_per_call: int = _f(
+        1,
+        "train_freq rounds per Lightning training_step (>1: fewer Lightning calls on small "
+        "tasks; each call still ends at every log, evaluation, checkpoint and stop)",
+        min=1,
+    )
     gamma: float = _f(0.99, "discount", min=0.0, max=1.0)
     loss_function: str = _f("l2", "l2 | smooth_l1 | l1", choices=("l2", "smooth_l1", "l1"))
     max_episode_steps: int = _f(1000, "step cap per training episode", min=1)
@@ -522,6 +528,8 @@ class ControlConfig(RunConfig):
     eps_end: float = _f(0.05, "final epsilon", min=0.0, max=1.0)
     eps_decay_steps: int = _f(10_000, "env steps of linear epsilon decay", min=1)
     target_period: int = _like("target_period", 300)
+    # Lightning's loop costs ~150-300 us per training_step, a quarter of a CartPole step.
+    steps_per_call: int = _like("steps_per_call", 16)
     # environment
     max_episode_steps: int = _like(
         "max_episode_steps", 0, "step cap per training episode (0: the task's own)", min=0

@@ -23,6 +23,7 @@ from ..credentials import redacted_config
 from ..data.replay import FrameReplayBuffer
 from ..modules.ensemble import MaskedEnsemble
 from ..tracking.metrics import MLflowMetrics
+from .callbacks import TargetSelectionCallback
 
 __all__ = ["OnlineRLModule", "build_optimizer"]
 
@@ -73,9 +74,15 @@ class _StepStream(IterableDataset):
 class OnlineRLModule(L.LightningModule):
     """Base of the online recipes: budget, credit, counters, logging, evaluation, checkpoints.
 
-    One ``training_step`` = ``train_freq`` env steps of credit and at most one
-    gradient step; the "dataset" yields until ``cfg.env_steps`` env steps are
-    collected, so a resumed run continues where it stopped. Subclasses
+    One round = ``train_freq`` env steps of credit and at most one gradient
+    step; a ``training_step`` runs ``cfg.steps_per_call`` rounds (default 1),
+    ending early wherever a log, an evaluation, a checkpoint, a stop or the
+    end of the budget falls (:meth:`_call_ends`), and runs the
+    :class:`TargetSelectionCallback` itself after the gradient step of every
+    round but the last (Lightning does it for the last), so the run is the
+    same for any ``steps_per_call``; other callbacks' ``on_train_batch_end``
+    runs once per call. The "dataset" yields until ``cfg.env_steps`` env
+    steps are collected, so a resumed run continues where it stopped. Subclasses
     build the networks, the loss, ``optimizer``, ``updater`` (with
     ``step(losses)`` and ``apply_masks_()``) and ``replay`` in ``__init__``
     and implement:
@@ -367,17 +374,28 @@ class OnlineRLModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | None:
         cfg = self.cfg
-        # Credit of train_freq env steps per call keeps the update ratio for any num_envs.
-        self._credit += cfg.train_freq
-        self._schedule_lr()
-        out = self.collect_and_learn()
-        log_due = self.env_steps - self._last_log >= cfg.log_every
-        # Not at the last step: the recipe's final evaluation logs that step.
-        eval_due = (
-            cfg.eval_every
-            and self.env_steps - self._last_eval >= cfg.eval_every
-            and self.env_steps < cfg.env_steps
-        )
+        if self.env_steps >= cfg.env_steps:
+            # Lightning fetches a batch ahead, and with several rounds per call
+            # the stream's length overcounts: the budget is spent, do nothing.
+            return None
+        rounds = 0
+        while True:
+            # Credit of train_freq env steps per round keeps the update ratio for any num_envs.
+            self._credit += cfg.train_freq
+            self._schedule_lr()
+            out = self.collect_and_learn()
+            rounds += 1
+            log_due = self.env_steps - self._last_log >= cfg.log_every
+            # Not at the last step: the recipe's final evaluation logs that step.
+            eval_due = bool(
+                cfg.eval_every
+                and self.env_steps - self._last_eval >= cfg.eval_every
+                and self.env_steps < cfg.env_steps
+            )
+            if log_due or eval_due or self._call_ends(rounds):
+                break
+            # Mid-call rounds get what Lightning gives the last one after it returns.
+            self._after_round(out, batch_idx)
         if log_due or eval_due:
             # Adam's step has moved pruned weights off zero and the updater
             # callback re-applies the masks only after this: score the real network.
@@ -388,6 +406,31 @@ class OnlineRLModule(L.LightningModule):
             self._last_eval = self.env_steps
             self.evaluate(cfg.eval_episodes)
         return out
+
+    def _call_ends(self, rounds: int) -> bool:
+        """Whether this ``training_step`` returns after ``rounds`` rounds of ``train_freq``.
+
+        ``cfg.steps_per_call`` rounds at most; fewer at the end of the budget,
+        when the trainer should stop, or when a callback with ``ends_call``
+        (:class:`~torchrl_eaudeqn.trainers.EnvStepCheckpoint`,
+        :class:`~torchrl_eaudeqn.trainers.GracefulStop`) has work at this env
+        step. Calls end where one round per call would have run the same
+        callbacks, so the run is the same for any ``steps_per_call``.
+        """
+        trainer = self._trainer
+        if trainer is None or rounds >= getattr(self.cfg, "steps_per_call", 1):
+            return True
+        if self.env_steps >= self.cfg.env_steps or trainer.should_stop:
+            return True
+        return any(getattr(cb, "ends_call", _never)(self) for cb in trainer.callbacks)
+
+    def _after_round(self, out: dict[str, Any] | None, batch_idx: int) -> None:
+        """Run the updater callbacks on a mid-call round's gradient step (``out``)."""
+        if out is None:
+            return
+        for cb in self._trainer.callbacks:
+            if isinstance(cb, TargetSelectionCallback):
+                cb.after_gradient_step(out)
 
     def _episode_end(self, score: float, length: int) -> None:
         self.episodes += 1
@@ -532,6 +575,10 @@ class OnlineRLModule(L.LightningModule):
             raise CheckpointError(
                 f"replay buffer {path} does not load into this run's buffer ({first[:200]})"
             ) from None
+
+
+def _never(module: Any) -> bool:
+    return False
 
 
 #: The file of a TorchRL replay's ``state_dict()`` in its ``stepN.replay`` directory.

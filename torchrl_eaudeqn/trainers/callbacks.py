@@ -61,6 +61,15 @@ class TargetSelectionCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.after_gradient_step(outputs)
+
+    def after_gradient_step(self, outputs: Any) -> None:
+        """``updater.step`` on one gradient step's ``training_step`` output (``None``: none).
+
+        :class:`~torchrl_eaudeqn.trainers.OnlineRLModule` calls it for the
+        gradient steps inside a ``training_step`` of several rounds
+        (``steps_per_call``); Lightning's ``on_train_batch_end`` for the last.
+        """
         if not outputs:
             return
         losses = outputs.get("loss_per_member", outputs.get("member_losses"))

@@ -88,7 +88,7 @@ C = TypeVar("C")
 RESUMABLE = (
     "env_steps", "progress_bar", "threads", "eval_every", "eval_episodes", "log_every",
     "checkpoint_every", "register_name", "register_alias", "tracking_uri", "run_name",
-    "keep_checkpoints", "checkpoint_replay", "register_format",
+    "keep_checkpoints", "checkpoint_replay", "register_format", "steps_per_call",
 )  # fmt: skip
 
 

@@ -87,6 +87,10 @@ class EnvStepCheckpoint(L.Callback):
         # From here on the directory holds this run's timeline only (docs/reliability.md).
         start_timeline(self.dirpath, getattr(trainer, "ckpt_path", None))
 
+    def ends_call(self, pl_module: Any) -> bool:
+        """Whether a checkpoint is due at this env step (a ``training_step`` returns for it)."""
+        return _env_steps(pl_module) // self.every > self._mark
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         mark = _env_steps(pl_module) // self.every
         if mark > self._mark:
@@ -134,6 +138,10 @@ class GracefulStop(L.Callback):
         for sig in self.SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+
+    def ends_call(self, pl_module: Any) -> bool:
+        """Whether a signal arrived (a ``training_step`` returns so that training stops)."""
+        return self.received is not None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is not None:
