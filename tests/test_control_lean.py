@@ -337,9 +337,7 @@ def test_rounds_per_training_step_do_not_change_the_run(tmp_path, capsys):
     name_one, one = run(tmp_path / "one", 1)
     name_seven, seven = run(tmp_path / "seven", 7)
     assert name_one == name_seven  # steps_per_call may change on resume: not in the fingerprint
-    assert list(one) == list(seven) == [
-        f"step{s:012d}.ckpt" for s in (70, 140, 210, 280, 300)
-    ]
+    assert list(one) == list(seven) == [f"step{s:012d}.ckpt" for s in (70, 140, 210, 280, 300)]
     for a, b in zip(one.values(), seven.values(), strict=True):
         assert a["eaudeqn"]["eval_results"] == b["eaudeqn"]["eval_results"]
         assert a["eaudeqn"]["last_log"] == b["eaudeqn"]["last_log"]
@@ -356,8 +354,13 @@ def test_a_training_step_without_a_trainer_takes_one_round():
     from torchrl_eaudeqn.trainers import ControlDQNModule
 
     module = ControlDQNModule(
-        _cfg("CartPole-v1", train_freq=2, steps_per_call=8, learning_starts=100,
-             eval_random_baseline=False)  # fmt: skip
+        _cfg(
+            "CartPole-v1",
+            train_freq=2,
+            steps_per_call=8,
+            learning_starts=100,
+            eval_random_baseline=False,
+        )  # fmt: skip
     )
     module._start_collection()
     try:
