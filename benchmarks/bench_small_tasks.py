@@ -5,10 +5,13 @@ Breakout (the MinAtar CNN of ``configs/study/minatar_breakout.yaml``), dense
 DQN (K = 1) and EauDeQN (K = 5), in one process, one after the other and
 repeated in alternation (the machines are shared; the ratios are the claims):
 
-* ``recipe``: env steps per second of ``ControlDQNModule`` under Lightning's
-  ``Trainer`` with the updater callback, in the learning phase, on its default
-  lean path (``ControlCollector``, ``TransitionReplay``, ``td_losses``; MLflow
-  and checkpoints off: their cost is per log or checkpoint, not per step);
+* ``recipe``: env steps per second of ``ControlDQNModule`` in the learning
+  phase, on its default lean path (``ControlCollector``, ``TransitionReplay``,
+  ``td_losses``, ``steps_per_call``), under the recipe's own trainer
+  (``make_trainer``: the NaN/Inf guard runs before every optimizer step;
+  checkpoints and MLflow cost per checkpoint or log, not per step, and none
+  falls inside the timed steps); ``bare``: the same module under a Trainer
+  with the updater callback only;
 * ``plain``: the same work written as a short loop (Gymnasium env, the same
   network from ``torchrl_eaudeqn.modules``, a preallocated tensor replay, one
   fused Adam over the K members, epsilon-greedy acting with the acting member,
@@ -33,6 +36,7 @@ import json
 import os
 import pathlib
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -48,6 +52,7 @@ from torchrl_eaudeqn.config import ControlConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.modules.dqn import minatar_cnn, mlp  # noqa: E402
 from torchrl_eaudeqn.sparsity import magnitude_masks, prunable_parameter_names  # noqa: E402
 from torchrl_eaudeqn.trainers import ControlDQNModule, TargetSelectionCallback  # noqa: E402
+from torchrl_eaudeqn.trainers.recipe import make_trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -70,12 +75,24 @@ def config(task: str, k: int, warm: int, steps: int, width: int) -> ControlConfi
 
 
 # --------------------------------------------------------------------------- the recipe
-def recipe_rate(cfg: ControlConfig) -> float:
-    """Learning-phase env steps/s of the control recipe's module and trainer."""
+def recipe_rate(cfg: ControlConfig, trainer: str = "recipe") -> float:
+    """Learning-phase env steps/s of the control recipe's module under Lightning.
+
+    ``trainer="recipe"``: the recipe's own ``make_trainer`` (NaN/Inf guard before
+    every optimizer step, env-step checkpoints, graceful stop; no progress bar,
+    no MLflow), checkpoints in a temporary directory (none falls inside the
+    timed steps: ``checkpoint_every`` is past the budget). ``"bare"``: a
+    Trainer with the updater callback only.
+    """
     L.seed_everything(cfg.seed, verbose=False)
     module = ControlDQNModule(cfg)
     clock = LearningClock()
-    fit(module, [TargetSelectionCallback(module.updater), clock])
+    callbacks = [TargetSelectionCallback(module.updater), clock]
+    if trainer == "bare":
+        fit(module, callbacks)
+        return clock.rate()
+    with tempfile.TemporaryDirectory() as tmp:
+        make_trainer(cfg, callbacks, pathlib.Path(tmp)).fit(module)
     return clock.rate()
 
 
@@ -215,14 +232,19 @@ def main() -> None:
             for _ in range(args.repeats):
                 plain = plain_loop(cfg)
                 recipe = recipe_rate(cfg)
+                bare = recipe_rate(cfg, trainer="bare")
                 parts = plain["env_us"] + plain["act_us"] + plain["grad_us"]
-                reps.append({"recipe": recipe, **{f"plain_{n}": v for n, v in plain.items()},
+                reps.append({"recipe": recipe, "bare": bare,
+                             **{f"plain_{n}": v for n, v in plain.items()},
                              "recipe_overhead_us": 1e6 / recipe - parts})  # fmt: skip
                 print(task, k, {n: round(v, 1) for n, v in reps[-1].items()}, flush=True)
             med = {n: statistics.median(r[n] for r in reps) for n in reps[0]}
             ratio = statistics.median(r["recipe"] / r["plain_rate"] for r in reps)
+            bare_ratio = statistics.median(r["bare"] / r["plain_rate"] for r in reps)
             rows.append({"task": task, "members": k, "width": widths[task], **med,
-                         "ratio": ratio, "repeats": reps})  # fmt: skip
+                         "ratio": ratio, "bare_ratio": bare_ratio,
+                         "per_repeat": [round(r["recipe"] / r["plain_rate"], 3) for r in reps],
+                         "repeats": reps})  # fmt: skip
     out = {"machine": machine_info(), "steps": steps, "warm": warm, "rows": rows}
     name = "small_tasks_cpu_quick.json" if args.quick else "small_tasks_cpu.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -230,9 +252,11 @@ def main() -> None:
     lines = [
         "## Small tasks: the control recipe against a plain PyTorch loop (CPU)",
         "",
-        "`benchmarks/bench_small_tasks.py`: `ControlDQNModule` under Lightning (lean path:",
-        "`ControlCollector`, `TransitionReplay`, `EauDeQNLoss.td_losses`; MLflow and",
-        "checkpoints off) against a plain loop doing the",
+        "`benchmarks/bench_small_tasks.py`: `ControlDQNModule` (lean path: `ControlCollector`,",
+        "`TransitionReplay`, `EauDeQNLoss.td_losses`, `steps_per_call` 16) under the recipe's",
+        "trainer (`make_trainer`: NaN/Inf guard before every optimizer step, env-step",
+        "checkpoints, graceful stop; MLflow and the progress bar off) and under a bare",
+        "Trainer with the updater callback only, against a plain loop doing the",
         "same work (Gymnasium env, the same network, tensor replay, fused Adam, K members",
         "against one target, masks re-applied, selection and pruning at each target",
         "update), one after the other in one process. Overhead: what is left of an env",
@@ -244,15 +268,17 @@ def main() -> None:
         f"{args.threads} threads, {args.repeats} alternating repeats (medians); "
         f"`benchmarks/results/{name}`.",
         "",
-        "| task | K | recipe env steps/s | plain loop env steps/s | recipe / plain "
-        "| recipe overhead (us/env step) | plain overhead (us/env step) "
+        "| task | K | recipe env steps/s | plain loop env steps/s | recipe / plain (per repeat) "
+        "| bare Trainer / plain | recipe overhead (us/env step) | plain overhead (us/env step) "
         "| env / act / grad (us/env step) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        each = ", ".join(f"{x:.2f}" for x in r["per_repeat"])
         lines.append(
             f"| {r['task']} | {r['members']} | {r['recipe']:.0f} | {r['plain_rate']:.0f} "
-            f"| {r['ratio']:.2f}x | {r['recipe_overhead_us']:.0f} | {r['plain_overhead_us']:.0f} "
+            f"| {r['ratio']:.2f}x ({each}) | {r['bare_ratio']:.2f}x "
+            f"| {r['recipe_overhead_us']:.0f} | {r['plain_overhead_us']:.0f} "
             f"| {r['plain_env_us']:.0f} / {r['plain_act_us']:.0f} / {r['plain_grad_us']:.0f} |"
         )
     print("\n".join(lines))

@@ -102,3 +102,82 @@ def test_checkpoints_keep_the_choice_and_old_ones_mean_vmap():
     old = ControlDQNModule(module.cfg)
     old.on_load_checkpoint(legacy)
     assert old.actor.auto_vmap is True  # before the calibration, auto meant vmap for K > 1
+
+
+def _loss_and_batch(k: int = 3):
+    from torchrl_eaudeqn import EauDeQNLoss
+
+    torch.manual_seed(0)
+    actor = MaskedEnsembleQValueActor(mlp(4, 2, (8,)), k, action_spec=OneHot(2))
+    loss = EauDeQNLoss(actor)
+    loss.make_value_estimator(gamma=0.9)
+    x, a = torch.randn(8, 4), torch.randint(2, (8,))
+    r, done = torch.randn(8), torch.zeros(8, dtype=torch.bool)
+    return actor, loss, (x, a, r, x, done)
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_the_whole_step_calibration_sees_costs_outside_the_members_forward(slow):
+    """The loss is slow on one path only after the members' forward: only whole steps see it."""
+    from torchrl_eaudeqn.modules.ensemble import calibrate_vmap_by_step
+
+    actor, loss, batch = _loss_and_batch()
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-3)
+
+    def loss_fn(lm):
+        out = lm.td_losses(*batch)[0]
+        if lm.value_network.use_vmap == slow:
+            time.sleep(0.004)
+        return out
+
+    cal = calibrate_vmap_by_step(loss, opt, loss_fn)
+    assert cal["whole_step"] and not cal["cached"]
+    assert actor.auto_vmap is (not slow) and actor.vmap_calibration["whole_step"]
+    slow_ms, fast_ms = (cal["vmap_ms"], cal["loop_ms"])[:: 1 if slow else -1]
+    assert slow_ms > fast_ms + 3.0
+    # Decided: the members' own forward-and-backward calibration does not run.
+    actor.ensemble_call(batch[0])
+    assert actor.vmap_calibration["whole_step"]
+
+
+def test_the_whole_step_calibration_leaves_the_run_alone():
+    from torchrl_eaudeqn.modules.ensemble import calibrate_vmap_by_step
+
+    actor, loss, batch = _loss_and_batch()
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    loss.td_losses(*batch)[0].backward()
+    opt.step()  # the optimizer has state, the parameters have gradients
+    params = {k: v.clone() for k, v in loss.state_dict().items()}
+    grads = [p.grad.clone() for p in loss.parameters() if p.grad is not None]
+    state = {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state.items()}
+    rng = torch.get_rng_state()
+    calibrate_vmap_by_step(loss, opt, lambda lm: lm.td_losses(*batch)[0], key="b8")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(params[k], v) for k, v in loss.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in
+               zip(grads, [p for p in loss.parameters() if p.grad is not None], strict=True))  # fmt: skip
+    assert all(torch.equal(state[k][n], t) for k, v in opt.state.items() for n, t in v.items())
+    # Remembered under its key; one member or an explicit path: nothing to decide.
+    _, again, _ = _loss_and_batch()
+    cal = calibrate_vmap_by_step(again, opt, lambda lm: lm.td_losses(*batch)[0], key="b8")
+    assert cal["cached"] and again.value_network.auto_vmap == actor.auto_vmap
+    _, one, _ = _loss_and_batch(k=1)
+    assert calibrate_vmap_by_step(one, opt, lambda lm: lm.td_losses(*batch)[0]) is None
+
+
+def test_the_recipes_decide_by_whole_steps_before_the_first_gradient_step():
+    import lightning as L
+
+    from torchrl_eaudeqn.control import ControlConfig, ControlDQNModule
+    from torchrl_eaudeqn.trainers import TargetSelectionCallback
+
+    for collector in ("lean", "torchrl"):
+        cfg = ControlConfig(env="CartPole-v1", width=8, num_members=3, progress_bar=False,
+                            env_steps=60, learning_starts=40, batch_size=8, buffer_size=100,
+                            eval_random_baseline=False, collector=collector)  # fmt: skip
+        module = ControlDQNModule(cfg)
+        L.Trainer(max_epochs=-1, logger=False, enable_progress_bar=False,
+                  enable_checkpointing=False, enable_model_summary=False,
+                  callbacks=[TargetSelectionCallback(module.updater)]).fit(module)  # fmt: skip
+        assert module.actor.vmap_calibration["whole_step"], collector
+        assert module._vmap_paths() == {"actor": module.actor.vmap_calibration["vmap"]}

@@ -17,7 +17,7 @@ import math
 import statistics
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -37,6 +37,7 @@ from ..sparsity import (
 __all__ = [
     "MaskedEnsemble",
     "aliased_member_network",
+    "calibrate_vmap_by_step",
     "check_num_members",
     "prune_member_to",
     "rebuild_members",
@@ -53,13 +54,14 @@ VMAP_MARGIN = 0.05
 
 
 def vmap_wins(vmap_ms: float, loop_ms: float, margin: float = VMAP_MARGIN) -> bool:
-    """calibrate_vmap's rule: vmap only where it times at least ``margin`` faster.
+    """The calibrations' rule: vmap only where it times at least ``margin`` faster.
 
-    The calibration times forward + backward alone. Where it saw the two
-    within a few percent (Nature CNN, K=5, CPU), the whole gradient step
-    (target forward, loss, Adam, masks) was 9-15% slower under vmap in three
-    benchmark runs (docs/benchmarks.md, "vmap or loop") and never faster, so
-    a near tie goes to the loop.
+    :meth:`MaskedEnsemble.calibrate_vmap` times forward + backward alone;
+    where it saw the two within a few percent (Nature CNN, K=5, CPU), the
+    whole gradient step (target forward, loss, Adam, masks) was 9-15% slower
+    under vmap in three benchmark runs (docs/benchmarks.md, "vmap or loop").
+    :func:`calibrate_vmap_by_step` times whole steps; there too a near tie
+    goes to the loop, whose timings vary less.
 
     Example:
         >>> vmap_wins(90.0, 100.0), vmap_wins(97.0, 100.0), vmap_wins(101.0, 100.0)
@@ -346,38 +348,16 @@ class MaskedEnsemble(TensorDictModuleBase):
             for leaf in params.values(True, True):
                 leaf.requires_grad_(True)
             leaves = list(params.values(True, True))
-            sync = torch.cuda.synchronize if leaves[0].is_cuda else (lambda: None)
 
-            def per_call_ms(vmap: bool, min_s: float = min_block_s, min_calls: int = 1) -> float:
-                calls, start = 0, time.perf_counter()
-                while True:
-                    with torch.enable_grad():
-                        out = self._ensemble(params, vmap, *inputs)
-                        outs = out if isinstance(out, tuple) else (out,)
-                        sum(o.float().sum() for o in outs).backward()
-                    for leaf in leaves:
-                        leaf.grad = None
-                    sync()
-                    calls += 1
-                    elapsed = time.perf_counter() - start
-                    if elapsed >= min_s and calls >= min_calls:
-                        return 1e3 * elapsed / calls
+            def call(vmap: bool) -> None:
+                with torch.enable_grad():
+                    out = self._ensemble(params, vmap, *inputs)
+                    outs = out if isinstance(out, tuple) else (out,)
+                    sum(o.float().sum() for o in outs).backward()
+                for leaf in leaves:
+                    leaf.grad = None
 
-            for vmap in (True, False):  # warm-up: vmap's first calls and the allocator are slow
-                per_call_ms(vmap, min_block_s, 3)
-            times: dict[bool, list[float]] = {True: [], False: []}
-            for _ in range(7):
-                for vmap in (True, False):
-                    times[vmap].append(per_call_ms(vmap))
-            # Medians, not minima: vmap's fastest blocks on CPU come close to the
-            # loop's while its typical one does not (Nature CNN, K=5), and the run
-            # pays the typical one.
-            vmap_ms, loop_ms = statistics.median(times[True]), statistics.median(times[False])
-            result = _VMAP_CALIBRATIONS[key] = {
-                "vmap": vmap_wins(vmap_ms, loop_ms),
-                "vmap_ms": vmap_ms,
-                "loop_ms": loop_ms,
-            }
+            result = _VMAP_CALIBRATIONS[key] = _time_paths(call, leaves[0].is_cuda, min_block_s)
             cached = False
         else:
             cached = True
@@ -437,6 +417,120 @@ class MaskedEnsemble(TensorDictModuleBase):
         if detach:
             leaves = [t.detach() for t in leaves]
         return self._call_leaves(leaves, *inputs)
+
+
+def _time_paths(call: Callable[[bool], None], cuda: bool, min_block_s: float) -> dict[str, Any]:
+    """``call(vmap)`` for both paths: warm-up, then 7 alternating blocks; the medians decide."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def per_call_ms(vmap: bool, min_s: float = min_block_s, min_calls: int = 1) -> float:
+        calls, start = 0, time.perf_counter()
+        while True:
+            call(vmap)
+            sync()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_s and calls >= min_calls:
+                return 1e3 * elapsed / calls
+
+    for vmap in (True, False):  # warm-up: vmap's first calls and the allocator are slow
+        per_call_ms(vmap, min_block_s, 3)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(7):
+        for vmap in (True, False):
+            times[vmap].append(per_call_ms(vmap))
+    # Medians, not minima: vmap's fastest blocks on CPU come close to the loop's
+    # while its typical one does not (Nature CNN, K=5), and the run pays the typical one.
+    vmap_ms, loop_ms = statistics.median(times[True]), statistics.median(times[False])
+    return {"vmap": vmap_wins(vmap_ms, loop_ms), "vmap_ms": vmap_ms, "loop_ms": loop_ms}
+
+
+def calibrate_vmap_by_step(
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module], torch.Tensor],
+    key: Any = None,
+    *,
+    min_block_s: float = 0.01,
+) -> dict[str, Any] | None:
+    """Time whole gradient steps on both paths; set the faster as every auto ensemble's.
+
+    :meth:`MaskedEnsemble.calibrate_vmap` times the members' forward and
+    backward alone; a gradient step also runs the target forward, the loss,
+    the optimizer and the masks, and vmap's stacked gradients can make those
+    slower too (Nature CNN, K=5, CPU: a tie in the forward and backward, the
+    whole step 9-15% slower under vmap; docs/benchmarks.md, "vmap or loop").
+    This times what a run pays: on a deep copy of ``loss_module`` with an
+    optimizer of ``optimizer``'s type and defaults, ``loss_fn(copy)``,
+    backward, the optimizer step and the masks, under vmap and under the
+    loop (:func:`vmap_wins` decides, as in ``calibrate_vmap``). The real
+    parameters, their gradients, the optimizer's state and the random
+    streams are untouched; the copy costs its memory for the duration (the
+    parameters, gradients and optimizer state once more).
+
+    Every :class:`MaskedEnsemble` in ``loss_module`` with ``use_vmap=None`` and
+    K > 1 gets the one decision (``auto_vmap``, and ``vmap_calibration`` with
+    ``"whole_step": True``); ``None`` is returned where there is none. With a
+    ``key`` (what, besides the ensembles' shapes, sets the cost: the batch's
+    shapes), the result is remembered for the process as ``calibrate_vmap``'s.
+
+    Example:
+        >>> from torchrl.data import OneHot
+        >>> from torchrl_eaudeqn import EauDeQNLoss, MaskedEnsembleQValueActor, mlp
+        >>> actor = MaskedEnsembleQValueActor(mlp(4, 2, (8,)), 3, action_spec=OneHot(2))
+        >>> loss = EauDeQNLoss(actor)
+        >>> opt = torch.optim.Adam(loss.parameters())
+        >>> x, a = torch.randn(8, 4), torch.randint(2, (8,))
+        >>> r, done = torch.zeros(8), torch.zeros(8, dtype=torch.bool)
+        >>> cal = calibrate_vmap_by_step(loss, opt, lambda lm: lm.td_losses(x, a, r, x, done)[0])
+        >>> cal["whole_step"], actor.auto_vmap == cal["vmap"]
+        (True, True)
+    """
+    real = _auto_ensembles(loss_module)
+    if not real:
+        return None
+    full_key = None
+    if key is not None:
+        full_key = ("step", type(loss_module).__name__, key, torch.get_num_threads(),
+                    tuple((repr(e.template), e.num_members) for e in real))  # fmt: skip
+    result = _VMAP_CALIBRATIONS.get(full_key) if full_key is not None else None
+    cached = result is not None
+    if result is None:
+        work = copy.deepcopy(loss_module)
+        ensembles = _auto_ensembles(work)
+        params = [p for p in work.parameters() if p.requires_grad]
+        opt = type(optimizer)(params, **optimizer.defaults)
+        devices = {p.device.type for p in params}
+
+        def call(vmap: bool) -> None:
+            for ens in ensembles:
+                ens.use_vmap = vmap
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss_fn(work).backward()
+            opt.step()
+            for ens in ensembles:
+                ens.apply_masks_()
+
+        with torch.random.fork_rng(devices=[] if "cuda" not in devices else None):
+            result = _time_paths(call, "cuda" in devices, min_block_s)
+        result["whole_step"] = True
+        if full_key is not None:
+            _VMAP_CALIBRATIONS[full_key] = result
+        del work, opt
+    for ens in real:
+        ens.auto_vmap = bool(result["vmap"])
+        ens.vmap_calibration = {**result, "cached": cached}
+    return {**result, "cached": cached}
+
+
+def _auto_ensembles(module: nn.Module) -> list[MaskedEnsemble]:
+    """The ensembles in ``module`` whose path ``use_vmap=None`` leaves to measurement (each once)."""
+    seen: dict[int, MaskedEnsemble] = {}
+    for m in module.modules():
+        if isinstance(m, MaskedEnsemble) and m.use_vmap is None and m.num_members > 1:
+            seen.setdefault(id(m), m)
+    return list(seen.values())
 
 
 #: What MaskedEnsemble keeps in its ``__dict__`` to skip per-call lookups (never copied).

@@ -71,6 +71,11 @@ class BootstrapLossBase(LossModule):
         self.reduction = reduction
         self.use_prioritized_weights = use_prioritized_weights
 
+    def __getstate__(self) -> dict:
+        # The latest forward's losses (``_last``) hold its graph, which a copy cannot take.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_last": None} if "_last" in state else dict(state)
+
     def _observation_keys(self) -> list[NestedKey]:
         raise NotImplementedError
 

@@ -214,8 +214,13 @@ class OnlineRLModule(L.LightningModule):
         """What the one backward pass differentiates."""
         return out["loss"]
 
+    def _calibrate(self, batch: TensorDictBase) -> None:
+        """Called with every batch before the loss (``EnsembleDQNModule``: the vmap choice)."""
+
     def _forward_backward(self) -> TensorDictBase:
-        out = self.loss_module(self._sample().to(self.device))
+        batch = self._sample().to(self.device)
+        self._calibrate(batch)
+        out = self.loss_module(batch)
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(self._total_loss(out))

@@ -167,13 +167,17 @@ class ControlDQNModule(EnsembleDQNModule):
         batch = self.replay.sample(self.cfg.batch_size)
         if self.device.type != "cpu":
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        loss, per_member = self.loss_module.td_losses(
+        args = (
             batch["observation"],
             batch["action"],
             batch["reward"],
             batch["next_observation"],
             batch["terminated"],
         )
+        self._calibrate_paths(
+            lambda loss: loss.td_losses(*args)[0], tuple((a.shape, a.dtype) for a in args)
+        )
+        loss, per_member = self.loss_module.td_losses(*args)
         self.optimizers().zero_grad()
         self.manual_backward(loss)
         return {"loss": loss, "loss_per_member": per_member}

@@ -18,6 +18,7 @@ from ..config import AtariConfig
 from ..data.replay import FrameReplayBuffer
 from ..envs import make_atari_gym_env
 from ..modules import MaskedEnsembleQValueActor, nature_cnn
+from ..modules.ensemble import calibrate_vmap_by_step
 from ..objectives import EauDeQNLoss
 from ..sparsity import sparsity_stats
 from ..tracking.metrics import MLflowMetrics
@@ -91,6 +92,22 @@ class EnsembleDQNModule(OnlineRLModule):
 
     def _uses_lean(self) -> bool:
         return self.cfg.collector == "lean"
+
+    def _calibrate_paths(self, loss_fn: Callable[[Any], torch.Tensor], key: Any) -> None:
+        """``use_vmap=auto``: before the first gradient step, time whole steps on both paths.
+
+        :func:`~torchrl_eaudeqn.modules.ensemble.calibrate_vmap_by_step` on
+        this batch (the loss, backward, optimizer step and masks on a copy);
+        skipped once the path is known (an explicit ``use_vmap``, K = 1, a
+        resumed checkpoint's choice, or an earlier call).
+        """
+        actor = self.actor
+        if actor.use_vmap is None and actor.num_members > 1 and actor.auto_vmap is None:
+            calibrate_vmap_by_step(self.loss_module, self.optimizer, loss_fn, key)
+
+    def _calibrate(self, batch: TensorDictBase) -> None:
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in batch.items(True, True))
+        self._calibrate_paths(lambda loss: self._total_loss(loss(batch.clone(False))), key)
 
     # ------------------------------------------------- lean collection
     def _begin_collect(self) -> bool | None:
