@@ -154,8 +154,8 @@ def test_the_whole_step_calibration_leaves_the_run_alone():
     calibrate_vmap_by_step(loss, opt, lambda lm: lm.td_losses(*batch)[0], key="b8")
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(params[k], v) for k, v in loss.state_dict().items())
-    assert all(torch.equal(g, p.grad) for g, p in
-               zip(grads, [p for p in loss.parameters() if p.grad is not None], strict=True))  # fmt: skip
+    now = [p.grad for p in loss.parameters() if p.grad is not None]
+    assert all(torch.equal(g, h) for g, h in zip(grads, now, strict=True))
     assert all(torch.equal(state[k][n], t) for k, v in opt.state.items() for n, t in v.items())
     # Remembered under its key; one member or an explicit path: nothing to decide.
     _, again, _ = _loss_and_batch()

@@ -525,7 +525,7 @@ def calibrate_vmap_by_step(
 
 
 def _auto_ensembles(module: nn.Module) -> list[MaskedEnsemble]:
-    """The ensembles in ``module`` whose path ``use_vmap=None`` leaves to measurement (each once)."""
+    """The ensembles in ``module`` whose path is left to measurement (each once)."""
     seen: dict[int, MaskedEnsemble] = {}
     for m in module.modules():
         if isinstance(m, MaskedEnsemble) and m.use_vmap is None and m.num_members > 1:
