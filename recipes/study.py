@@ -131,6 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("--figures", default="docs/figures/study", help="where PNGs go")
     rep.add_argument("--results", default="results/study", help="summary JSON and tables")
     rep.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    rep.add_argument(
+        "--from-results",
+        default=None,
+        metavar="DIR",
+        help="read the grid's committed result files (run --cell-results) instead of MLflow",
+    )
     reg = sub.add_parser("regression")
     reg.add_argument("--write", action="store_true", help="(re)write the reference JSON")
     reg.add_argument("--collector", default="lean", choices=sorted(REGRESSION_RUNS))
@@ -329,19 +335,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         cells = study.expand_grid(
             spec, seeds=args.seeds, tasks=args.tasks, methods=args.methods, widths=args.widths
         )
-        uri = resolve_env_uri(args.tracking_uri, "--tracking-uri")
-        hide_run_urls(uri)
-        # Reading a report must not create an empty store.
-        check_tracking_uri(uri, must_exist=True)
+        wanted = {c.key for c in cells}
+        if args.from_results is not None:
+            if not pathlib.Path(args.from_results).is_dir():
+                raise ValueError(f"--from-results: {args.from_results} is not a directory")
+            # Reads every file first: a damaged one stops the report naming it.
+            records = study.run_records(args.from_results, keys=wanted)
+            source = f"result files in {args.from_results}"
+        else:
+            uri = resolve_env_uri(args.tracking_uri, "--tracking-uri")
+            hide_run_urls(uri)
+            # Reading a report must not create an empty store.
+            check_tracking_uri(uri, must_exist=True)
     except (ValueError, OSError) as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return 2
-    experiment = args.experiment or spec.experiment
-    records = study.collect_runs(uri, experiment)
-    wanted = {c.key for c in cells}
-    records = [r for r in records if r.key in wanted]
+    if args.from_results is None:
+        experiment = args.experiment or spec.experiment
+        records = [r for r in study.collect_runs(uri, experiment) if r.key in wanted]
+        source = "MLflow"
     if not records:
-        print("error: no finished runs of this grid in MLflow", file=sys.stderr)
+        print(f"error: no finished runs of this grid in {source}", file=sys.stderr)
         return 2
     bounds = study.task_bounds(records)
     scores = study.normalised_scores(records, bounds)

@@ -60,3 +60,31 @@ def test_the_action_set_reaches_both_env_paths(action_set, n):
     assert genv.spec.id.endswith("-v0" if action_set == "full" else "-v1")
     assert genv.unwrapped.game.sticky_action_prob == 0.1
     assert make_task_env(cfg, seed=0).action_spec.shape == (n,)
+
+
+def test_the_minatar_grid_is_the_issues_design_with_one_budget():
+    """5 games x {EauDeQN, PolyPruneQN 95%, DQN} x 3 widths x 3 seeds, >= 100 selections."""
+    cells = study.expand_grid(study.load_grid(ROOT / "configs" / "study" / "minatar_grid.yaml"))
+    assert len(cells) == 5 * 3 * 3 * 3
+    assert {c.task for c in cells} == {f"minatar:{g}" for g in MINATAR_GAMES}
+    assert {(c.width_name, c.width) for c in cells} == {("narrow", 32), ("paper", 128),
+                                                       ("wide", 512)}  # fmt: skip
+    budgets = set()
+    for cell in cells:
+        cfg = _cell_config(cell)
+        assert (cfg.env, cfg.method, cfg.width) == (cell.task, cell.method, cell.width)
+        budgets.add(cfg.env_steps)
+        assert (cfg.env_steps - cfg.learning_starts) // cfg.target_period >= 100
+        # The reference check's settings but the update ratio and the budget.
+        assert (cfg.optimizer, cfg.loss_function, cfg.action_set, cfg.train_freq) == (
+            "rmsprop", "smooth_l1", "full", 4,
+        )  # fmt: skip
+        if cell.method == "eaudeqn":
+            assert (cfg.members, cfg.max_speed, cfg.speed_policy) == (5, 0.01, "grid")
+            assert cfg.reset_optimizer
+        else:
+            assert cfg.members == 1
+        if cell.method == "polyprune":
+            assert cfg.final_sparsity == 0.95
+            assert cfg.learning_starts < cfg.prune_start < cfg.prune_end < cfg.env_steps
+    assert budgets == {500_000}

@@ -302,3 +302,50 @@ def test_seeded_regression_reference(collector):
         assert got["sparsity"] == want["sparsity"]
         np.testing.assert_allclose(got["loss_sums"], want["loss_sums"], rtol=1e-4)
     assert trace["final_sparsity"] == ref["final_sparsity"]
+
+
+def test_report_from_the_result_files_alone_equals_the_mlflow_report(tmp_path):
+    """The files `run --cell-results` leaves rebuild the report with no MLflow store."""
+    uri = f"sqlite:///{tmp_path / 'agg.db'}"
+    _fake_runs(uri, {("dqn", "wide"): [10, 9, 11], ("eaudeqn", "wide"): [8, 9, 10]})
+    grid_text = (
+        "experiment: synthetic\nseeds: [0, 1, 2]\nmethods: [dqn, eaudeqn]\n"
+        "tasks:\n  T:\n    config: c.yaml\n    widths: {wide: 64}\n"
+    )
+    (tmp_path / "a").mkdir()
+    from_mlflow = _report(tmp_path / "a", uri, grid_text)
+    cells = study.expand_grid(study.load_grid(tmp_path / "a" / "grid.yaml"))
+    files = tmp_path / "cells"
+    done = study.run_grid(cells, tracking_uri=uri, experiment="synthetic", results_dir=files,
+                          recipe="/nonexistent", log_dir=tmp_path / "logs", echo=print)  # fmt: skip
+    assert done == {"skipped": 6, "finished": 0, "failed": 0}
+    (tmp_path / "agg.db").unlink()  # nothing of MLflow left
+
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "grid.yaml").write_text(grid_text)
+    main = _load_recipe().main
+    rc = main(["report", "--grid", str(out / "grid.yaml"), "--from-results", str(files),
+               "--reps", "200", "--figures", str(out / "figs"), "--results", str(out / "res")])  # fmt: skip
+    assert rc == 0
+    assert len(list((out / "figs").glob("*.png"))) == 4
+    assert (out / "res/tables.md").read_text() == from_mlflow
+    assert not (tmp_path / "agg.db").exists()
+
+
+def test_report_from_results_refuses_a_missing_or_broken_directory(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("experiment: e\nseeds: [0]\nmethods: [dqn]\ntasks:\n  T:\n    config: c.yaml\n"
+                    "    widths: {wide: 64}\n")  # fmt: skip
+    main = _load_recipe().main
+    base = ["report", "--grid", str(grid), "--figures", str(tmp_path / "f"),
+            "--results", str(tmp_path / "r")]  # fmt: skip
+    assert main([*base, "--from-results", str(tmp_path / "nope")]) == 2
+    assert "--from-results" in capsys.readouterr().err
+    bad = tmp_path / "cells"
+    bad.mkdir()
+    (bad / "x.json").write_text("{broken")
+    assert main([*base, "--from-results", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "x.json" in err and "not a readable JSON result file" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()

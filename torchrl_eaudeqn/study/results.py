@@ -16,9 +16,12 @@ import os
 import pathlib
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .grid import Cell
+
+if TYPE_CHECKING:
+    from .aggregate import RunRecord
 
 __all__ = [
     "RESULT_VERSION",
@@ -26,6 +29,7 @@ __all__ = [
     "has_result",
     "load_results",
     "result_path",
+    "run_records",
     "write_result",
 ]
 
@@ -172,4 +176,74 @@ def load_results(results_dir: str | pathlib.Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict) or record.get("version") != RESULT_VERSION:
             raise ValueError(f"{path}: expected a result record of version {RESULT_VERSION}")
         out.append(record)
+    return out
+
+
+def run_records(
+    results_dir: str | pathlib.Path, keys: set[str] | None = None
+) -> list[RunRecord]:
+    """The result files under ``results_dir`` as the report's run records (no MLflow).
+
+    What the files keep is what the report reads, with two differences from
+    :func:`~torchrl_eaudeqn.study.aggregate.collect_runs`: the training curve
+    is the file's 100-episode moving average (sampled) rather than every
+    episode's return, and the sparsity curve is the selected member's at
+    each target update rather than the logged acting member's.
+
+    Args:
+        results_dir: a directory of :func:`write_result` files.
+        keys: only these grid keys (default: all).
+
+    Raises:
+        ValueError: a file that is not a result record (see :func:`load_results`).
+
+    Example:
+        >>> import tempfile
+        >>> from torchrl_eaudeqn.study.grid import Cell
+        >>> d = tempfile.mkdtemp()
+        >>> cell = Cell("CartPole-v1", "eaudeqn", "wide", 256, 0, "c.yaml")
+        >>> _ = write_result(result_path(d, cell), {"version": RESULT_VERSION, "key": cell.key,
+        ...     "task": cell.task, "method": cell.method, "width_name": "wide", "width": 256,
+        ...     "seed": 0, "env_steps": 100, "final_score": 50.0, "random_score": 20.0,
+        ...     "final_sparsity": 0.4, "target_updates": [[50, 2, 0.25], [100, 0, 0.4]],
+        ...     "training_return": [[10, 20.0], [100, 45.0]], "wall_s": 3.0})
+        >>> (r,) = run_records(d)
+        >>> r.key, r.final_score, r.updates, r.selected
+        ('CartPole-v1/eaudeqn/wide/seed0', 50.0, [(50, 0.25), (100, 0.4)], [(50, 2), (100, 0)])
+    """
+    from .aggregate import RunRecord
+
+    out = []
+    for rec in load_results(results_dir):
+        if keys is not None and rec["key"] not in keys:
+            continue
+        updates = [(int(s), float(v)) for s, _, v in rec["target_updates"] if v is not None]
+
+        def num(name: str) -> float:
+            value = rec.get(name)
+            return float("nan") if value is None else float(value)
+
+        out.append(
+            RunRecord(
+                key=rec["key"],
+                task=rec["task"],
+                method=rec["method"],
+                width_name=rec["width_name"],
+                width=int(rec["width"]),
+                seed=int(rec["seed"]),
+                env_steps=int(rec["env_steps"]),
+                final_score=num("final_score"),
+                random_score=num("random_score"),
+                final_sparsity=num("final_sparsity"),
+                returns=[(int(s), float(v)) for s, v in rec["training_return"]],
+                sparsity=updates,
+                updates=updates,
+                recipe=rec.get("recipe", "control"),
+                critic_sparsity=num("critic_sparsity"),
+                selected=[(int(s), int(m)) for s, m, _ in rec["target_updates"]],
+                run_id=rec.get("mlflow_run_id", ""),
+                params=dict(rec.get("config", {})),
+                wall_s=rec.get("wall_s"),
+            )
+        )
     return out
