@@ -325,8 +325,10 @@ def test_report_from_the_result_files_alone_equals_the_mlflow_report(tmp_path):
     out.mkdir()
     (out / "grid.yaml").write_text(grid_text)
     main = _load_recipe().main
-    rc = main(["report", "--grid", str(out / "grid.yaml"), "--from-results", str(files),
-               "--reps", "200", "--figures", str(out / "figs"), "--results", str(out / "res")])  # fmt: skip
+    args = ["report", "--grid", str(out / "grid.yaml"), "--from-results", str(files),
+            "--reps", "200", "--figures", str(out / "figs"),
+            "--results", str(out / "res")]  # fmt: skip
+    rc = main(args)
     assert rc == 0
     assert len(list((out / "figs").glob("*.png"))) == 4
     assert (out / "res/tables.md").read_text() == from_mlflow

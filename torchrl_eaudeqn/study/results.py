@@ -179,9 +179,7 @@ def load_results(results_dir: str | pathlib.Path) -> list[dict[str, Any]]:
     return out
 
 
-def run_records(
-    results_dir: str | pathlib.Path, keys: set[str] | None = None
-) -> list[RunRecord]:
+def run_records(results_dir: str | pathlib.Path, keys: set[str] | None = None) -> list[RunRecord]:
     """The result files under ``results_dir`` as the report's run records (no MLflow).
 
     What the files keep is what the report reads, with two differences from
@@ -219,7 +217,7 @@ def run_records(
             continue
         updates = [(int(s), float(v)) for s, _, v in rec["target_updates"] if v is not None]
 
-        def num(name: str) -> float:
+        def num(name: str, rec: dict[str, Any] = rec) -> float:
             value = rec.get(name)
             return float("nan") if value is None else float(value)
 
