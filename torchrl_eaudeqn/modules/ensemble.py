@@ -517,7 +517,6 @@ def calibrate_vmap_by_step(
         result["whole_step"] = True
         if full_key is not None:
             _VMAP_CALIBRATIONS[full_key] = result
-        del work, opt
     for ens in real:
         ens.auto_vmap = bool(result["vmap"])
         ens.vmap_calibration = {**result, "cached": cached}

@@ -93,21 +93,22 @@ class EnsembleDQNModule(OnlineRLModule):
     def _uses_lean(self) -> bool:
         return self.cfg.collector == "lean"
 
-    def _calibrate_paths(self, loss_fn: Callable[[Any], torch.Tensor], key: Any) -> None:
-        """``use_vmap=auto``: before the first gradient step, time whole steps on both paths.
-
-        :func:`~torchrl_eaudeqn.modules.ensemble.calibrate_vmap_by_step` on
-        this batch (the loss, backward, optimizer step and masks on a copy);
-        skipped once the path is known (an explicit ``use_vmap``, K = 1, a
-        resumed checkpoint's choice, or an earlier call).
-        """
+    def _path_undecided(self) -> bool:
+        """Whether ``use_vmap=auto`` still has to choose (K > 1, no earlier or saved choice)."""
         actor = self.actor
-        if actor.use_vmap is None and actor.num_members > 1 and actor.auto_vmap is None:
-            calibrate_vmap_by_step(self.loss_module, self.optimizer, loss_fn, key)
+        return actor.use_vmap is None and actor.num_members > 1 and actor.auto_vmap is None
 
     def _calibrate(self, batch: TensorDictBase) -> None:
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in batch.items(True, True))
-        self._calibrate_paths(lambda loss: self._total_loss(loss(batch.clone(False))), key)
+        # Before the first gradient step: whole steps on both paths, on a copy
+        # (calibrate_vmap_by_step); a check per step after that.
+        if self._path_undecided():
+            key = tuple((k, tuple(v.shape), v.dtype) for k, v in batch.items(True, True))
+            calibrate_vmap_by_step(
+                self.loss_module,
+                self.optimizer,
+                lambda loss: self._total_loss(loss(batch.clone(False))),
+                key,
+            )
 
     # ------------------------------------------------- lean collection
     def _begin_collect(self) -> bool | None:
