@@ -14,8 +14,25 @@ import torch
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def fit(module: Any, callbacks: list[Any]) -> None:
-    """Train ``module`` on the CPU with Lightning and nothing else (no logger, bar, checkpoints)."""
+def fit(module: Any, callbacks: list[Any], trainer: str = "bare") -> None:
+    """Train ``module`` on the CPU with Lightning.
+
+    ``trainer="bare"``: nothing but ``callbacks`` (no logger, bar, checkpoints).
+    ``"recipe"``: the recipes' own ``make_trainer`` (NaN/Inf guard before every
+    optimizer step, env-step checkpoints in a temporary directory, graceful
+    stop; no progress bar, no MLflow). Set ``checkpoint_every`` past the budget
+    to keep checkpoint writes out of a timed run.
+    """
+    if trainer == "recipe":
+        import tempfile
+
+        from torchrl_eaudeqn.trainers.recipe import make_trainer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            make_trainer(module.cfg, callbacks, pathlib.Path(tmp)).fit(module)
+        return
+    if trainer != "bare":
+        raise ValueError(f"trainer must be 'bare' or 'recipe', got {trainer!r}")
     L.Trainer(
         max_epochs=-1, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,

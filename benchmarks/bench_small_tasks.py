@@ -36,7 +36,6 @@ import json
 import os
 import pathlib
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -52,7 +51,6 @@ from torchrl_eaudeqn.config import ControlConfig, load_config  # noqa: E402
 from torchrl_eaudeqn.modules.dqn import minatar_cnn, mlp  # noqa: E402
 from torchrl_eaudeqn.sparsity import magnitude_masks, prunable_parameter_names  # noqa: E402
 from torchrl_eaudeqn.trainers import ControlDQNModule, TargetSelectionCallback  # noqa: E402
-from torchrl_eaudeqn.trainers.recipe import make_trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -88,11 +86,7 @@ def recipe_rate(cfg: ControlConfig, trainer: str = "recipe") -> float:
     module = ControlDQNModule(cfg)
     clock = LearningClock()
     callbacks = [TargetSelectionCallback(module.updater), clock]
-    if trainer == "bare":
-        fit(module, callbacks)
-        return clock.rate()
-    with tempfile.TemporaryDirectory() as tmp:
-        make_trainer(cfg, callbacks, pathlib.Path(tmp)).fit(module)
+    fit(module, callbacks, trainer)
     return clock.rate()
 
 

@@ -6,6 +6,7 @@ the callbacks grows with the number of episodes or target updates.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 import lightning as L
@@ -135,6 +136,38 @@ def test_rmsprop_is_centered_with_the_config_values_and_reset_at_each_selection(
     counts = [int(opt.state[p]["step"]) for p in members if p in opt.state]
     assert counts and max(counts) < len(steps)
     assert all("grad_avg" in opt.state[p] for p in members if p in opt.state)  # centered
+
+
+def test_the_plain_tensor_loss_trains_exactly_as_the_tensordict_loss():
+    """The Atari module's loss on the replay's plain tensors (``sample_tensors`` +
+    ``td_losses``) against the base module's TensorDict loss on the same seeded run:
+    the same selections, member losses, optimizer state and weights, bit for bit."""
+    from torchrl_eaudeqn.trainers.base import OnlineRLModule
+
+    def tensordict_loss(module):
+        module._forward_backward = functools.partial(OnlineRLModule._forward_backward, module)
+
+    runs = []
+    for before_fit in (None, tensordict_loss):
+        L.seed_everything(0, verbose=False)
+        module = _fit(
+            ["method=eaudeqn", "collector=lean", "overlap=false", "max_speed=0.3",
+             "use_vmap=false"],
+            before_fit,
+        )  # fmt: skip
+        runs.append(module)
+    plain, td = runs
+    assert plain.updater.history, "no target update: the run proves nothing"
+    assert [e.get("selected") for e in plain.updater.history] == [
+        e.get("selected") for e in td.updater.history
+    ]
+    for a, b in zip(plain.updater.history, td.updater.history, strict=True):
+        assert torch.equal(torch.as_tensor(a["loss_sums"]), torch.as_tensor(b["loss_sums"]))
+    for (name, p), q in zip(
+        plain.loss_module.named_parameters(), td.loss_module.parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert plain.actor.sparsity().max() > 0
 
 
 def test_lean_collector_prunes_and_acts_with_the_selected_member():

@@ -239,6 +239,37 @@ def test_seeded_sampling_is_reproducible():
     assert not torch.equal(x, z)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "first"])
+def test_plain_tensor_samples_are_the_tensordict_samples(padding):
+    # Two streams, episodes of every length around the stack, truncations, a wrap.
+    lengths = [[3, 6, 1, 9, 5], [7, 1, 5, 9, 4]]
+    tds = [
+        make_stream(ls, [False, True, False, True, False], 4, padding, 100 * i, total=24)[0]
+        for i, ls in enumerate(lengths)
+    ]
+    data = torch.stack(tds)
+    a, b = (
+        FrameReplayBuffer(40, frame_shape=FRAME, num_streams=2, padding=padding, seed=3)
+        for _ in range(2)
+    )
+    for rb in (a, b):
+        for chunk in data.split(5, dim=1):
+            rb.extend(chunk)
+    for _ in range(3):  # the generators stay in step call after call
+        td, plain = a.sample(64), b.sample_tensors(64)
+        assert sorted(plain) == [
+            "action", "next_observation", "observation", "reward", "terminated"
+        ]  # fmt: skip
+        assert torch.equal(plain["observation"], td["observation"])
+        assert torch.equal(plain["next_observation"], td["next", "observation"])
+        assert torch.equal(plain["action"], td["action"].argmax(-1))
+        assert plain["action"].dtype == torch.int64
+        assert torch.equal(plain["reward"], td["next", "reward"].squeeze(-1))
+        assert torch.equal(plain["terminated"], td["next", "terminated"].squeeze(-1))
+    with pytest.raises(ValueError, match="batch_size"):
+        b.sample_tensors(0)
+
+
 def test_state_dict_round_trip(tmp_path):
     td, _ = make_stream([8, 5, 9, 3], [False, True, False, False], 4, "zeros")
     rb = FrameReplayBuffer(20, frame_shape=FRAME, seed=5)

@@ -594,26 +594,7 @@ class FrameReplayBuffer:
             tensor([[5, 6],
                     [5, 6]], dtype=torch.uint8)
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        idx = self._sample_slots(batch_size)
-        S = self.stack
-        hist = self._arrays["hist"][idx].astype(np.int64)
-        # Window of S + 1 frames: s = window[:S], s' = window[1:], both from slot idx.
-        m = np.arange(S + 1) - (S - 1)  # offsets -(S-1) .. +1
-        stream_base = (idx // self.stream_capacity) * self.stream_capacity
-        local = idx - stream_base
-        if self.padding == "zeros":
-            win = stream_base[:, None] + (local[:, None] + m) % self.stream_capacity
-            win = np.where(m >= -hist[:, None], win, self._zero_index)
-        else:
-            off = np.maximum(m, -hist[:, None])
-            win = stream_base[:, None] + (local[:, None] + off) % self.stream_capacity
-        # numpy fancy indexing (a row memcpy per frame) beats torch's gathers here.
-        frames = self._arrays["frames"]
-        obs = torch.from_numpy(frames[win[:, :S]])
-        next_obs = torch.from_numpy(frames[win[:, 1:]])
-
+        idx, obs, next_obs = self._sample_stacks(batch_size)
         terminated = torch.from_numpy(self._arrays["terminated"][idx]).unsqueeze(-1)
         truncated = torch.from_numpy(self._arrays["truncated"][idx]).unsqueeze(-1)
         out = TensorDict(
@@ -634,6 +615,61 @@ class FrameReplayBuffer:
         if self.device.type != "cpu":
             out = out.to(self.device, non_blocking=True)
         return out
+
+    def sample_tensors(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """:meth:`sample` as plain tensors, for a loss that needs no TensorDict.
+
+        The same draws from the same generator as :meth:`sample` (a buffer in
+        the same state returns the same transitions either way), without
+        building a TensorDict or one-hot actions: on an Atari gradient step
+        that bookkeeping costs about a tenth of a millisecond per key.
+
+        Returns:
+            ``observation`` and ``next_observation`` (``uint8``
+            ``[B, stack, *frame_shape]``), ``action`` (``int64`` index ``[B]``),
+            ``reward`` (``float32`` ``[B]``), ``terminated`` (bool ``[B]``).
+
+        Example:
+            >>> rb = FrameReplayBuffer(10, frame_shape=(1,), stack=2, seed=0)
+            >>> rb.add(torch.tensor([[0], [5]], dtype=torch.uint8), 2, 1.0,
+            ...        torch.tensor([[5], [6]], dtype=torch.uint8), terminated=True)
+            >>> batch = rb.sample_tensors(2)
+            >>> batch["next_observation"].squeeze(-1), batch["action"], batch["terminated"]
+            (tensor([[5, 6],
+                    [5, 6]], dtype=torch.uint8), tensor([2, 2]), tensor([True, True]))
+        """
+        idx, obs, next_obs = self._sample_stacks(batch_size)
+        out = {
+            "observation": obs,
+            "action": torch.from_numpy(self._arrays["action"][idx]).long(),
+            "reward": torch.from_numpy(self._arrays["reward"][idx]),
+            "next_observation": next_obs,
+            "terminated": torch.from_numpy(self._arrays["terminated"][idx]),
+        }
+        if self.device.type != "cpu":
+            out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+        return out
+
+    def _sample_stacks(self, batch_size: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Draw ``batch_size`` slots; return them and the stacks of ``s`` and ``s'``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        idx = self._sample_slots(batch_size)
+        S = self.stack
+        hist = self._arrays["hist"][idx].astype(np.int64)
+        # Window of S + 1 frames: s = window[:S], s' = window[1:], both from slot idx.
+        m = np.arange(S + 1) - (S - 1)  # offsets -(S-1) .. +1
+        stream_base = (idx // self.stream_capacity) * self.stream_capacity
+        local = idx - stream_base
+        if self.padding == "zeros":
+            win = stream_base[:, None] + (local[:, None] + m) % self.stream_capacity
+            win = np.where(m >= -hist[:, None], win, self._zero_index)
+        else:
+            off = np.maximum(m, -hist[:, None])
+            win = stream_base[:, None] + (local[:, None] + off) % self.stream_capacity
+        # numpy fancy indexing (a row memcpy per frame) beats torch's gathers here.
+        frames = self._arrays["frames"]
+        return idx, torch.from_numpy(frames[win[:, :S]]), torch.from_numpy(frames[win[:, 1:]])
 
     def _sample_slots(self, batch_size: int) -> np.ndarray:
         """Uniform over sampleable slots: draw among filled slots, reject the rest."""

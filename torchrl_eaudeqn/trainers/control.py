@@ -33,7 +33,6 @@ from ..config import ControlConfig  # defined there: no torch needed to validate
 from ..data.transitions import TransitionReplay
 from ..envs.control import make_task_env, make_task_gym_env
 from ..modules.dqn import minatar_cnn, mlp
-from ..modules.ensemble import calibrate_vmap_by_step
 from ..tracking.metrics import MLflowMetrics
 from ..updaters.common import UpdateEvent
 from .callbacks import TargetSelectionCallback
@@ -168,24 +167,7 @@ class ControlDQNModule(EnsembleDQNModule):
         batch = self.replay.sample(self.cfg.batch_size)
         if self.device.type != "cpu":
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        args = (
-            batch["observation"],
-            batch["action"],
-            batch["reward"],
-            batch["next_observation"],
-            batch["terminated"],
-        )
-        if self._path_undecided():  # see EnsembleDQNModule._calibrate
-            calibrate_vmap_by_step(
-                self.loss_module,
-                self.optimizer,
-                lambda loss: loss.td_losses(*args)[0],
-                tuple((a.shape, a.dtype) for a in args),
-            )
-        loss, per_member = self.loss_module.td_losses(*args)
-        self.optimizers().zero_grad()
-        self.manual_backward(loss)
-        return {"loss": loss, "loss_per_member": per_member}
+        return self._tensor_forward_backward(batch)
 
 
 # --------------------------------------------------------------------------- regression
