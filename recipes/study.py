@@ -22,6 +22,7 @@ process, or the cluster at `--address`), else on a thread pool.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -413,9 +414,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         "|---|---|---|",
     ]
     bound_lines += [f"| {t} | {lo:.1f} | {hi:.1f} |" for t, (lo, hi) in sorted(bounds.items())]
+    claims = study.read_claims(records, est, cells)
+    claim_lines = ["## Claims", "", *study.claims_markdown(claims), ""] if claims else []
     tables = "\n".join(
         ["## Aggregate (normalised scores)", "", *lines, "", "## Per task", "", *task_lines, "",
-         "## Normalisation", "", *bound_lines, ""]
+         "## Normalisation", "", *bound_lines, "", *claim_lines]
     )  # fmt: skip
     results = pathlib.Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -429,6 +432,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         }
         for r in records
     ]
+    summary["claims"] = [dataclasses.asdict(c) for c in claims]
     summary["target_updates"] = {
         r.key: [[int(s), round(v, 5)] for s, v in r.updates] for r in records
     }

@@ -12,7 +12,9 @@
   :func:`interval_estimates`: final scores normalised per task, IQM and mean
   (``rliable.metrics``) with 95% stratified bootstrap confidence intervals,
   final sparsity, area under the curve;
-* :mod:`.plots`: the study's figures.
+* :mod:`.plots`: the study's figures;
+* :mod:`.claims`: :func:`read_claims`: the paper's claims read off the runs
+  (holds, fails or unclear, with the numbers), the report's last table.
 
 MLflow is read and written through :mod:`torchrl_eaudeqn.tracking.study_runs`;
 ``recipes/study.py run|report`` is the command line.
@@ -26,8 +28,9 @@ Example:
 
 from ..tracking import study_runs
 from ..tracking.study_runs import *  # noqa: F403
-from . import aggregate, grid, plots, results, runner
+from . import aggregate, claims, grid, plots, results, runner
 from .aggregate import *  # noqa: F403
+from .claims import *  # noqa: F403
 from .grid import *  # noqa: F403
 from .grid import _slug  # noqa: F401  (tests and the Ray backend name log files with it)
 from .plots import *  # noqa: F403
@@ -38,6 +41,7 @@ from .runner import *  # noqa: F403
 __all__ = sorted(
     {
         *aggregate.__all__,
+        *claims.__all__,
         *grid.__all__,
         *plots.__all__,
         *results.__all__,
