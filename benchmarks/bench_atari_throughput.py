@@ -68,7 +68,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def make_module(
-    method: str, width: str, steps: int, warm: int, game: str, collector: str, buffer_size: int
+    method: str,
+    width: str,
+    steps: int,
+    warm: int,
+    game: str,
+    collector: str,
+    buffer_size: int,
+    overrides: tuple[str, ...] = (),
 ) -> DQNLightningModule:
     cfg = load_config(
         AtariConfig,
@@ -78,7 +85,7 @@ def make_module(
             f"learning_starts={warm}", f"buffer_size={buffer_size}", "eval_every=0",
             "progress_bar=false", "log_every=1000", f"collector={collector.split('+')[0]}",
             f"overlap={'true' if collector.endswith('+overlap') else 'false'}",
-            "eps_start=0.01", "eps_end=0.01",
+            "eps_start=0.01", "eps_end=0.01", *overrides,
         ],
     )  # fmt: skip
 
@@ -271,20 +278,14 @@ def recipe_rate(module: DQNLightningModule, trainer: str = "recipe") -> float:
 def vs_plain(args: argparse.Namespace) -> None:
     """The dense DQN recipe against :func:`plain_loop`, alternating, in this process."""
     reps = []
+    shape = (args.width, args.steps, args.warm, args.game, "lean", args.buffer_size)
     for _ in range(args.repeats):
         torch.manual_seed(0)
-        module = make_module(
-            "dqn", args.width, args.steps, args.warm, args.game, "lean", args.buffer_size
-        )
+        module = make_module("dqn", *shape, tuple(args.set))
         plain = plain_loop(module.cfg)
         recipe = recipe_rate(module)
         torch.manual_seed(0)
-        bare = recipe_rate(
-            make_module(
-                "dqn", args.width, args.steps, args.warm, args.game, "lean", args.buffer_size
-            ),
-            "bare",
-        )
+        bare = recipe_rate(make_module("dqn", *shape, tuple(args.set)), "bare")
         del module
         parts = plain["env_us"] + plain["act_us"] + plain["grad_us"]
         reps.append({"recipe": recipe, "bare": bare,
@@ -296,9 +297,10 @@ def vs_plain(args: argparse.Namespace) -> None:
     bare_ratio = statistics.median(r["bare"] / r["plain_rate"] for r in reps)
     out = {**machine_info(), "game": args.game, "width": args.width, "steps": args.steps,
            "warm": args.warm, "buffer_size": args.buffer_size, **med, "ratio": ratio,
-           "bare_ratio": bare_ratio,
+           "bare_ratio": bare_ratio, "overrides": args.set,
            "repeats": reps}  # fmt: skip
-    name = "atari_vs_plain_cpu" + ("_quick" if args.quick else "")
+    # Runs with --set are experiments: their JSON is kept apart and the docs keep the defaults'.
+    name = "atari_vs_plain_cpu" + ("_quick" if args.quick else "") + ("_set" if args.set else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
@@ -326,7 +328,7 @@ def vs_plain(args: argparse.Namespace) -> None:
         f"| {med['plain_env_us']:.0f} / {med['plain_act_us']:.0f} / {med['plain_grad_us']:.0f} |",
     ]
     print("\n".join(lines))
-    if not args.quick:
+    if not args.quick and not args.set:
         write_docs_section("atari_vs_plain:cpu", "\n".join(lines))
 
 
@@ -348,6 +350,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="short run, results not written to docs")
     p.add_argument("--vs-plain", action="store_true", help="dense DQN recipe vs a plain loop")
     p.add_argument("--repeats", type=int, default=2, help="alternating repeats (--vs-plain)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override of the recipe's module (--vs-plain; repeatable)",
+    )  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
