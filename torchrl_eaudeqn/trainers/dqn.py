@@ -133,8 +133,8 @@ class EnsembleDQNModule(OnlineRLModule):
                 tuple((a.shape, a.dtype) for a in args),
             )
         loss, per_member = self.loss_module.td_losses(*args)
-        self.optimizers().zero_grad()
-        self.manual_backward(loss)
+        self._zero_grad()
+        self._backward(loss)
         return {"loss": loss, "loss_per_member": per_member}
 
     # ------------------------------------------------- lean collection
