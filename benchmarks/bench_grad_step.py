@@ -7,9 +7,9 @@ What is timed (batch 32, Adam):
   ``updater.step(loss_td)`` (masks re-applied, member losses summed). The
   updater's period is larger than the number of timed steps, so no target
   update happens while timing; target updates are timed on their own.
-  The loss is called as the recipe for that network calls it: on a
-  TensorDict for the Nature CNN (Atari recipe), on plain tensors
-  (``loss.td_losses``) for the MLP and the MinAtar CNN (control recipe).
+  The loss is called as the recipes call it: on plain tensors
+  (``loss.td_losses``; the Atari recipe since 62dcfd3, the control recipe
+  before); ``NetSpec.loss_call="tensordict"`` times the TensorDict loss.
   Every member is pruned to 50% first: ``apply_masks_`` skips a mask that
   keeps every weight, and a run's members are pruned after the first updates.
 * ``eaudeqn`` without masks: the same step without ``updater.step`` (the
@@ -152,6 +152,7 @@ NETWORKS = {
         (4, 84, 84),
         torch.uint8,
         6,
+        "tensors",
     ),
     "minatar": NetSpec(
         "minatar",
@@ -771,9 +772,8 @@ def markdown_section(result: dict) -> str:
         "forwards), backward, Adam step, `zero_grad`, `updater.step` (masks re-applied; "
         "every member pruned to 50%, as members are once a run has pruned). "
         "Dense = TorchRL `DQNLoss` (TD(0), `delay_value=True`) on a `QValueActor`, "
-        "one step; K dense steps cost K times that. The loss is called as the recipe for "
-        "that network calls it: on TensorDicts (Nature CNN: the Atari recipe) or on plain "
-        "tensors (`EauDeQNLoss.td_losses`; MLP and MinAtar CNN: the control recipe). "
+        "one step; K dense steps cost K times that. The loss is called as the recipes "
+        "call it: on plain tensors (`EauDeQNLoss.td_losses`). "
         "Floor = plain PyTorch, K separate networks: one shared target forward, "
         "K forwards, one backward, one fused Adam step (no masks, no ensemble).",
         "",
