@@ -358,11 +358,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not records:
         print(f"error: no finished runs of this grid in {source}", file=sys.stderr)
         return 2
-    bounds = study.task_bounds(records)
-    scores = study.normalised_scores(records, bounds)
+    # A growing grid may hold a task's pruned runs before its dense baseline:
+    # such a task has nothing to normalise against yet and stays out of the scores.
+    dense = {r.task for r in records if r.method in study.DENSE_METHODS}
+    unnormalised = sorted({r.task for r in records} - dense)
+    normed = [r for r in records if r.task in dense]
+    if not normed:
+        print(
+            f"error: no finished dense-baseline run ({' or '.join(study.DENSE_METHODS)}) in "
+            f"{source}: nothing to normalise the scores against",
+            file=sys.stderr,
+        )
+        return 2
+    bounds = study.task_bounds(normed)
+    scores = study.normalised_scores(normed, bounds)
     est = study.interval_estimates(scores, reps=args.reps)
     auc = study.normalised_scores(
-        records, bounds, value=lambda r: study.area_under_curve(r, bounds[r.task][0])
+        normed, bounds, value=lambda r: study.area_under_curve(r, bounds[r.task][0])
     )
     auc_est = study.interval_estimates(auc, reps=args.reps)
     widths = study.width_names(records)
@@ -377,7 +389,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if (method, w) not in est:
                 continue
             e, a = est[(method, w)], auc_est[(method, w)]
-            sp = [r.final_sparsity for r in records if (r.method, r.width_name) == (method, w)]
+            sp = [r.final_sparsity for r in normed if (r.method, r.width_name) == (method, w)]
             lines.append(
                 f"| {study.method_label(method, records)} | {w} | {e['runs']} x {e['tasks']} | "
                 f"{_fmt(e, 'iqm')} | {_fmt(e, 'mean')} | {_fmt(a, 'iqm')} | "
@@ -395,7 +407,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         + (" critic sparsity (mean) |" if critic else ""),
         "|---|---|---|---|---|---|" + ("---|" if critic else ""),
     ]
-    for t in sorted(bounds):
+    for t in sorted({r.task for r in records}):
         for method in study.METHODS:
             for w in widths:
                 rs = [r for r in records if (r.task, r.method, r.width_name) == (t, method, w)]
@@ -414,11 +426,32 @@ def cmd_report(args: argparse.Namespace) -> int:
         "|---|---|---|",
     ]
     bound_lines += [f"| {t} | {lo:.1f} | {hi:.1f} |" for t, (lo, hi) in sorted(bounds.items())]
+    if unnormalised:
+        bound_lines += [
+            "",
+            "Not in the normalised scores yet (no dense-baseline run finished): "
+            + ", ".join(unnormalised) + ".",
+        ]  # fmt: skip
+    # Wall time per run (the result files' clock; a resumed run counts its pause).
+    cost_lines = ["| method | width | runs | wall time per run, min (mean, min-max) |",
+                  "|---|---|---|---|"]  # fmt: skip
+    for method in study.METHODS:
+        for w in widths:
+            walls = [
+                r.wall_s / 60 for r in records
+                if (r.method, r.width_name) == (method, w) and r.wall_s is not None
+            ]  # fmt: skip
+            if walls:
+                cost_lines.append(
+                    f"| {study.method_label(method, records)} | {w} | {len(walls)} | "
+                    f"{np.mean(walls):.1f} ({min(walls):.1f}-{max(walls):.1f}) |"
+                )
     claims = study.read_claims(records, est, cells)
     claim_lines = ["## Claims", "", *study.claims_markdown(claims), ""] if claims else []
     tables = "\n".join(
         ["## Aggregate (normalised scores)", "", *lines, "", "## Per task", "", *task_lines, "",
-         "## Normalisation", "", *bound_lines, "", *claim_lines]
+         "## Normalisation", "", *bound_lines, "", "## Cost", "", *cost_lines, "",
+         *claim_lines]
     )  # fmt: skip
     results = pathlib.Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -439,10 +472,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     figs = pathlib.Path(args.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    study.plot_score_curves(records, bounds, figs / "score_curves.png", reps=min(args.reps, 500))
+    study.plot_score_curves(normed, bounds, figs / "score_curves.png", reps=min(args.reps, 500))
     study.plot_sparsity_curves(records, figs / "sparsity_curves.png")
     study.plot_sparsity_vs_width(records, figs / "final_sparsity_vs_width.png")
-    study.plot_score_vs_sparsity(records, bounds, figs / "score_vs_sparsity.png")
+    study.plot_score_vs_sparsity(normed, bounds, figs / "score_vs_sparsity.png")
     print(tables)
     print(f"wrote {results}/tables.md, {results}/summary.json and 4 figures in {figs}")
     return 0

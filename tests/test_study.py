@@ -157,18 +157,19 @@ tasks:
 
 
 # --------------------------------------------------------------------------- aggregation
-def _fake_runs(uri: str, finals: dict[tuple[str, str], list[float]]) -> None:
+def _fake_runs(uri: str, finals: dict[tuple[str, str], list[float]], task: str = "T") -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.create_experiment("synthetic")
+    found = client.get_experiment_by_name("synthetic")
+    exp = found.experiment_id if found else client.create_experiment("synthetic")
     for (method, wname), scores in finals.items():
         for seed, score in enumerate(scores):
-            key = f"T/{method}/{wname}/seed{seed}"
+            key = f"{task}/{method}/{wname}/seed{seed}"
             run = client.create_run(exp, tags={study.KEY_TAG: key, "study.width_name": wname,
                                                "final_sparsity": "0.5"})  # fmt: skip
             rid = run.info.run_id
-            params = {"task": "T", "method": method, "width": 64 if wname == "wide" else 8,
+            params = {"task": task, "method": method, "width": 64 if wname == "wide" else 8,
                       "seed": seed, "env_steps": 100}  # fmt: skip
             for k, v in params.items():
                 client.log_param(rid, k, v)
@@ -333,6 +334,34 @@ def test_report_from_the_result_files_alone_equals_the_mlflow_report(tmp_path):
     assert len(list((out / "figs").glob("*.png"))) == 4
     assert (out / "res/tables.md").read_text() == from_mlflow
     assert not (tmp_path / "agg.db").exists()
+
+
+def test_report_on_a_growing_grid_leaves_out_tasks_without_a_dense_run(tmp_path, capsys):
+    """Task U has EauDeQN runs and no DQN run yet: its scores cannot be normalised."""
+    uri = f"sqlite:///{tmp_path / 'agg.db'}"
+    _fake_runs(uri, {("dqn", "wide"): [10, 9, 11], ("eaudeqn", "wide"): [8, 9, 10]})
+    _fake_runs(uri, {("eaudeqn", "wide"): [3, 4]}, task="U")
+    grid = (
+        "experiment: synthetic\nseeds: [0, 1, 2]\nmethods: [dqn, eaudeqn]\ntasks:\n"
+        "  T:\n    config: c.yaml\n    widths: {wide: 64}\n"
+        "  U:\n    config: c.yaml\n    widths: {wide: 64}\n"
+    )
+    tables = _report(tmp_path, uri, grid)
+    assert "Not in the normalised scores yet (no dense-baseline run finished): U." in tables
+    assert "| U | EauDeQN | wide (64) | 2 | 3.5 +- 0.5 |" in tables  # raw scores still listed
+    assert "| EauDeQN | wide | 3 x 1 |" in tables  # the aggregate reads task T alone
+    # Without any dense run there is nothing to normalise against: a clear error.
+    only = tmp_path / "only"
+    only.mkdir()
+    uri2 = f"sqlite:///{only / 'agg.db'}"
+    _fake_runs(uri2, {("eaudeqn", "wide"): [3, 4]}, task="U")
+    (only / "grid.yaml").write_text(grid)
+    rc = _load_recipe().main(
+        ["report", "--grid", str(only / "grid.yaml"), "--tracking-uri", uri2,
+         "--figures", str(only / "figs"), "--results", str(only / "res")]
+    )  # fmt: skip
+    assert rc == 2
+    assert "no finished dense-baseline run (dqn or sac)" in capsys.readouterr().err
 
 
 def test_report_from_results_refuses_a_missing_or_broken_directory(tmp_path, capsys):
