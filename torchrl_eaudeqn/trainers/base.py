@@ -624,13 +624,14 @@ class _DirectStep:
     ``optimizer.step()`` and count the step (``trainer.global_step``); the
     wrappers around that cost ~0.12 ms and ~0.15 ms per gradient step
     (CartPole, K=1, one torch thread on a busy 2-core CPU, medians of 750
-    steps taken alternately each way), a tenth of a small-task env step.
+    steps taken alternately each way), a tenth of a small-task env step
+    (a CartPole K=1 run measured 1.2x faster without them; docs/benchmarks.md).
     :meth:`resolve` returns the hooks that do something (overridden by a
-    callback) when that is all Lightning would do,
-    else ``None`` and the module goes through Lightning: another precision or
-    strategy, a profiler, gradient clipping, or a module overriding those
-    hooks or ``backward``. ``tests/test_core_trainer.py`` checks that both paths
-    call the same hooks in the same order and count the same steps.
+    callback) when that is all Lightning would do, else ``None`` and the
+    module goes through Lightning: another precision or strategy, a profiler,
+    gradient clipping, or a module overriding those hooks or ``backward``.
+    ``tests/test_direct_step.py`` checks that both paths call the same hooks
+    in the same order, count the same steps and train the same weights.
     """
 
     HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
