@@ -621,8 +621,8 @@ class FrameReplayBuffer:
 
         The same draws from the same generator as :meth:`sample` (a buffer in
         the same state returns the same transitions either way), without
-        building a TensorDict or one-hot actions: on an Atari gradient step
-        that bookkeeping costs about a tenth of a millisecond per key.
+        building a TensorDict or one-hot actions; the Atari recipe's loss
+        (``EauDeQNLoss.td_losses``) reads these.
 
         Returns:
             ``observation`` and ``next_observation`` (``uint8``

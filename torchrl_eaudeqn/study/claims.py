@@ -59,11 +59,16 @@ def _widths(cells: Sequence[Any]) -> list[tuple[str, int]]:
     return sorted({(c.width_name, int(c.width)) for c in cells}, key=lambda w: (w[1], w[0]))
 
 
+def _wanted(cells: Sequence[Any], **match: Any) -> set[str]:
+    """Keys of the grid cells whose attributes match (a tuple value: any of its items)."""
+    match = {k: v if isinstance(v, tuple) else (v,) for k, v in match.items()}
+    return {c.key for c in cells if all(getattr(c, k) in v for k, v in match.items())}
+
+
 def _complete(records: Sequence[RunRecord], cells: Sequence[Any], **match: Any) -> bool:
-    """Whether every grid cell matching ``match`` (attribute values) has a finished run."""
-    want = {c.key for c in cells if all(getattr(c, k) == v for k, v in match.items())}
-    have = {r.key for r in records}
-    return bool(want) and want <= have
+    """Whether every grid cell matching ``match`` has a finished run."""
+    want = _wanted(cells, **match)
+    return bool(want) and want <= {r.key for r in records}
 
 
 def _sparsity(records: Sequence[RunRecord], task: str, width_name: str) -> list[float]:
@@ -87,9 +92,8 @@ def _verdict(ok: bool, complete: bool) -> str:
 
 
 def _progress(records: Sequence[RunRecord], cells: Sequence[Any], **match: Any) -> str:
-    want = {c.key for c in cells if all(getattr(c, k) == v for k, v in match.items())}
-    done = len(want & {r.key for r in records})
-    return f"{done} of {len(want)} runs"
+    want = _wanted(cells, **match)
+    return f"{len(want & {r.key for r in records})} of {len(want)} runs"
 
 
 def read_claims(
@@ -170,7 +174,7 @@ def read_claims(
     parts, complete, ok = [], True, True
     for n in names[1:]:
         e, d = estimates.get(("eaudeqn", n)), estimates.get(("dqn", n))
-        done = all(_complete(records, cells, method=m, width_name=n) for m in ("eaudeqn", "dqn"))
+        done = _complete(records, cells, method=("eaudeqn", "dqn"), width_name=n)
         complete &= done
         if e is None or d is None:
             ok = False
@@ -195,30 +199,27 @@ def read_claims(
 
     # 4. PolyPruneQN below EauDeQN at the narrowest width.
     narrow = names[0]
+    pair = ("eaudeqn", "polyprune")
     e, p = estimates.get(("eaudeqn", narrow)), estimates.get(("polyprune", narrow))
-    done = all(
-        _complete(records, cells, method=m, width_name=narrow) for m in ("eaudeqn", "polyprune")
-    )
+    done = _complete(records, cells, method=pair, width_name=narrow)
     if e is None or p is None:
-        out.append(
-            Claim(
-                f"PolyPruneQN (95%) falls below EauDeQN at the narrowest width ({narrow})",
-                UNCLEAR if not done else FAILS,
-                "no runs of both",
-            )
-        )
+        verdict, evidence = _verdict(False, done), "no runs of both"
     else:
-        out.append(
-            Claim(
-                f"PolyPruneQN (95%) falls below EauDeQN at the narrowest width ({narrow})",
-                _verdict(p["iqm"] < e["iqm"], done),
-                f"IQM of normalised scores [95% CI]: PolyPruneQN {_fmt_iqm(p)} vs EauDeQN "
-                f"{_fmt_iqm(e)}"
-                + (", intervals overlap" if _overlap(e, p) else "")
-                + "; "
-                + _progress(records, cells, width_name=narrow),
-            )
+        verdict = _verdict(p["iqm"] < e["iqm"], done)
+        evidence = (
+            f"IQM of normalised scores [95% CI]: PolyPruneQN {_fmt_iqm(p)} vs EauDeQN "
+            f"{_fmt_iqm(e)}"
+            + (", intervals overlap" if _overlap(e, p) else "")
+            + "; "
+            + _progress(records, cells, method=pair, width_name=narrow)
         )
+    out.append(
+        Claim(
+            f"PolyPruneQN (95%) falls below EauDeQN at the narrowest width ({narrow})",
+            verdict,
+            evidence,
+        )
+    )
     return out
 
 
